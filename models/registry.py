@@ -1,0 +1,80 @@
+"""The name -> model factory table."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_discovered = False
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``factory(n_inputs, n_outputs, **hyperparameters) -> nn.Module`` as ``name``."""
+
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS and _MODELS[name] is not factory:
+            raise ValueError(f"model '{name}' is registered twice")
+        _MODELS[name] = factory
+        return factory
+
+    return deco
+
+
+def _discover() -> None:
+    """Import every module of the ``models`` package so that its ``@register`` lines run."""
+    global _discovered
+    if _discovered:
+        return
+    import models
+
+    for info in pkgutil.iter_modules(models.__path__):
+        if info.name != "registry" and not info.name.startswith("_"):
+            importlib.import_module(f"models.{info.name}")
+    _discovered = True
+
+
+def names() -> list[str]:
+    _discover()
+    return sorted(_MODELS)
+
+
+def get(name: str) -> Callable[..., nn.Module]:
+    _discover()
+    return _MODELS[name]
+
+
+def hyperparameters(name: str) -> dict[str, Any]:
+    """The model's hyperparameters and their defaults (its factory's keyword arguments)."""
+    sig = inspect.signature(get(name))
+    params = list(sig.parameters.values())[2:]  # skip n_inputs, n_outputs
+    return {p.name: p.default for p in params if p.kind is not p.VAR_KEYWORD}
+
+
+def check(model_cfg: dict[str, Any], key: str = "model") -> None:
+    """Raise ConfigError for an unknown model name or an unknown model hyperparameter."""
+    from orchestrator.config import did_you_mean
+    from orchestrator.errors import ConfigError
+
+    name = model_cfg.get("name")
+    valid = names()
+    if name not in valid:
+        raise ConfigError(
+            f"{key}.name: unknown model{did_you_mean(str(name), valid)}; valid: {', '.join(valid)} (got {name!r})"
+        )
+    known = hyperparameters(name)
+    for k in model_cfg:
+        if k != "name" and k not in known:
+            raise ConfigError(
+                f"{key}.{k}: not a hyperparameter of model '{name}'{did_you_mean(k, list(known))}; "
+                f"valid: {', '.join(known)}"
+            )
+
+
+def build(name: str, n_inputs: int, n_outputs: int, **hyperparameters: Any) -> nn.Module:
+    return get(name)(n_inputs, n_outputs, **hyperparameters)

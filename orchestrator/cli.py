@@ -1,0 +1,125 @@
+"""The ``orch`` command line: a table of commands, each parsing its arguments and calling one function.
+
+User errors (bad config, bad argument, missing file) print one line and exit 2; failures at run
+time exit 1. ``--debug`` (or ``ORCH_DEBUG=1``) shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from orchestrator.errors import OrchError, UserError
+
+STORE_HELP = "Results store directory (default: the config's store.path, else $ORCH_STORE, else results/)."
+
+
+def _store_root(store: str | None) -> Path:
+    from orchestrator.sweep import store_root
+
+    return store_root(None, store)
+
+
+class OrchGroup(click.Group):
+    """Turns orch's errors into one line and an exit status."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OrchError as err:
+            if _debug(ctx):
+                traceback.print_exc()
+            click.echo(f"orch: error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("orch: interrupted", err=True)
+            sys.exit(130)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get("ORCH_DEBUG") == "1"
+
+
+@click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="orch", prog_name="orch")
+def main(debug: bool) -> None:
+    """orch: hyperparameter sweeps for PyTorch models on Ray Tune."""
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--store", "store", default=None, help=STORE_HELP)
+@click.option("--address", default=None, help="Ray cluster to run on (auto, HOST:PORT); default: an embedded local Ray.")
+@click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[SWEEP_ID]",
+              help="Continue an interrupted sweep: the newest unfinished one of this study, or SWEEP_ID.")
+@click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs and warnings.")
+def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: str | None,
+          resume: str | None, verbose: bool) -> None:
+    """Run a sweep: orch sweep CONFIG [key=value ...]."""
+    from orchestrator import config as config_mod
+    from orchestrator import sweep as sweep_mod
+    from orchestrator.store import Store
+
+    cfg = config_mod.load(config, overrides)
+    result = sweep_mod.run(cfg, store=Store(sweep_mod.store_root(cfg, store)), address=address,
+                           resume=resume, verbose=verbose)
+    sweep_mod.print_summary(result)
+    if not result.finished:
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+def check(config: Path, overrides: tuple[str, ...]) -> None:
+    """Validate a config and its data without running anything."""
+    from orchestrator import config as config_mod
+    from orchestrator import data as data_mod
+    from orchestrator import sweep as sweep_mod
+
+    cfg = config_mod.load(config, overrides)
+    dataset = data_mod.load(cfg)
+    space, plan, setup = sweep_mod.prepare(cfg, dataset)
+    click.echo(f"{config}: ok. study {cfg.study}; {dataset.n_rows} rows, {dataset.n_features} features, "
+               f"{dataset.task}; {len(space)} knobs: {', '.join(space) or '(none)'}; "
+               f"data fingerprint {dataset.fingerprint}")
+
+
+@main.command()
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--study", default=None, help="Only this study.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def results(store: str | None, study: str | None, fmt: str) -> None:
+    """List sweeps and their best trials, newest first."""
+    from orchestrator import results as results_mod
+
+    df = results_mod.sweeps_table(_store_root(store), study)
+    click.echo(results_mod.render(df, fmt), nl=False)
+
+
+@main.command()
+@click.argument("study")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--sweep", "sweep_id", default=None, help="Best of this sweep instead of the whole study.")
+def best(study: str, store: str | None, sweep_id: str | None) -> None:
+    """Print the best config of STUDY as YAML, ready to train with."""
+    from orchestrator import results as results_mod
+
+    click.echo(results_mod.best_yaml(_store_root(store), study, sweep_id), nl=False)
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m orchestrator`
+    main(prog_name="orch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
+
+
+__all__ = ["main", "UserError"]

@@ -1,0 +1,396 @@
+"""Sweep configs: YAML (with base configs) merged onto a typed schema, then command-line overrides.
+
+``load(path, overrides)`` returns a validated :class:`SweepConfig`. Every problem is a
+:class:`~orchestrator.errors.ConfigError` whose one-line message names the file, the full key and
+the bad value, so the CLI can print it and exit 2 before anything is started or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from orchestrator.errors import ConfigError
+
+TASKS = ("classification", "regression")
+SCALERS = ("standard", "minmax", "quantile", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class DataConfig:
+    source: str | None = None  # "sklearn:<name>"
+    path: str | None = None  # CSV or Parquet file
+    target: str | None = None
+    task: str | None = None  # classification | regression | None (inferred)
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    scale: str = "standard"
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adam"
+    lr: float = 1.0e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1.0e-8
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    patience: int | None = None  # in-trial early stopping on the objective, in epochs
+    min_delta: float = 0.0
+    checkpoint_every: int = 5  # epochs between checkpoints (resume granularity)
+    threads: int | None = None  # torch threads per trial; default: the trial's CPUs
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = "val_loss"
+    mode: str = "min"
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "asha"
+    max_epochs: int = 30
+    grace_period: int = 2
+    reduction_factor: float = 3.0
+    min_samples: int = 3  # median stopping: trials needed before it compares
+
+
+@dataclass
+class SearchConfig:
+    algorithm: str = "random"
+    num_samples: int = 64
+    seed: int = 0
+    max_concurrent: int | None = None
+
+
+@dataclass
+class ResourcesConfig:
+    cpu_per_trial: float = 1.0
+    gpu_per_trial: float = 0.0
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start an embedded Ray on 127.0.0.1
+    num_cpus: int | None = None  # embedded Ray only; default: all cores
+    num_gpus: int | None = None
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+
+
+@dataclass
+class StoreConfig:
+    path: str = "results"
+
+
+@dataclass
+class RetuneConfig:
+    max_age_days: float = 90.0
+    on_data_change: bool = True
+    drift_tolerance: float = 0.02
+
+
+@dataclass
+class SweepConfig:
+    study: str = "???"
+    base: Any = None  # a path (or list of paths) of configs this one extends
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search_space: Any = None  # path of a search-space YAML file, or the space inline
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    retune: RetuneConfig = field(default_factory=RetuneConfig)
+
+    # Filled by load(), not by the user.
+    source_file: str | None = None
+
+
+def _schema_at(path: list[str]) -> type | None:
+    """The dataclass that holds the keys under ``path`` (e.g. ["train"] -> TrainConfig)."""
+    cls: Any = SweepConfig
+    for part in path:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return None
+        cls = fields[part].type
+        cls = globals().get(cls, cls) if isinstance(cls, str) else cls
+    return cls if dataclasses.is_dataclass(cls) else None
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """' (did you mean 'x'?)' when a close match exists, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _omegaconf_message(err: OmegaConfBaseException, where: str) -> str:
+    full_key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) and full_key:
+        parts = full_key.split(".")
+        schema = _schema_at(parts[:-1])
+        valid = [f.name for f in dataclasses.fields(schema) if f.name != "source_file"] if schema else []
+        prefix = ".".join(parts[:-1] + [""])
+        hint = did_you_mean(parts[-1], valid).replace("'", f"'{prefix}", 1) if valid else ""
+        if not hint and valid:
+            hint = f" (valid keys: {', '.join(valid)})"
+        return f"{where}: unknown key '{full_key}'{hint}"
+    msg = str(err).splitlines()[0].strip()
+    if isinstance(err, ValidationError) and full_key:
+        return f"{where}: {full_key}: {msg}"
+    return f"{where}: {f'{full_key}: ' if full_key else ''}{msg}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """The config at ``path`` and its base configs, base first."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"{path}: base configs form a cycle: {chain}")
+    data = _read_yaml(path)
+    bases = data.pop("base", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: base: expected a path or a list of paths, got {bases!r}")
+    layers: list[tuple[Path, dict[str, Any]]] = []
+    for base in bases:
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base: file not found: {base} (looked at {base_path})")
+        layers.extend(_layers(base_path, (*seen, path)))
+    layers.append((path, data))
+    return layers
+
+
+def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}': expected key=value (e.g. search.num_samples=8)")
+    return list(overrides)
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Load a sweep config: base configs, then the file, then ``key=value`` overrides; validate.
+
+    Args:
+        path: the YAML config file.
+        overrides: dotlist overrides from the command line, applied last.
+
+    Raises:
+        ConfigError: on any unknown key, wrong type, out-of-range value or missing file.
+    """
+    path = Path(path)
+    merged: DictConfig = OmegaConf.structured(SweepConfig)
+    for layer_path, data in _layers(path):
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(data))
+        except OmegaConfBaseException as err:
+            raise ConfigError(_omegaconf_message(err, str(layer_path))) from None
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(_parse_overrides(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_omegaconf_message(err, "command line")) from None
+    try:
+        cfg: SweepConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(_omegaconf_message(err, str(path))) from None
+    cfg.source_file = str(path.resolve())
+    cfg.model = _plain(cfg.model)
+    cfg.search_space = _plain(cfg.search_space)
+    validate(cfg)
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def to_yaml(cfg: SweepConfig) -> str:
+    """The resolved config as YAML text (what the store records for each sweep)."""
+    data = dataclasses.asdict(cfg)
+    data.pop("base", None)
+    data.pop("source_file", None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def from_yaml(text: str) -> SweepConfig:
+    """Rebuild a config from :func:`to_yaml` output (used on resume and by ``orch best``)."""
+    merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.create(yaml.safe_load(text)))
+    cfg: SweepConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    cfg.model = _plain(cfg.model)
+    cfg.search_space = _plain(cfg.search_space)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: each check names the full key and the bad value.
+
+
+def _fail(key: str, problem: str, value: Any) -> None:
+    raise ConfigError(f"{key}: {problem} (got {value!r})")
+
+
+def _check_range(key: str, value: float | None, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False, allow_none: bool = False) -> None:
+    if value is None:
+        if allow_none:
+            return
+        _fail(key, "a value is required", value)
+    ok = True
+    if lo is not None:
+        ok &= value > lo if lo_open else value >= lo
+    if hi is not None:
+        ok &= value < hi if hi_open else value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        _fail(key, f"must be in {left}{lo_s}, {hi_s}{right}", value)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        hint = did_you_mean(str(value), choices)
+        _fail(key, f"unknown value{hint}; valid: {', '.join(choices)}", value)
+
+
+def resolve_path(cfg: SweepConfig, value: str) -> Path:
+    """A path from the config: relative to the working directory, else to the config's directory
+    or the nearest of its parents that has it (so ``search_spaces/x.yaml`` works from anywhere)."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists() or cfg.source_file is None:
+        return p
+    for directory in Path(cfg.source_file).parents:
+        if (directory / p).exists():
+            return directory / p
+    return p
+
+
+def validate(cfg: SweepConfig) -> None:
+    """Check every value of ``cfg``; raise ConfigError naming the first bad key."""
+    from models import registry as model_registry
+    from orchestrator import data as data_mod
+    from orchestrator import schedulers, searchers
+
+    if cfg.study == "???" or not cfg.study:
+        _fail("study", "a study name is required", cfg.study)
+    if not STUDY_NAME.match(cfg.study):
+        _fail("study", "use letters, digits, '_', '-' and '.' only", cfg.study)
+
+    d = cfg.data
+    if (d.source is None) == (d.path is None):
+        _fail("data", "give exactly one of data.source (e.g. sklearn:digits) or data.path", {"source": d.source, "path": d.path})
+    if d.source is not None:
+        data_mod.check_source(d.source)
+    if d.path is not None:
+        p = resolve_path(cfg, d.path)
+        if not p.is_file():
+            _fail("data.path", "file not found", d.path)
+        if p.suffix.lower() not in data_mod.FILE_FORMATS:
+            _fail("data.path", f"unknown file format; valid: {', '.join(data_mod.FILE_FORMATS)}", d.path)
+        if not d.target:
+            _fail("data.target", "name the target column of data.path", d.target)
+    if d.task is not None:
+        _check_choice("data.task", d.task, TASKS)
+    _check_range("data.val_fraction", d.val_fraction, 0, 1, lo_open=True, hi_open=True)
+    _check_range("data.test_fraction", d.test_fraction, 0, 1, hi_open=True)
+    if d.val_fraction + d.test_fraction >= 1:
+        _fail("data.test_fraction", "val_fraction + test_fraction must be below 1", d.val_fraction + d.test_fraction)
+    _check_choice("data.scale", d.scale, SCALERS)
+
+    if not isinstance(cfg.model, dict) or "name" not in cfg.model:
+        _fail("model.name", "a model name is required", cfg.model)
+    model_registry.check(cfg.model, "model")
+
+    t = cfg.train
+    _check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    _check_range("train.lr", t.lr, 0, None, lo_open=True)
+    _check_range("train.batch_size", t.batch_size, 1)
+    _check_range("train.weight_decay", t.weight_decay, 0)
+    _check_range("train.momentum", t.momentum, 0, 1, hi_open=True)
+    _check_range("train.beta1", t.beta1, 0, 1, hi_open=True)
+    _check_range("train.beta2", t.beta2, 0, 1, hi_open=True)
+    _check_range("train.eps", t.eps, 0, None, lo_open=True)
+    _check_range("train.grad_clip", t.grad_clip, 0, None, lo_open=True, allow_none=True)
+    _check_range("train.patience", t.patience, 1, allow_none=True)
+    _check_range("train.min_delta", t.min_delta, 0)
+    _check_range("train.checkpoint_every", t.checkpoint_every, 1)
+    _check_range("train.threads", t.threads, 1, allow_none=True)
+
+    _check_choice("objective.mode", cfg.objective.mode, ("min", "max"))
+    if not cfg.objective.metric:
+        _fail("objective.metric", "a metric name is required", cfg.objective.metric)
+
+    s = cfg.scheduler
+    _check_choice("scheduler.name", s.name, schedulers.names())
+    _check_range("scheduler.max_epochs", s.max_epochs, 1)
+    _check_range("scheduler.grace_period", s.grace_period, 1)
+    if s.grace_period > s.max_epochs:
+        _fail("scheduler.grace_period", f"must not exceed scheduler.max_epochs ({s.max_epochs})", s.grace_period)
+    _check_range("scheduler.reduction_factor", s.reduction_factor, 1, None, lo_open=True)
+    _check_range("scheduler.min_samples", s.min_samples, 1)
+
+    q = cfg.search
+    _check_choice("search.algorithm", q.algorithm, searchers.names())
+    _check_range("search.num_samples", q.num_samples, 1)
+    _check_range("search.max_concurrent", q.max_concurrent, 1, allow_none=True)
+
+    r = cfg.resources
+    _check_range("resources.cpu_per_trial", r.cpu_per_trial, 0, None, lo_open=True)
+    _check_range("resources.gpu_per_trial", r.gpu_per_trial, 0)
+    _check_range("ray.num_cpus", cfg.ray.num_cpus, 1, allow_none=True)
+    _check_range("ray.num_gpus", cfg.ray.num_gpus, 0, allow_none=True)
+    _check_range("ray.dashboard_port", cfg.ray.dashboard_port, 1, 65535)
+
+    if not cfg.store.path:
+        _fail("store.path", "a directory is required", cfg.store.path)
+    _check_range("retune.max_age_days", cfg.retune.max_age_days, 0, None, lo_open=True)
+    _check_range("retune.drift_tolerance", cfg.retune.drift_tolerance, 0)
+
+    from orchestrator import spaces
+
+    spaces.compile_space(cfg)  # raises ConfigError naming the knob

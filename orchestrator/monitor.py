@@ -1,0 +1,233 @@
+"""Driver-side Tune callbacks: the store writer and the progress line.
+
+Trials report; the driver writes. ``StoreWriter`` turns Tune results into store rows and writes
+them in batches (on a timer, at every experiment checkpoint, and at the end). ``Progress`` prints
+one line a person wants to read instead of Ray's tables.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+from ray.tune import Callback
+
+from orchestrator.store import Store
+from orchestrator.trainer import METRIC_DIRECTIONS
+
+FLUSH_INTERVAL_S = 10.0
+FLUSH_ROWS = 5000
+
+
+def trial_status(trial) -> tuple[str, str]:
+    """(status, reason) of a finished trial, from its last result and Tune's status."""
+    last = trial.last_result or {}
+    if trial.status == "ERROR":
+        err = getattr(trial, "error_msg", None) or ""
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        return "error", lines[-1][:500] if lines else "trial raised an error"
+    if last.get("final"):
+        return last.get("trial_status", "completed"), last.get("stop_reason", "")
+    return "stopped_early", "scheduler"
+
+
+class StoreWriter(Callback):
+    """Writes every epoch (metrics) and every finished trial (trials) of one sweep to the store."""
+
+    def __init__(self, store_root: str, study: str, sweep_id: str, base: dict[str, Any],
+                 config_types: dict[str, pa.DataType], flush_interval_s: float = FLUSH_INTERVAL_S):
+        self.store_root = store_root
+        self.study = study
+        self.sweep_id = sweep_id
+        self.base = base
+        self.config_types = config_types
+        self.flush_interval_s = flush_interval_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self._metrics: list[dict[str, Any]] = []
+        self._trials: list[dict[str, Any]] = []
+        self._seen_metrics: set[tuple] = set()
+        self._seen_trials: set[tuple] = set()
+        self._started: dict[str, datetime] = {}
+        self._last_flush = time.monotonic()
+        self.trials_written = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for k in ("_metrics", "_trials", "_seen_metrics", "_seen_trials", "_started"):
+            state[k] = type(state[k])()
+        return state
+
+    @property
+    def store(self) -> Store:
+        return Store(self.store_root)
+
+    # -- Tune hooks ------------------------------------------------------------------------------
+    def setup(self, **info) -> None:
+        # On resume, rows written before the crash are in the store: never write them again.
+        self._seen_metrics = self.store.existing_keys("metrics", self.study, self.sweep_id)
+        self._seen_trials = self.store.existing_keys("trials", self.study, self.sweep_id)
+        self.trials_written = len(self._seen_trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._started.setdefault(trial.trial_id, datetime.now(timezone.utc))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        for row in result.get("history") or ():
+            key = (self.sweep_id, trial.trial_id, int(row["epoch"]))
+            if key in self._seen_metrics:
+                continue
+            self._seen_metrics.add(key)
+            self._metrics.append({"sweep_id": self.sweep_id, "trial_id": trial.trial_id,
+                                  **{k: v for k, v in row.items() if k != "epoch_time_s"},
+                                  "time_s": row.get("epoch_time_s")})
+        if len(self._metrics) >= FLUSH_ROWS:
+            self.flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.flush()
+
+    def get_state(self) -> dict[str, Any] | None:
+        # Called when Tune saves its experiment state: make the store at least as new as that
+        # state, so a resume never loses rows (and never repeats them: see setup()).
+        self.flush()
+        return None
+
+    # -- rows --------------------------------------------------------------------------------------
+    def _finish(self, trial) -> None:
+        key = (self.sweep_id, trial.trial_id)
+        if key in self._seen_trials:
+            return
+        self._seen_trials.add(key)
+        last = trial.last_result or {}
+        status, reason = trial_status(trial)
+        hp = {**self.base, **(trial.config or {})}
+        row: dict[str, Any] = {
+            "sweep_id": self.sweep_id, "trial_id": trial.trial_id, "status": status, "stop_reason": reason,
+        }
+        row.update({f"config.{k}": v for k, v in hp.items()})
+        for name in METRIC_DIRECTIONS:
+            if name in last:
+                row[f"final_{name}"] = _finite_or_none(last[name]) if status == "diverged" else last[name]
+            best = (last.get("best") or {}).get(name)
+            if best is not None or name in last:
+                row[f"best_{name}"] = best
+        row.update({
+            "best_epoch": last.get("best_epoch"),
+            "epochs": last.get("epoch", 0),
+            "train_time_s": last.get("train_time_s"),
+            "started_at": self._started.get(trial.trial_id),
+            "ended_at": datetime.now(timezone.utc),
+            "node": last.get("hostname") or last.get("node_ip"),
+        })
+        self._trials.append(row)
+
+    def flush(self) -> None:
+        """Write buffered rows: one file per table, metrics first (a trial row implies its epochs)."""
+        store = self.store
+        if self._metrics:
+            store.append("metrics", self.study, self._metrics, self.sweep_id)
+            self._metrics = []
+        if self._trials:
+            store.append("trials", self.study, self._trials, self.sweep_id, types=self.config_types)
+            self.trials_written += len(self._trials)
+            self._trials = []
+        self._last_flush = time.monotonic()
+
+
+def _finite_or_none(v: Any) -> Any:
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+class Progress(Callback):
+    """One line of progress: trials done / running / stopped early, best so far, elapsed time."""
+
+    def __init__(self, total: int, metric: str, mode: str, interval_s: float | None = None):
+        self.total = total
+        self.metric = metric
+        self.mode = mode
+        self.interval_s = interval_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counts = {"completed": 0, "stopped_early": 0, "diverged": 0, "error": 0}
+        self.best: tuple[float, str] | None = None
+        self.running = 0
+        self._t0 = time.monotonic()
+        self._last = 0.0
+        self._line_len = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"total": self.total, "metric": self.metric, "mode": self.mode, "interval_s": self.interval_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def _tty(self) -> bool:
+        return sys.stdout.isatty()
+
+    def setup(self, **info) -> None:
+        self._t0 = time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
+            if better:
+                self.best = (float(value), trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        status, _ = trial_status(trial)
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.counts["error"] += 1
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self.running = sum(1 for t in trials if t.status == "RUNNING")
+        interval = self.interval_s if self.interval_s is not None else (0.5 if self._tty else 10.0)
+        if time.monotonic() - self._last >= interval:
+            self.show()
+
+    def line(self) -> str:
+        c = self.counts
+        done = sum(c.values())
+        elapsed = time.monotonic() - self._t0
+        parts = [f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}]",
+                 f"trials {done}/{self.total} done", f"{self.running} running",
+                 f"{c['stopped_early']} stopped early"]
+        if c["diverged"]:
+            parts.append(f"{c['diverged']} diverged")
+        if c["error"]:
+            parts.append(f"{c['error']} failed")
+        if self.best is not None:
+            parts.append(f"best {self.metric} {self.best[0]:.4g} ({self.best[1]})")
+        return " | ".join([parts[0] + " " + parts[1], *parts[2:]])
+
+    def show(self, final: bool = False) -> None:
+        self._last = time.monotonic()
+        text = self.line()
+        if self._tty:
+            pad = " " * max(0, self._line_len - len(text))
+            sys.stdout.write("\r" + text + pad + ("\n" if final else ""))
+            self._line_len = len(text)
+        else:
+            sys.stdout.write(text + "\n")
+        sys.stdout.flush()

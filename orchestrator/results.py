@@ -1,0 +1,116 @@
+"""Queries over the results store behind ``orch results`` and ``orch best``."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from orchestrator.errors import UserError
+from orchestrator.store import Store
+
+SWEEP_COLUMNS = ["study", "sweep_id", "ended_at", "trials", "scheduler", "metric", "best_value",
+                 "best_trial_id", "best_config"]
+
+
+def _varied_knobs(trials: pd.DataFrame) -> list[str]:
+    """The config columns that differ between a sweep's trials (the knobs it searched)."""
+    cols = [c for c in trials.columns if c.startswith("config.")]
+    return [c for c in cols if trials[c].astype(str).nunique(dropna=False) > 1]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def sweeps_table(root: str | Path, study: str | None = None) -> pd.DataFrame:
+    """One row per sweep, newest first, with its best trial and that trial's searched knobs."""
+    store = Store(root)
+    if not store.root.is_dir():
+        raise UserError(f"--store: no results store at {store.root}")
+    sweeps = store.sweeps(study)
+    if study is not None and sweeps.empty:
+        known = sorted(store.sweeps()["study"].unique()) if store.files("sweeps") else []
+        raise UserError(f"--study: no sweeps of study {study!r} in {store.root}; studies: {', '.join(known) or '(none)'}")
+    if sweeps.empty:
+        return pd.DataFrame(columns=SWEEP_COLUMNS)
+    trials = store.trials(study)
+    rows = []
+    for _, s in sweeps.iterrows():
+        mine = trials[(trials["study"] == s["study"]) & (trials["sweep_id"] == s["sweep_id"])] if len(trials) else trials
+        best_config = ""
+        if len(mine) and s.get("best_trial_id") in set(mine["trial_id"]):
+            best = mine[mine["trial_id"] == s["best_trial_id"]].iloc[0]
+            best_config = " ".join(f"{c[7:]}={_fmt(best[c])}" for c in _varied_knobs(mine))
+        rows.append({
+            "study": s["study"], "sweep_id": s["sweep_id"], "ended_at": s["ended_at"],
+            "trials": len(mine), "scheduler": s["scheduler"], "metric": f"{s['metric']} ({s['mode']})",
+            "best_value": s["best_value"], "best_trial_id": s["best_trial_id"], "best_config": best_config,
+        })
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return df.to_json(orient="records", date_format="iso", indent=2) + "\n"
+    if df.empty:
+        return "No sweeps yet. Run one with: orch sweep conf/tabular.yaml\n"
+    shown = df.copy()
+    shown["ended_at"] = pd.to_datetime(shown["ended_at"]).dt.strftime("%Y-%m-%d %H:%M")
+    shown["best_value"] = shown["best_value"].map(lambda v: "" if pd.isna(v) else f"{v:.5g}")
+    buf = io.StringIO()
+    buf.write(shown.to_string(index=False, justify="left", max_colwidth=80))
+    buf.write("\n")
+    return buf.getvalue()
+
+
+def best_trial(root: str | Path, study: str, sweep_id: str | None = None) -> tuple[pd.Series, pd.Series]:
+    """(sweep row, trial row) of the best trial of a study (or of one of its sweeps)."""
+    store = Store(root)
+    sweeps = store.sweeps(study)
+    if sweeps.empty:
+        known = sorted(store.sweeps()["study"].unique()) if store.files("sweeps") else []
+        raise UserError(f"study {study!r} has no finished sweeps in {store.root}; studies: {', '.join(known) or '(none)'}")
+    if sweep_id is not None:
+        sweeps = sweeps[sweeps["sweep_id"] == sweep_id]
+        if sweeps.empty:
+            raise UserError(f"--sweep: no sweep {sweep_id!r} in study {study!r}")
+    sweeps = sweeps.dropna(subset=["best_trial_id", "best_value"])
+    if sweeps.empty:
+        raise UserError(f"study {study!r}: no sweep produced a usable trial")
+    mode = sweeps["mode"].iloc[0]
+    sweeps = sweeps.sort_values("best_value", ascending=(mode == "min"), kind="stable")
+    s = sweeps.iloc[0]
+    trials = store.trials(study)
+    match = trials[(trials["sweep_id"] == s["sweep_id"]) & (trials["trial_id"] == s["best_trial_id"])]
+    if match.empty:
+        raise UserError(f"study {study!r}: best trial {s['best_trial_id']} of sweep {s['sweep_id']} is missing from the trials table")
+    return s, match.iloc[0]
+
+
+def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
+    """The best trial's hyperparameters as a config fragment (model: and train: sections)."""
+    from orchestrator import config as config_mod
+    from orchestrator import spaces
+
+    s, t = best_trial(root, study, sweep_id)
+    cfg = config_mod.from_yaml(s["config_yaml"])
+    sections = spaces.hyperparameter_names(cfg)
+    out: dict[str, dict[str, Any]] = {"model": {"name": cfg.model["name"]}, "train": {}}
+    for col, value in t.items():
+        if not col.startswith("config.") or col[7:] not in sections:
+            continue
+        if isinstance(value, float) and pd.isna(value):
+            value = None
+        out[sections[col[7:]]][col[7:]] = value.item() if hasattr(value, "item") else value
+    header = (f"# best of study {study}: sweep {s['sweep_id']}, trial {s['best_trial_id']}, "
+              f"{s['metric']} = {s['best_value']:.6g} ({s['mode']})\n")
+    return header + yaml.safe_dump(json.loads(json.dumps(out, default=str)), sort_keys=False)

@@ -1,0 +1,88 @@
+"""Trial schedulers: a name -> factory table over Ray Tune's schedulers.
+
+A factory takes the sweep config and returns a :class:`SchedulerPlan`: the Ray Tune scheduler and
+the epochs at which it needs a result. Trials report to Tune only at those epochs (plus checkpoints
+and the last epoch); every epoch's metrics still reach the store, batched into those reports. Fewer
+round trips through the Tune driver is most of what makes short trials cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ray.tune.schedulers import (
+    AsyncHyperBandScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    MedianStoppingRule,
+    TrialScheduler,
+)
+
+TIME_ATTR = "epoch"
+
+
+@dataclass
+class SchedulerPlan:
+    scheduler: TrialScheduler
+    # Epochs at which the scheduler decides; None means it wants every epoch.
+    decision_epochs: frozenset[int] | None
+
+
+def _asha(cfg) -> SchedulerPlan:
+    s = cfg.scheduler
+    sched = AsyncHyperBandScheduler(
+        time_attr=TIME_ATTR,
+        max_t=s.max_epochs,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        brackets=1,
+    )
+    try:  # the rung milestones Ray computed; if its internals move, report every epoch instead
+        milestones = frozenset(int(m) for b in sched._brackets for m, _ in b._rungs)
+    except AttributeError:
+        milestones = None
+    return SchedulerPlan(sched, milestones)
+
+
+def _fifo(cfg) -> SchedulerPlan:
+    return SchedulerPlan(FIFOScheduler(), frozenset())
+
+
+def _hyperband(cfg) -> SchedulerPlan:
+    s = cfg.scheduler
+    sched = HyperBandScheduler(time_attr=TIME_ATTR, max_t=s.max_epochs, reduction_factor=s.reduction_factor)
+    return SchedulerPlan(sched, None)
+
+
+def _median(cfg) -> SchedulerPlan:
+    s = cfg.scheduler
+    sched = MedianStoppingRule(
+        time_attr=TIME_ATTR, grace_period=s.grace_period, min_samples_required=s.min_samples
+    )
+    return SchedulerPlan(sched, None)
+
+
+SCHEDULERS: dict[str, Callable[..., SchedulerPlan]] = {
+    "asha": _asha,
+    "fifo": _fifo,
+    "hyperband": _hyperband,
+    "median": _median,
+}
+
+
+def names() -> list[str]:
+    return list(SCHEDULERS)
+
+
+def create(cfg) -> SchedulerPlan:
+    """The scheduler plan for ``cfg.scheduler.name`` (validated by the config loader)."""
+    return SCHEDULERS[cfg.scheduler.name](cfg)
+
+
+def report_epochs(plan: SchedulerPlan, max_epochs: int, checkpoint_every: int) -> frozenset[int] | None:
+    """Epochs at which a trial reports to Tune: decisions, checkpoints and the last epoch."""
+    if plan.decision_epochs is None:
+        return None
+    checkpoints = range(checkpoint_every, max_epochs + 1, checkpoint_every)
+    return frozenset({*plan.decision_epochs, *checkpoints, max_epochs})

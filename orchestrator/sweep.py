@@ -1,0 +1,330 @@
+"""Run one sweep: load data once, start (or join) Ray, run the Tuner, write the store.
+
+The environment settings below are the difference between Ray Tune's defaults and a sweep of many
+short trials that costs little more than the training itself (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+# Ray Tune's per-result loggers (CSV, JSON, TensorBoard) write files for every report; the store
+# replaces them. Usage statistics would contact a server. Both are off unless the user says so.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
+
+from orchestrator import __version__, config as config_mod, data as data_mod  # noqa: E402
+from orchestrator import schedulers, searchers, spaces  # noqa: E402
+from orchestrator.errors import ConfigError, SweepFailed, UserError  # noqa: E402
+from orchestrator.store import Store  # noqa: E402
+from orchestrator.trainer import METRIC_DIRECTIONS, TASK_METRICS, TrialSetup, tune_trainable  # noqa: E402
+
+log = logging.getLogger(__name__)
+SWEEP_CONFIG_FILE = "orch_sweep.yaml"
+
+
+@dataclass
+class SweepResult:
+    study: str
+    sweep_id: str
+    store: Store
+    finished: bool
+    best_trial_id: str | None = None
+    best_value: float | None = None
+    best_config: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    dashboard_url: str | None = None
+    elapsed_s: float = 0.0
+
+
+def new_sweep_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def store_root(cfg, override: str | None = None) -> Path:
+    """``--store`` beats the config's ``store.path``, which beats ``$ORCH_STORE``, else results/."""
+    if override:
+        return Path(override)
+    if cfg is not None and cfg.store.path and cfg.store.path != "results":
+        return Path(cfg.store.path)
+    return Path(os.environ.get("ORCH_STORE") or (cfg.store.path if cfg is not None else "results"))
+
+
+# -- Ray ---------------------------------------------------------------------------------------------
+
+
+def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool]:
+    """Start an embedded Ray on 127.0.0.1 or connect to ``address``. Returns (dashboard URL, owned)."""
+    import ray
+
+    if ray.is_initialized():
+        return _dashboard_url(ray.get_runtime_context()), False
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"ray\..*")
+    address = address or cfg.ray.address
+    kwargs: dict[str, Any] = dict(
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.ERROR,
+        configure_logging=True,
+    )
+    if address:
+        ctx = ray.init(address=address, **kwargs)
+    else:
+        ctx = ray.init(
+            num_cpus=cfg.ray.num_cpus,
+            num_gpus=cfg.ray.num_gpus,
+            include_dashboard=True,
+            dashboard_host=cfg.ray.dashboard_host,
+            dashboard_port=cfg.ray.dashboard_port,
+            _node_ip_address="127.0.0.1",
+            **kwargs,
+        )
+    url = getattr(ctx, "dashboard_url", None)
+    return (f"http://{url}" if url and not url.startswith("http") else url), True
+
+
+def _dashboard_url(_ctx) -> str | None:
+    try:
+        import ray
+
+        url = ray.get_runtime_context().gcs_address and ray._private.worker.global_worker.node.address_info.get("webui_url")
+    except Exception:
+        return None
+    return f"http://{url}" if url else None
+
+
+# -- Sweep ------------------------------------------------------------------------------------------
+
+
+def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
+    """The sweep id to resume: the one named, else the newest unfinished sweep of ``study``."""
+    ray_dir = store.ray_dir()
+    finished = set(store.sweeps(study)["sweep_id"]) if store.files("sweeps", study) else set()
+    if sweep_id and sweep_id != "latest":
+        if not (ray_dir / sweep_id / SWEEP_CONFIG_FILE).is_file():
+            raise UserError(f"--resume: no sweep '{sweep_id}' under {ray_dir}")
+        if sweep_id in finished:
+            raise UserError(f"--resume: sweep '{sweep_id}' already finished; see `orch results --study {study}`")
+        return sweep_id
+    candidates = []
+    for d in sorted(ray_dir.glob("*/" + SWEEP_CONFIG_FILE)) if ray_dir.is_dir() else []:
+        sid = d.parent.name
+        if sid in finished:
+            continue
+        saved = config_mod.from_yaml(d.read_text())
+        if saved.study == study:
+            candidates.append(sid)
+    if not candidates:
+        raise UserError(f"--resume: no unfinished sweep of study '{study}' under {ray_dir}")
+    return sorted(candidates)[-1]
+
+
+def prepare(cfg, data) -> tuple[dict[str, Any], schedulers.SchedulerPlan, TrialSetup]:
+    """Search space, scheduler plan and the per-trial setup, checked against the data's task."""
+    valid = TASK_METRICS[data.task]
+    if cfg.objective.metric not in valid:
+        raise ConfigError(
+            f"objective.metric: '{cfg.objective.metric}' is not reported for {data.task}"
+            f"{config_mod.did_you_mean(cfg.objective.metric, valid)}; valid: {', '.join(valid)}"
+        )
+    expected = "min" if METRIC_DIRECTIONS[cfg.objective.metric] < 0 else "max"
+    if cfg.objective.mode != expected:
+        raise ConfigError(f"objective.mode: {cfg.objective.metric} should be '{expected}'imised (got {cfg.objective.mode!r})")
+    space = spaces.compile_space(cfg)
+    plan = schedulers.create(cfg)
+    setup = TrialSetup(
+        base=spaces.base_hyperparameters(cfg),
+        model=cfg.model["name"],
+        metric=cfg.objective.metric,
+        mode=cfg.objective.mode,
+        max_epochs=cfg.scheduler.max_epochs,
+        report_epochs=schedulers.report_epochs(plan, cfg.scheduler.max_epochs, cfg.train.checkpoint_every),
+        checkpoint_every=cfg.train.checkpoint_every,
+        threads=cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)),
+    )
+    return space, plan, setup
+
+
+def run(cfg, *, store: Store | None = None, address: str | None = None, resume: str | None = None,
+        verbose: bool = False, progress_interval_s: float | None = None,
+        echo: Callable[[str], None] = print) -> SweepResult:
+    """Run (or resume) the sweep described by ``cfg`` and record it in the store.
+
+    Raises:
+        UserError: bad data, a metric the task does not report, nothing to resume.
+        SweepFailed: every trial failed.
+    """
+    t_start = time.monotonic()
+    store = store or Store(store_root(cfg))
+    if resume:
+        sweep_id = find_resumable(store, cfg.study, resume)
+        saved = store.ray_dir() / sweep_id / SWEEP_CONFIG_FILE
+        cfg = config_mod.from_yaml(saved.read_text())
+        echo(f"Resuming sweep {sweep_id} of {cfg.study} (config as saved when it started)")
+    else:
+        sweep_id = new_sweep_id()
+
+    # Everything that can be wrong with the input is found before Ray starts or a file is written.
+    dataset = data_mod.load(cfg)
+    space, plan, setup = prepare(cfg, dataset)
+    started_at = datetime.now(timezone.utc)
+
+    dashboard, owned = start_ray(cfg, address, verbose)
+    try:
+        if dashboard:
+            echo(f"Ray dashboard: {dashboard}")
+        echo(f"Sweep {sweep_id} of {cfg.study}: {cfg.search.num_samples} trials, "
+             f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, "
+             f"{dataset.n_rows} rows x {dataset.n_features} features ({dataset.task})")
+        result = _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resume is not None,
+                            verbose, progress_interval_s)
+    finally:
+        if owned:
+            import ray
+
+            ray.shutdown()
+
+    result.dashboard_url = dashboard
+    result.elapsed_s = time.monotonic() - t_start
+    if result.finished:
+        _write_sweep_row(cfg, store, sweep_id, dataset, result, started_at)
+    return result
+
+
+def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verbose, progress_interval_s) -> SweepResult:
+    from ray import tune
+
+    from orchestrator.monitor import Progress, StoreWriter
+
+    ray_dir = store.ray_dir()
+    exp_dir = ray_dir / sweep_id
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (exp_dir / SWEEP_CONFIG_FILE).write_text(config_mod.to_yaml(cfg))
+
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, data=dataset, setup=setup),
+        {"cpu": cfg.resources.cpu_per_trial, "gpu": cfg.resources.gpu_per_trial},
+    )
+    progress = Progress(cfg.search.num_samples, cfg.objective.metric, cfg.objective.mode, progress_interval_s)
+    writer = StoreWriter(str(store.root), cfg.study, sweep_id, setup.base, _column_types(cfg))
+    if resuming and tune.Tuner.can_restore(str(exp_dir)):
+        tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=cfg.objective.metric,
+                mode=cfg.objective.mode,
+                scheduler=plan.scheduler,
+                search_alg=searchers.create(cfg),
+                num_samples=cfg.search.num_samples,
+                reuse_actors=True,
+                trial_name_creator=lambda t: t.trial_id,
+                trial_dirname_creator=lambda t: t.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=sweep_id,
+                storage_path=str(ray_dir.resolve()),
+                verbose=0 if not verbose else 1,
+                callbacks=[writer, progress],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=0),
+                log_to_file=not verbose,
+            ),
+        )
+    grid = tuner.fit()
+    # Callbacks restored from Tune's state are copies: read the counts from the store instead.
+    for cb in tuner._local_tuner.get_run_config().callbacks or []:
+        if isinstance(cb, Progress):
+            progress = cb
+        if isinstance(cb, StoreWriter):
+            cb.flush()
+    progress.show(final=True)
+    trials = store.trials(cfg.study)
+    trials = trials[trials["sweep_id"] == sweep_id] if len(trials) else trials
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    finished = len(trials) >= cfg.search.num_samples and grid.num_terminated + grid.num_errors >= len(grid)
+    result = SweepResult(cfg.study, sweep_id, store, finished, counts=counts)
+    ok = trials[trials["status"].isin(["completed", "stopped_early"])] if len(trials) else trials
+    col = f"best_{cfg.objective.metric}"
+    if len(ok) and col in ok.columns and ok[col].notna().any():
+        idx = ok[col].idxmin() if cfg.objective.mode == "min" else ok[col].idxmax()
+        best = ok.loc[idx]
+        result.best_trial_id = best["trial_id"]
+        result.best_value = float(best[col])
+        result.best_config = {c[len("config."):]: _plain(best[c]) for c in ok.columns if c.startswith("config.")}
+    elif finished and len(trials):
+        errors = trials[trials["status"] == "error"]["stop_reason"].dropna()
+        why = f": {errors.iloc[0]}" if len(errors) else ""
+        raise SweepFailed(f"sweep {sweep_id}: no trial produced a usable result{why}")
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _column_types(cfg) -> dict[str, Any]:
+    import pyarrow as pa
+
+    types = spaces.hyperparameter_types(cfg)
+    for name in METRIC_DIRECTIONS:
+        types[name] = types[f"final_{name}"] = types[f"best_{name}"] = pa.float64()
+    return types
+
+
+def _write_sweep_row(cfg, store: Store, sweep_id: str, dataset, result: SweepResult, started_at) -> None:
+    store.append("sweeps", cfg.study, [{
+        "sweep_id": sweep_id,
+        "reason": "manual",
+        "parent_sweep_id": None,
+        "scheduler": cfg.scheduler.name,
+        "searcher": cfg.search.algorithm,
+        "config_yaml": config_mod.to_yaml(cfg),
+        "started_at": started_at,
+        "ended_at": datetime.now(timezone.utc),
+        "num_trials": sum(result.counts.values()),
+        "best_trial_id": result.best_trial_id,
+        "metric": cfg.objective.metric,
+        "mode": cfg.objective.mode,
+        "best_value": result.best_value,
+        "data_fingerprint": dataset.fingerprint,
+        "orch_version": __version__,
+    }], sweep_id)
+
+
+def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> None:
+    import yaml
+
+    counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(result.counts.items()))
+    echo("")
+    if not result.finished:
+        echo(f"Sweep {result.sweep_id} interrupted after {result.elapsed_s:.0f}s ({counts or 'no trials finished'}).")
+        echo(f"Resume it with: orch sweep CONFIG --resume {result.sweep_id}")
+    else:
+        echo(f"Sweep {result.sweep_id} finished in {result.elapsed_s:.0f}s: {counts}.")
+    if result.best_trial_id:
+        echo(f"Best trial {result.best_trial_id}: {result.best_value:.6g}")
+        echo(yaml.safe_dump(result.best_config, sort_keys=True).rstrip())
+    echo(f"Results: {result.store.root}  (orch results --study {result.study})")
+    if result.dashboard_url:
+        echo(f"Ray dashboard was at {result.dashboard_url}")
+    sys.stdout.flush()
