@@ -53,13 +53,15 @@ def log1m(lower: float, upper: float) -> sample.Float:
     return domain
 
 
+# Fields of ``train:`` that describe how a trial runs, not what it learns: never searched or stored.
+RUNTIME_FIELDS = ("checkpoint_every", "threads")
+
+
 def hyperparameter_names(cfg) -> dict[str, str]:
     """Every tunable name -> the config section that holds it ("train" or "model")."""
     from models import registry
 
-    names = {f.name: "train" for f in dataclasses.fields(cfg.train)}
-    names.pop("checkpoint_every", None)
-    names.pop("threads", None)
+    names = {f.name: "train" for f in dataclasses.fields(cfg.train) if f.name not in RUNTIME_FIELDS}
     for k in registry.hyperparameters(cfg.model["name"]):
         names[k] = "model"
     return names
@@ -71,7 +73,7 @@ def base_hyperparameters(cfg) -> dict[str, Any]:
 
     hp: dict[str, Any] = dict(registry.hyperparameters(cfg.model["name"]))
     hp.update({k: v for k, v in cfg.model.items() if k != "name"})
-    hp.update(dataclasses.asdict(cfg.train))
+    hp.update({k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RUNTIME_FIELDS})
     return hp
 
 
@@ -195,6 +197,8 @@ def hyperparameter_types(cfg) -> dict[str, Any]:
 
     types: dict[str, Any] = {}
     for f in dataclasses.fields(cfg.train):
+        if f.name in RUNTIME_FIELDS:
+            continue
         types[f"config.{f.name}"] = _arrow_type(f.type, f.default)
     params = list(inspect.signature(registry.get(cfg.model["name"])).parameters.values())[2:]
     for p in params:

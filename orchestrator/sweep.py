@@ -44,6 +44,8 @@ class SweepResult:
     best_trial_id: str | None = None
     best_value: float | None = None
     best_config: dict[str, Any] = field(default_factory=dict)
+    searched: list[str] = field(default_factory=list)  # the knobs the sweep sampled
+    best_metrics: dict[str, float] = field(default_factory=dict)  # the best trial's best values
     counts: dict[str, int] = field(default_factory=dict)
     dashboard_url: str | None = None
     elapsed_s: float = 0.0
@@ -71,8 +73,10 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
     import ray
 
     if ray.is_initialized():
-        return _dashboard_url(ray.get_runtime_context()), False
+        return None, False
     if not verbose:
+        # Ray Tune's own progress tables and banners: orch prints its own progress line.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"ray\..*")
     address = address or cfg.ray.address
@@ -94,17 +98,9 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
             **kwargs,
         )
     url = getattr(ctx, "dashboard_url", None)
-    return (f"http://{url}" if url and not url.startswith("http") else url), True
-
-
-def _dashboard_url(_ctx) -> str | None:
-    try:
-        import ray
-
-        url = ray.get_runtime_context().gcs_address and ray._private.worker.global_worker.node.address_info.get("webui_url")
-    except Exception:
-        return None
-    return f"http://{url}" if url else None
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    return url or None, True
 
 
 # -- Sweep ------------------------------------------------------------------------------------------
@@ -207,6 +203,7 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
 
 def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verbose, progress_interval_s) -> SweepResult:
     from ray import tune
+    from ray.tune.search.sample import Domain
 
     from orchestrator.monitor import Progress, StoreWriter
 
@@ -260,7 +257,8 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
     trials = trials[trials["sweep_id"] == sweep_id] if len(trials) else trials
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     finished = len(trials) >= cfg.search.num_samples and grid.num_terminated + grid.num_errors >= len(grid)
-    result = SweepResult(cfg.study, sweep_id, store, finished, counts=counts)
+    searched = [k for k, v in space.items() if isinstance(v, Domain)]
+    result = SweepResult(cfg.study, sweep_id, store, finished, counts=counts, searched=searched)
     ok = trials[trials["status"].isin(["completed", "stopped_early"])] if len(trials) else trials
     col = f"best_{cfg.objective.metric}"
     if len(ok) and col in ok.columns and ok[col].notna().any():
@@ -269,6 +267,9 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
         result.best_trial_id = best["trial_id"]
         result.best_value = float(best[col])
         result.best_config = {c[len("config."):]: _plain(best[c]) for c in ok.columns if c.startswith("config.")}
+        result.best_metrics = {c[len("best_"):]: float(best[c]) for c in ok.columns
+                               if c.startswith("best_") and c[len("best_"):] in METRIC_DIRECTIONS
+                               and best[c] is not None and best[c] == best[c]}
     elif finished and len(trials):
         errors = trials[trials["status"] == "error"]["stop_reason"].dropna()
         why = f": {errors.iloc[0]}" if len(errors) else ""
@@ -322,8 +323,14 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
     else:
         echo(f"Sweep {result.sweep_id} finished in {result.elapsed_s:.0f}s: {counts}.")
     if result.best_trial_id:
-        echo(f"Best trial {result.best_trial_id}: {result.best_value:.6g}")
-        echo(yaml.safe_dump(result.best_config, sort_keys=True).rstrip())
+        metric = next(iter(m for m in result.best_metrics if result.best_metrics[m] == result.best_value), None)
+        others = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best_metrics.items()) if k != metric)
+        echo(f"Best trial {result.best_trial_id}: {metric or 'objective'} {result.best_value:.6g}"
+             + (f" (best {others})" if others else ""))
+        shown = {k: result.best_config[k] for k in result.searched if k in result.best_config}
+        if shown:
+            echo(yaml.safe_dump(shown, sort_keys=True).rstrip())
+        echo(f"Full config: orch best {result.study}")
     echo(f"Results: {result.store.root}  (orch results --study {result.study})")
     if result.dashboard_url:
         echo(f"Ray dashboard was at {result.dashboard_url}")
