@@ -78,6 +78,8 @@ class SearchConfig:
     num_samples: int = 64
     seed: int = 0
     max_concurrent: int | None = None
+    # Known good configs (knob -> value) to try before sampling: a list of mappings.
+    points_to_evaluate: Any = None
 
 
 @dataclass
@@ -238,6 +240,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep
     cfg.source_file = str(path.resolve())
     cfg.model = _plain(cfg.model)
     cfg.search_space = _plain(cfg.search_space)
+    cfg.search.points_to_evaluate = _plain(cfg.search.points_to_evaluate)
     validate(cfg)
     return cfg
 
@@ -250,7 +253,11 @@ def _plain(value: Any) -> Any:
 
 def to_yaml(cfg: SweepConfig) -> str:
     """The resolved config as YAML text (what the store records for each sweep)."""
+    from orchestrator.spaces import load_space
+
     data = dataclasses.asdict(cfg)
+    # Inline the search space, so the text alone reproduces the sweep (resume, re-tune, `orch best`).
+    data["search_space"] = load_space(cfg) or None
     data.pop("base", None)
     data.pop("source_file", None)
     return yaml.safe_dump(data, sort_keys=False)
@@ -262,6 +269,7 @@ def from_yaml(text: str) -> SweepConfig:
     cfg: SweepConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     cfg.model = _plain(cfg.model)
     cfg.search_space = _plain(cfg.search_space)
+    cfg.search.points_to_evaluate = _plain(cfg.search.points_to_evaluate)
     return cfg
 
 
@@ -369,7 +377,7 @@ def validate(cfg: SweepConfig) -> None:
     _check_choice("scheduler.name", s.name, schedulers.names())
     _check_range("scheduler.max_epochs", s.max_epochs, 1)
     _check_range("scheduler.grace_period", s.grace_period, 1)
-    if s.grace_period > s.max_epochs:
+    if s.grace_period > s.max_epochs and s.name in ("asha", "median"):
         _fail("scheduler.grace_period", f"must not exceed scheduler.max_epochs ({s.max_epochs})", s.grace_period)
     _check_range("scheduler.reduction_factor", s.reduction_factor, 1, None, lo_open=True)
     _check_range("scheduler.min_samples", s.min_samples, 1)

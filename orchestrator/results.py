@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import yaml
 
 from orchestrator.errors import UserError
@@ -104,13 +105,19 @@ def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
     s, t = best_trial(root, study, sweep_id)
     cfg = config_mod.from_yaml(s["config_yaml"])
     sections = spaces.hyperparameter_names(cfg)
+    types = spaces.hyperparameter_types(cfg)
     out: dict[str, dict[str, Any]] = {"model": {"name": cfg.model["name"]}, "train": {}}
     for col, value in t.items():
         if not col.startswith("config.") or col[7:] not in sections:
             continue
         if isinstance(value, float) and pd.isna(value):
             value = None
-        out[sections[col[7:]]][col[7:]] = value.item() if hasattr(value, "item") else value
+        value = value.item() if hasattr(value, "item") else value
+        # An integer column with a missing value in some trial reads back as floats (5.0): write
+        # the integer, or the fragment would not load (train.patience: 5.0 is not an int).
+        if isinstance(value, float) and value.is_integer() and pa.types.is_integer(types.get(col, pa.null())):
+            value = int(value)
+        out[sections[col[7:]]][col[7:]] = value
     header = (f"# best of study {study}: sweep {s['sweep_id']}, trial {s['best_trial_id']}, "
               f"{s['metric']} = {s['best_value']:.6g} ({s['mode']})\n")
     return header + yaml.safe_dump(json.loads(json.dumps(out, default=str)), sort_keys=False)

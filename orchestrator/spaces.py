@@ -175,6 +175,27 @@ def compile_space(cfg) -> dict[str, Any]:
     return space
 
 
+def check_points(cfg, space: dict[str, Any]) -> list[dict[str, Any]]:
+    """``search.points_to_evaluate``, checked against the space: each a mapping of sampled knobs."""
+    points = cfg.search.points_to_evaluate
+    if points is None:
+        return []
+    if not isinstance(points, list):
+        raise ConfigError(f"search.points_to_evaluate: expected a list of mappings (got {points!r})")
+    sampled = [k for k, v in space.items() if isinstance(v, sample.Domain)]
+    from orchestrator.config import did_you_mean
+
+    for i, point in enumerate(points):
+        key = f"search.points_to_evaluate[{i}]"
+        if not isinstance(point, dict):
+            raise ConfigError(f"{key}: expected a mapping of knob -> value (got {point!r})")
+        for knob in point:
+            if knob not in sampled:
+                raise ConfigError(f"{key}.{knob}: not a sampled knob{did_you_mean(str(knob), sampled)}; "
+                                  f"sampled: {', '.join(sampled) or '(none)'}")
+    return [dict(p) for p in points]
+
+
 def _arrow_type(annotation: Any, default: Any):
     import pyarrow as pa
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from orchestrator.errors import StoreError
@@ -164,17 +163,13 @@ class Store:
         if not files:
             return pd.DataFrame(columns=list(KEYS[table]))
         try:
-            schemas = [pq.read_schema(f) for f in files]
-            schema = pa.unify_schemas(schemas, promote_options="permissive")
-            dataset = ds.dataset(
-                [str(f) for f in files], schema=schema, format="parquet",
-            )
-            arrow = dataset.to_table()
-        except (OSError, pa.ArrowInvalid) as err:
+            tables = _untyped_nulls([pq.read_table(f) for f in files])
+            arrow = pa.concat_tables(tables, promote_options="permissive")
+        except (OSError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
             raise StoreError(f"cannot read {self.table_dir(table)}: {err}") from None
         # The study lives in the partition directory name, as Hive partitioning has it.
         studies = [f.parent.name.split("=", 1)[1] for f in files]
-        counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+        counts = [t.num_rows for t in tables]
         df = arrow.to_pandas()
         df.insert(0, "study", [s for s, n in zip(studies, counts) for _ in range(n)])
         df = df.drop_duplicates(subset=[k for k in KEYS[table] if k in df.columns], keep="first")
@@ -205,6 +200,27 @@ class Store:
             t = pq.read_table(f, columns=key_cols)
             keys.update(zip(*(t.column(c).to_pylist() for c in key_cols)))
         return keys
+
+
+def _untyped_nulls(tables: list[pa.Table]) -> list[pa.Table]:
+    """Give a column that holds no value in one file the type the other files hold.
+
+    An all-missing column is written as text (see ``_inferred``); without this, a later file with
+    numbers in that column would make the tables impossible to combine.
+    """
+    typed: dict[str, pa.DataType] = {}
+    for t in tables:
+        for f, col in zip(t.schema, t.columns, strict=True):
+            if col.null_count < len(col):
+                typed.setdefault(f.name, f.type)
+    out = []
+    for t in tables:
+        for i, (f, col) in enumerate(zip(t.schema, t.columns, strict=True)):
+            want = typed.get(f.name)
+            if want is not None and f.type != want and col.null_count == len(col):
+                t = t.set_column(i, pa.field(f.name, want), pa.nulls(len(col), type=want))
+        out.append(t)
+    return out
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -41,6 +41,7 @@ class SweepResult:
     sweep_id: str
     store: Store
     finished: bool
+    metric: str = ""
     best_trial_id: str | None = None
     best_value: float | None = None
     best_config: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +142,7 @@ def prepare(cfg, data) -> tuple[dict[str, Any], schedulers.SchedulerPlan, TrialS
     if cfg.objective.mode != expected:
         raise ConfigError(f"objective.mode: {cfg.objective.metric} should be '{expected}'imised (got {cfg.objective.mode!r})")
     space = spaces.compile_space(cfg)
+    spaces.check_points(cfg, space)
     plan = schedulers.create(cfg)
     setup = TrialSetup(
         base=spaces.base_hyperparameters(cfg),
@@ -229,7 +231,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
                 metric=cfg.objective.metric,
                 mode=cfg.objective.mode,
                 scheduler=plan.scheduler,
-                search_alg=searchers.create(cfg),
+                search_alg=searchers.create(cfg, spaces.check_points(cfg, space)),
                 num_samples=cfg.search.num_samples,
                 reuse_actors=True,
                 trial_name_creator=lambda t: t.trial_id,
@@ -258,7 +260,8 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     finished = len(trials) >= cfg.search.num_samples and grid.num_terminated + grid.num_errors >= len(grid)
     searched = [k for k, v in space.items() if isinstance(v, Domain)]
-    result = SweepResult(cfg.study, sweep_id, store, finished, counts=counts, searched=searched)
+    result = SweepResult(cfg.study, sweep_id, store, finished, metric=cfg.objective.metric,
+                         counts=counts, searched=searched)
     ok = trials[trials["status"].isin(["completed", "stopped_early"])] if len(trials) else trials
     col = f"best_{cfg.objective.metric}"
     if len(ok) and col in ok.columns and ok[col].notna().any():
@@ -323,9 +326,8 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
     else:
         echo(f"Sweep {result.sweep_id} finished in {result.elapsed_s:.0f}s: {counts}.")
     if result.best_trial_id:
-        metric = next(iter(m for m in result.best_metrics if result.best_metrics[m] == result.best_value), None)
-        others = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best_metrics.items()) if k != metric)
-        echo(f"Best trial {result.best_trial_id}: {metric or 'objective'} {result.best_value:.6g}"
+        others = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best_metrics.items()) if k != result.metric)
+        echo(f"Best trial {result.best_trial_id}: {result.metric} {result.best_value:.6g}"
              + (f" (best {others})" if others else ""))
         shown = {k: result.best_config[k] for k in result.searched if k in result.best_config}
         if shown:

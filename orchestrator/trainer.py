@@ -154,14 +154,14 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
             out = model(x_train[idx])
             loss = loss_fn(out if classification else out.squeeze(1), y_train[idx])
             if not torch.isfinite(loss):
-                total, seen = float(loss), 1
+                total, seen = loss.item(), 1
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if hp.get("grad_clip"):
                 nn.utils.clip_grad_norm_(model.parameters(), float(hp["grad_clip"]))
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             seen += len(idx)
         train_loss = total / max(seen, 1)
 

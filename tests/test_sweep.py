@@ -1,0 +1,141 @@
+"""End to end: ``orch sweep`` as a subprocess on a real local Ray, writing a real Parquet store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import CONFIG, ORCH, ROOT, SMALL, descendants, kill_all, orch
+
+
+def raw(store: Path, table: str) -> pd.DataFrame:
+    """A table exactly as its files hold it (no de-duplication), plus the study partition."""
+    frames = []
+    for f in sorted((store / table).glob("study=*/*.parquet")):
+        df = pq.read_table(f).to_pandas()
+        df["study"] = f.parent.name.split("=", 1)[1]
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def test_mini_sweep_end_to_end(store: Path) -> None:
+    # Five trials; the first is a learning rate that must diverge (SGD without clipping).
+    p = orch("sweep", CONFIG, *SMALL, "search.num_samples=5", "train.optimizer=sgd", "train.grad_clip=null",
+             "search.points_to_evaluate=[{lr: 100000.0}]", "--store", store)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "Ray dashboard: http://127.0.0.1:" in out
+    assert "Best trial " in out and "val_loss" in out
+    assert f"Results: {store}" in out
+    assert "Traceback" not in p.stderr
+    # Ray's own tables stay out of the way.
+    assert "View detailed results" not in out and "Configuration for experiment" not in out
+
+    trials = pd.read_parquet(store / "trials")
+    assert len(trials) == 5 and trials["trial_id"].is_unique
+    assert set(trials["study"].astype(str)) == {"test-iris"}
+    assert {"config.lr", "config.batch_size", "config.hidden", "final_val_loss", "best_val_accuracy",
+            "epochs", "train_time_s", "started_at", "ended_at", "node", "status"} <= set(trials.columns)
+    assert set(trials["status"]) <= {"completed", "stopped_early", "diverged"}
+    diverged = trials[trials["config.lr"] == 100000.0]
+    assert diverged["status"].tolist() == ["diverged"]
+    assert "non-finite" in diverged["stop_reason"].iloc[0]
+    sane = trials[trials["status"] != "diverged"]
+    assert sane["best_val_accuracy"].max() > 0.5  # iris: a real model was trained
+
+    metrics = pd.read_parquet(store / "metrics")
+    assert not metrics.duplicated(["trial_id", "epoch"]).any()
+    completed = trials[trials["status"] == "completed"]
+    for _, t in completed.iterrows():  # every epoch of a completed trial is in the metrics table
+        assert sorted(metrics[metrics["trial_id"] == t["trial_id"]]["epoch"]) == list(range(1, 5))
+
+    sweeps = pd.read_parquet(store / "sweeps")
+    assert len(sweeps) == 1
+    s = sweeps.iloc[0]
+    assert s["best_trial_id"] in set(sane["trial_id"])
+    assert s["best_value"] == pytest.approx(sane["best_val_loss"].min())
+    assert s["metric"] == "val_loss" and s["mode"] == "min" and len(s["data_fingerprint"]) == 16
+    saved = yaml.safe_load(s["config_yaml"])
+    assert saved["data"]["source"] == "sklearn:iris" and "lr" in saved["search_space"]
+
+    import duckdb
+
+    n = duckdb.sql(f"select count(*) from read_parquet('{store}/trials/**/*.parquet', hive_partitioning = true)"
+                   " where study = 'test-iris'").fetchall()[0][0]
+    assert n == 5
+
+    # The results commands read it back.
+    r = orch("results", "--store", store)
+    assert r.returncode == 0 and s["sweep_id"] in r.stdout and "test-iris" in r.stdout
+    b = orch("best", "test-iris", "--store", store)
+    assert b.returncode == 0, b.stderr
+    best = yaml.safe_load(b.stdout)
+    row = trials[trials["trial_id"] == s["best_trial_id"]].iloc[0]
+    assert best["train"]["lr"] == pytest.approx(row["config.lr"])
+    assert best["model"]["hidden"] == row["config.hidden"]
+
+    # Nothing of Ray's was left running by the finished sweep.
+    leftovers = subprocess.run(["pgrep", "-f", f"{store}/_ray"], capture_output=True, text=True).stdout
+    assert not leftovers.strip()
+
+
+def _wait_for_trials(store: Path, n: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sweep ended before it could be killed:\n{proc.stdout.read() if proc.stdout else ''}")
+        files = list((store / "trials").glob("study=*/*.parquet"))
+        if files and len(raw(store, "trials")) >= n:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"no {n} finished trials in the store after {timeout}s")
+
+
+def test_resume_after_driver_is_killed(store: Path, tmp_path: Path) -> None:
+    args = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=12", "search.num_samples=8",
+            "train.checkpoint_every=2", "model.hidden=32", "--store", str(store)]
+    proc = subprocess.Popen([ORCH, "sweep", str(CONFIG), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tree: list[int] = []
+    try:
+        _wait_for_trials(store, 2, proc, timeout=180)
+        tree = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
+        proc.wait(30)
+    finally:
+        kill_all(descendants(proc.pid) + tree)  # only the Ray processes this sweep started
+        if proc.poll() is None:
+            proc.kill()
+    before = raw(store, "trials")
+    assert 2 <= len(before) < 8
+    assert not (store / "sweeps").exists()  # an unfinished sweep has no sweeps row
+
+    p = orch("sweep", CONFIG, *args, "--resume")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Resuming sweep" in p.stdout
+
+    after = raw(store, "trials")
+    assert len(after) == 8 and after["trial_id"].is_unique  # never a trial twice
+    assert set(before["trial_id"]) <= set(after["trial_id"])
+    # Trials finished before the kill were not run again: their rows are the same files' rows.
+    kept = after.set_index("trial_id").loc[before["trial_id"], "ended_at"]
+    assert (kept.values == before.set_index("trial_id")["ended_at"].values).all()
+    metrics = raw(store, "metrics")
+    assert not metrics.duplicated(["trial_id", "epoch"]).any()
+    assert set(metrics["trial_id"]) == set(after["trial_id"])
+    sweeps = raw(store, "sweeps")
+    assert len(sweeps) == 1 and sweeps["num_trials"].iloc[0] == 8
+
+
+def test_resume_with_nothing_to_resume_is_a_user_error(store: Path) -> None:
+    p = orch("sweep", CONFIG, *SMALL, "--store", store, "--resume")
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "--resume" in p.stderr and "test-iris" in p.stderr
