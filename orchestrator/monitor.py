@@ -187,7 +187,8 @@ class Progress(Callback):
         self._t0 = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        value = result.get(self.metric)
+        # The trial's best so far (the same number the store and the summary give), else this report.
+        value = (result.get("best") or {}).get(self.metric, result.get(self.metric))
         if isinstance(value, (int, float)) and math.isfinite(value):
             better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
             if better:

@@ -171,7 +171,7 @@ class Store:
         studies = [f.parent.name.split("=", 1)[1] for f in files]
         counts = [t.num_rows for t in tables]
         df = arrow.to_pandas()
-        df.insert(0, "study", [s for s, n in zip(studies, counts) for _ in range(n)])
+        df.insert(0, "study", [s for s, n in zip(studies, counts, strict=True) for _ in range(n)])
         df = df.drop_duplicates(subset=[k for k in KEYS[table] if k in df.columns], keep="first")
         if columns is not None:
             df = df[[c for c in columns if c in df.columns]]
@@ -198,7 +198,7 @@ class Store:
         keys: set[tuple] = set()
         for f in files:
             t = pq.read_table(f, columns=key_cols)
-            keys.update(zip(*(t.column(c).to_pylist() for c in key_cols)))
+            keys.update(zip(*(t.column(c).to_pylist() for c in key_cols), strict=True))
         return keys
 
 

@@ -6,6 +6,7 @@ short trials that costs little more than the training itself (see BENCHMARKS.md)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -25,11 +26,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 
-from orchestrator import __version__, config as config_mod, data as data_mod  # noqa: E402
-from orchestrator import schedulers, searchers, spaces  # noqa: E402
-from orchestrator.errors import ConfigError, SweepFailed, UserError  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
-from orchestrator.trainer import METRIC_DIRECTIONS, TASK_METRICS, TrialSetup, tune_trainable  # noqa: E402
+from orchestrator import __version__, schedulers, searchers, spaces
+from orchestrator import config as config_mod
+from orchestrator import data as data_mod
+from orchestrator.errors import ConfigError, SweepFailed, UserError
+from orchestrator.store import Store
+from orchestrator.trainer import METRIC_DIRECTIONS, TASK_METRICS, TrialSetup, tune_trainable
 
 log = logging.getLogger(__name__)
 SWEEP_CONFIG_FILE = "orch_sweep.yaml"
@@ -50,6 +52,7 @@ class SweepResult:
     counts: dict[str, int] = field(default_factory=dict)
     dashboard_url: str | None = None
     elapsed_s: float = 0.0
+    config_path: str = "CONFIG"
 
 
 def new_sweep_id(now: datetime | None = None) -> str:
@@ -171,7 +174,7 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     if resume:
         sweep_id = find_resumable(store, cfg.study, resume)
         saved = store.ray_dir() / sweep_id / SWEEP_CONFIG_FILE
-        cfg = config_mod.from_yaml(saved.read_text())
+        cfg = dataclasses.replace(config_mod.from_yaml(saved.read_text()), source_file=cfg.source_file)
         echo(f"Resuming sweep {sweep_id} of {cfg.study} (config as saved when it started)")
     else:
         sweep_id = new_sweep_id()
@@ -197,6 +200,7 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
             ray.shutdown()
 
     result.dashboard_url = dashboard
+    result.config_path = _shown_path(cfg.source_file) if cfg.source_file else "CONFIG"
     result.elapsed_s = time.monotonic() - t_start
     if result.finished:
         _write_sweep_row(cfg, store, sweep_id, dataset, result, started_at)
@@ -280,6 +284,14 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
     return result
 
 
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
@@ -322,7 +334,7 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
     echo("")
     if not result.finished:
         echo(f"Sweep {result.sweep_id} interrupted after {result.elapsed_s:.0f}s ({counts or 'no trials finished'}).")
-        echo(f"Resume it with: orch sweep CONFIG --resume {result.sweep_id}")
+        echo(f"Resume it with: orch sweep {result.config_path} --resume {result.sweep_id}")
     else:
         echo(f"Sweep {result.sweep_id} finished in {result.elapsed_s:.0f}s: {counts}.")
     if result.best_trial_id:

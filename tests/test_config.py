@@ -1,0 +1,322 @@
+"""Config loading and validation, and how the command line reports a bad config.
+
+Every `orch` process imports torch and Ray Tune (about 6 s of CPU each), so the full table of
+errors runs in process through the real click entry point (`orchestrator.cli.main`, the same code
+path as the console script), and a few representative cases run as real subprocesses, started
+together so they overlap. `pytest -m slow` also runs the whole table as subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchestrator import config, schedulers
+from orchestrator.cli import main
+from orchestrator.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "conf" / "tabular.yaml"
+SPACE = ROOT / "search_spaces" / "mlp_adam.yaml"
+
+
+# -- running the command line -----------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    detail: str = ""  # an exception that escaped the CLI (in process only)
+
+
+def cli(*args: object) -> Run:
+    """``orch ARGS`` in this process, through the real click entry point."""
+    result = CliRunner().invoke(main, [str(a) for a in args], env={"ORCH_DEBUG": None})
+    detail = ""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        detail = f"{type(result.exception).__name__}: {result.exception}"
+    return Run(result.exit_code, result.stdout, result.stderr, detail)
+
+
+def orch_command(*args: object) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.cli", *map(str, args)]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "ORCH_DEBUG"}
+
+
+def orch_subprocess(*args: object, cwd: Path | None = None) -> Run:
+    """``python -m orchestrator.cli ARGS`` as a separate process."""
+    p = subprocess.run(orch_command(*args), capture_output=True, text=True, cwd=cwd or ROOT,
+                       env=clean_env(), timeout=180)
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+def assert_user_error(run: Run, *fragments: str) -> str:
+    """Exit 2, one line on stderr (no traceback) holding every fragment; returns that line."""
+    assert run.code == 2, f"exit {run.code}; stderr {run.stderr!r}; {run.detail}"
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {run.stderr!r}"
+    line = lines[0]
+    assert line.startswith("orch: error: "), line
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert run.stdout == ""
+    return line
+
+
+# -- files the error cases point at -------------------------------------------------------------
+
+
+def write_yaml(path: Path, data: object) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def make_files(d: Path) -> Path:
+    """Configs, spaces and tables for the error cases, under ``d``."""
+    d.mkdir(parents=True, exist_ok=True)
+    write_yaml(d / "typo.yaml", {"base": str(CONFIG), "scheduler": {"max_epoch": 5}})
+    write_yaml(d / "missing_data.yaml", {
+        "study": "csv-study", "data": {"path": "nothere.csv", "target": "label"}, "model": {"name": "mlp"},
+    })
+    write_yaml(d / "knob.yaml", {"lrr": {"loguniform": [1.0e-4, 1.0e-1]}})
+    write_yaml(d / "lo_hi.yaml", {"dropout": {"uniform": [0.5, 0.1]}})
+    write_yaml(d / "log_zero.yaml", {"lr": {"loguniform": [0, 0.1]}})
+    write_yaml(d / "log1m.yaml", {"beta1": {"log1m": [0.5, 1.0]}})
+    write_yaml(d / "a.yaml", {"base": "b.yaml", "study": "cycle"})
+    write_yaml(d / "b.yaml", {"base": "a.yaml"})
+    # A table whose target has a single class.
+    (d / "one_class.csv").write_text("x,label\n" + "".join(f"{i * 0.5},1\n" for i in range(40)))
+    write_yaml(d / "one_class.yaml", {
+        "study": "one-class", "data": {"path": "one_class.csv", "target": "label"}, "model": {"name": "mlp"},
+    })
+    return d
+
+
+# name -> (arguments of `orch check`, fragments the one-line message must hold)
+CASES: dict[str, Callable[[Path], tuple[list[object], list[str]]]] = {
+    "unknown_key": lambda d: (
+        [CONFIG, "scheduler.max_epoch=5"],
+        ["'scheduler.max_epoch'", "did you mean 'scheduler.max_epochs'"]),
+    "unknown_key_in_file": lambda d: (
+        [d / "typo.yaml"],
+        [str(d / "typo.yaml"), "'scheduler.max_epoch'", "did you mean 'scheduler.max_epochs'"]),
+    "unknown_top_level_key": lambda d: (
+        [CONFIG, "schedular.name=asha"], ["'schedular'", "did you mean 'scheduler'"]),
+    "wrong_type": lambda d: (
+        [CONFIG, "scheduler.max_epochs=abc"], ["scheduler.max_epochs", "'abc'"]),
+    "fraction_above_one": lambda d: (
+        [CONFIG, "data.val_fraction=1.5"], ["data.val_fraction", "1.5", "(0, 1)"]),
+    "fraction_zero": lambda d: (
+        [CONFIG, "data.val_fraction=0"], ["data.val_fraction", "0", "(0, 1)"]),
+    "negative_epochs": lambda d: (
+        [CONFIG, "scheduler.max_epochs=-3"], ["scheduler.max_epochs", "-3"]),
+    "grace_above_max_epochs": lambda d: (
+        [CONFIG, "scheduler.grace_period=50"], ["scheduler.grace_period", "50", "max_epochs (30)"]),
+    "unknown_scheduler": lambda d: (
+        [CONFIG, "scheduler.name=bogus"], ["scheduler.name", "'bogus'", ", ".join(schedulers.names())]),
+    "scheduler_typo": lambda d: (
+        [CONFIG, "scheduler.name=ashaa"], ["scheduler.name", "'ashaa'", "did you mean 'asha'"]),
+    "unknown_model": lambda d: (
+        [CONFIG, "model.name=transformer"], ["model.name", "'transformer'", "valid: mlp"]),
+    "unknown_model_knob": lambda d: (
+        [CONFIG, "model.hiden=3"], ["model.hiden", "did you mean 'hidden'"]),
+    "unknown_dataset": lambda d: (
+        [CONFIG, "data.source=sklearn:nope"], ["data.source", "'sklearn:nope'", "sklearn:digits"]),
+    "missing_config_file": lambda d: (
+        [d / "nothere.yaml"], [str(d / "nothere.yaml"), "not found"]),
+    "missing_data_file": lambda d: (
+        [d / "missing_data.yaml"], ["data.path", "'nothere.csv'", "not found"]),
+    "missing_search_space_file": lambda d: (
+        [CONFIG, "search_space=nope/space.yaml"], ["search_space", "'nope/space.yaml'", "not found"]),
+    "unknown_knob": lambda d: (
+        [CONFIG, f"search_space={d / 'knob.yaml'}"], ["search_space.lrr", "did you mean 'lr'"]),
+    "knob_low_not_below_high": lambda d: (
+        [CONFIG, f"search_space={d / 'lo_hi.yaml'}"], ["search_space.dropout.uniform", "[0.5, 0.1]"]),
+    "loguniform_not_positive": lambda d: (
+        [CONFIG, f"search_space={d / 'log_zero.yaml'}"], ["search_space.lr.loguniform", "[0, 0.1]"]),
+    "log1m_outside_unit_interval": lambda d: (
+        [CONFIG, f"search_space={d / 'log1m.yaml'}"], ["search_space.beta1.log1m", "[0.5, 1.0]", "(0, 1)"]),
+    "base_cycle": lambda d: (
+        [d / "a.yaml"], ["base", "cycle", str(d / "a.yaml"), str(d / "b.yaml")]),
+    "override_without_equals": lambda d: (
+        [CONFIG, "scheduler.max_epochs"], ["'scheduler.max_epochs'", "key=value"]),
+    "data_one_class": lambda d: (
+        [d / "one_class.yaml"], ["data.target", "'label'", "single class"]),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_files(tmp_path_factory.mktemp("cfg"))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_user_error_is_one_line(case: str, files: Path) -> None:
+    args, fragments = CASES[case](files)
+    assert_user_error(cli("check", *args), *fragments)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_user_error_is_one_line_subprocess(case: str, files: Path) -> None:
+    args, fragments = CASES[case](files)
+    assert_user_error(orch_subprocess("check", *args), *fragments)
+
+
+def test_config_error_names_key_and_value_in_process(files: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^data\.val_fraction: must be in \(0, 1\) \(got 1\.5\)$"):
+        config.load(CONFIG, ["data.val_fraction=1.5"])
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.lrr' \(did you mean 'train\.lr'\?\)"):
+        config.load(CONFIG, ["train.lrr=0.1"])
+
+
+def test_debug_shows_traceback_in_process() -> None:
+    run = cli("--debug", "check", CONFIG, "scheduler.max_epoch=5")
+    assert run.code == 2
+    assert "Traceback (most recent call last)" in run.stderr
+    assert "ConfigError" in run.stderr
+    assert run.stderr.splitlines()[-1].startswith("orch: error: ")
+
+
+def test_valid_config_checks_ok() -> None:
+    run = cli("check", CONFIG, "data.source=sklearn:iris", "study=iris-check")
+    assert run.code == 0, run.stderr + run.detail
+    assert "ok. study iris-check; 150 rows, 4 features, classification" in run.stdout
+    assert "6 knobs: lr, beta1, batch_size, hidden, layers, dropout" in run.stdout
+
+
+# -- base configs and overrides -----------------------------------------------------------------
+
+
+def test_base_configs_merge_and_overrides_win(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    write_yaml(tmp_path / "root.yaml", {
+        "study": "root-study",
+        "data": {"source": "sklearn:iris", "val_fraction": 0.25},
+        "model": {"name": "mlp", "hidden": 64, "layers": 3},
+        "train": {"lr": 0.01, "batch_size": 32, "optimizer": "adam"},
+        "scheduler": {"name": "asha", "max_epochs": 10, "grace_period": 1},
+        "search": {"num_samples": 5, "seed": 4},
+    })
+    # A base of a base is found relative to the file that names it.
+    write_yaml(tmp_path / "shared" / "mid.yaml", {
+        "base": "../root.yaml", "train": {"batch_size": 16}, "search": {"num_samples": 7},
+    })
+    write_yaml(tmp_path / "other.yaml", {"retune": {"max_age_days": 7}, "search": {"num_samples": 9}})
+    child = write_yaml(tmp_path / "child.yaml", {
+        "base": ["shared/mid.yaml", "other.yaml"],
+        "study": "child-study",
+        "model": {"dropout": 0.1},
+        "train": {"lr": 0.02},
+        "scheduler": {"max_epochs": 12},
+    })
+
+    cfg = config.load(child, ["scheduler.max_epochs=20", "train.optimizer=sgd", "model.hidden=128"])
+
+    assert cfg.study == "child-study"
+    assert cfg.source_file == str(child.resolve())
+    assert cfg.data.source == "sklearn:iris"
+    assert cfg.data.val_fraction == 0.25  # from the root base
+    assert cfg.data.test_fraction == 0.2  # schema default
+    assert cfg.model == {"name": "mlp", "hidden": 128, "layers": 3, "dropout": 0.1}  # deep merge
+    assert cfg.train.lr == 0.02  # file beats its bases
+    assert cfg.train.batch_size == 16  # mid beats root
+    assert cfg.train.optimizer == "sgd"  # override beats everything
+    assert cfg.scheduler.max_epochs == 20
+    assert cfg.scheduler.grace_period == 1
+    assert cfg.search.num_samples == 9  # a later base beats an earlier one
+    assert cfg.search.seed == 4
+    assert cfg.retune.max_age_days == 7
+    assert isinstance(cfg.scheduler.max_epochs, int) and isinstance(cfg.train.lr, float)
+
+
+def test_override_types_are_converted() -> None:
+    cfg = config.load(CONFIG, ["search.num_samples=8", "train.lr=0.5", "train.nesterov=true",
+                               "train.grad_clip=null", "model.hidden=256"])
+    assert cfg.search.num_samples == 8 and isinstance(cfg.search.num_samples, int)
+    assert cfg.train.lr == 0.5
+    assert cfg.train.nesterov is True
+    assert cfg.train.grad_clip is None
+    assert cfg.model["hidden"] == 256
+
+
+def test_yaml_round_trip() -> None:
+    cfg = config.load(CONFIG, ["study=round-trip", "train.lr=0.003", "model.layers=3"])
+    text = config.to_yaml(cfg)
+    data = yaml.safe_load(text)
+    assert "base" not in data and "source_file" not in data
+    back = config.from_yaml(text)
+    for section in ("study", "data", "model", "train", "objective", "scheduler", "search", "resources",
+                    "ray", "store", "retune"):
+        assert getattr(back, section) == getattr(cfg, section), section
+
+
+# -- real subprocesses, started together ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def procs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.Popen, Path]]:
+    """A few `orch` processes, started at once so that their imports overlap.
+
+    Between them they cover a config error, a data error and `orch sweep`; each asserts that
+    nothing else reaches stdout or stderr (no import-time warnings or banners)."""
+    d = make_files(tmp_path_factory.mktemp("proc"))
+    store = d / "store"
+    runs = {
+        "debug": ["--debug", "check", CONFIG, "scheduler.max_epoch=5"],
+        "sweep": ["sweep", CONFIG, "bad.key=1", "--store", store],
+        "data_one_class": ["check", d / "one_class.yaml"],
+    }
+    started = {
+        name: (subprocess.Popen(orch_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=d, env=clean_env()), d)
+        for name, args in runs.items()
+    }
+    yield started
+    for p, _ in started.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def finish(procs: dict[str, tuple[subprocess.Popen, Path]], name: str) -> tuple[Run, Path]:
+    p, d = procs[name]
+    out, err = p.communicate(timeout=180)
+    return Run(p.returncode, out, err), d
+
+
+def test_subprocess_debug_shows_traceback(procs) -> None:
+    run, _ = finish(procs, "debug")
+    assert run.code == 2, run.stderr
+    assert "Traceback (most recent call last)" in run.stderr
+    assert "orchestrator.errors.ConfigError" in run.stderr
+    last = run.stderr.splitlines()[-1]
+    assert last == "orch: error: command line: unknown key 'scheduler.max_epoch' (did you mean 'scheduler.max_epochs'?)"
+    assert run.stdout == ""
+
+
+def test_subprocess_sweep_with_bad_key_writes_nothing(procs) -> None:
+    run, d = finish(procs, "sweep")
+    assert_user_error(run, "'bad'")
+    store = d / "store"
+    assert not store.exists() or not any(store.iterdir())
+    assert not (d / "results").exists()  # nor the default store in the working directory
+
+
+def test_subprocess_data_error(procs) -> None:
+    run, _ = finish(procs, "data_one_class")
+    assert_user_error(run, "data.target", "'label'", "single class")
