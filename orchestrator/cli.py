@@ -19,7 +19,7 @@ STORE_HELP = "Results store directory (default: the config's store.path, else $O
 
 
 def _store_root(store: str | None) -> Path:
-    from orchestrator.sweep import store_root
+    from orchestrator.store import store_root
 
     return store_root(None, store)
 
@@ -63,11 +63,12 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
           resume: str | None, verbose: bool) -> None:
     """Run a sweep: orch sweep CONFIG [key=value ...]."""
     from orchestrator import config as config_mod
-    from orchestrator import sweep as sweep_mod
-    from orchestrator.store import Store
+    from orchestrator.store import Store, store_root
 
-    cfg = config_mod.load(config, overrides)
-    result = sweep_mod.run(cfg, store=Store(sweep_mod.store_root(cfg, store)), address=address,
+    cfg = config_mod.load(config, overrides)  # before importing torch and Ray: errors come at once
+    from orchestrator import sweep as sweep_mod
+
+    result = sweep_mod.run(cfg, store=Store(store_root(cfg, store)), address=address,
                            resume=resume, verbose=verbose)
     sweep_mod.print_summary(result)
     if not result.finished:
@@ -81,10 +82,11 @@ def check(config: Path, overrides: tuple[str, ...]) -> None:
     """Validate a config and its data without running anything."""
     from orchestrator import config as config_mod
     from orchestrator import data as data_mod
-    from orchestrator import sweep as sweep_mod
 
     cfg = config_mod.load(config, overrides)
     dataset = data_mod.load(cfg)
+    from orchestrator import sweep as sweep_mod
+
     space, plan, setup = sweep_mod.prepare(cfg, dataset)
     click.echo(f"{config}: ok. study {cfg.study}; {dataset.n_rows} rows, {dataset.n_features} features, "
                f"{dataset.task}; {len(space)} knobs: {', '.join(space) or '(none)'}; "

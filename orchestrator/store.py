@@ -104,6 +104,16 @@ def to_arrow(rows: list[dict[str, Any]], types: dict[str, pa.DataType] | None = 
     return pa.table(arrays)
 
 
+
+def store_root(cfg, override: str | None = None) -> Path:
+    """``--store`` beats the config's ``store.path``, which beats ``$ORCH_STORE``, else results/."""
+    if override:
+        return Path(override)
+    if cfg is not None and cfg.store.path and cfg.store.path != "results":
+        return Path(cfg.store.path)
+    return Path(os.environ.get("ORCH_STORE") or (cfg.store.path if cfg is not None else "results"))
+
+
 class Store:
     """A results store rooted at a local directory."""
 

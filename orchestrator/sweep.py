@@ -30,7 +30,7 @@ from orchestrator import __version__, schedulers, searchers, spaces
 from orchestrator import config as config_mod
 from orchestrator import data as data_mod
 from orchestrator.errors import ConfigError, SweepFailed, UserError
-from orchestrator.store import Store
+from orchestrator.store import Store, store_root
 from orchestrator.trainer import METRIC_DIRECTIONS, TASK_METRICS, TrialSetup, tune_trainable
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,6 @@ class SweepResult:
 def new_sweep_id(now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def store_root(cfg, override: str | None = None) -> Path:
-    """``--store`` beats the config's ``store.path``, which beats ``$ORCH_STORE``, else results/."""
-    if override:
-        return Path(override)
-    if cfg is not None and cfg.store.path and cfg.store.path != "results":
-        return Path(cfg.store.path)
-    return Path(os.environ.get("ORCH_STORE") or (cfg.store.path if cfg is not None else "results"))
 
 
 # -- Ray ---------------------------------------------------------------------------------------------
@@ -179,13 +170,15 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     else:
         sweep_id = new_sweep_id()
 
-    # Everything that can be wrong with the input is found before Ray starts or a file is written.
+    # Everything that can be wrong with the input is found before Ray starts or a file is written:
+    # a bad table is reported in seconds, not after Ray's start and shutdown.
     dataset = data_mod.load(cfg)
     space, plan, setup = prepare(cfg, dataset)
     started_at = datetime.now(timezone.utc)
 
-    dashboard, owned = start_ray(cfg, address, verbose)
+    dashboard, owned = None, False
     try:
+        dashboard, owned = start_ray(cfg, address, verbose)
         if dashboard:
             echo(f"Ray dashboard: {dashboard}")
         echo(f"Sweep {sweep_id} of {cfg.study}: {cfg.search.num_samples} trials, "
