@@ -88,9 +88,18 @@ def check(config: Path, overrides: tuple[str, ...]) -> None:
     from orchestrator import sweep as sweep_mod
 
     space, plan, setup = sweep_mod.prepare(cfg, dataset)
+    from orchestrator import searchers
+
+    n = searchers.num_trials(cfg, space, sweep_mod.spaces.check_points(cfg, space))
     click.echo(f"{config}: ok. study {cfg.study}; {dataset.n_rows} rows, {dataset.n_features} features, "
-               f"{dataset.task}; {len(space)} knobs: {', '.join(space) or '(none)'}; "
-               f"data fingerprint {dataset.fingerprint}")
+               f"{dataset.task}; data fingerprint {dataset.fingerprint}")
+    stages = f" in {cfg.search.stages} stages" if cfg.search.stages > 1 else ""
+    tiers = f" (tiers {', '.join(cfg.search.tiers)})" if cfg.search.tiers else ""
+    click.echo(f"Searches {len(space.searched)} knobs{tiers}, {n} trials of {cfg.search.algorithm} search{stages} "
+               f"under {cfg.scheduler.name}: {space.describe() or '(none)'}")
+    held = {k: kb.values[0] for k, kb in space.knobs.items() if kb.dist == "fixed"}
+    if held:
+        click.echo("Fixed: " + ", ".join(f"{k}={v}" for k, v in held.items()))
 
 
 @main.command()
@@ -101,8 +110,11 @@ def results(store: str | None, study: str | None, fmt: str) -> None:
     """List sweeps and their best trials, newest first."""
     from orchestrator import results as results_mod
 
-    df = results_mod.sweeps_table(_store_root(store), study)
+    root = _store_root(store)
+    df = results_mod.sweeps_table(root, study)
     click.echo(results_mod.render(df, fmt), nl=False)
+    if fmt == "table" and len(df):
+        click.echo(results_mod.stages_text(root, study), nl=False)
 
 
 @main.command()

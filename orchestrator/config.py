@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,10 @@ class SearchConfig:
     max_concurrent: int | None = None
     # Known good configs (knob -> value) to try before sampling: a list of mappings.
     points_to_evaluate: Any = None
+    tiers: list[str] | None = None  # tune only knobs of these tiers (A-D); hold the rest at their default
+    stages: int = 1  # coarse-to-fine: each stage after the first zooms in on the best trials so far
+    top_k: int | None = None  # trials a zoom keeps; default: the best 10% (at least 3)
+    zoom_margin: float = 0.1  # a zoomed range is widened by this fraction of the full range on each side
 
 
 @dataclass
@@ -306,6 +311,34 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) ->
         _fail(key, f"unknown value{hint}; valid: {', '.join(choices)}", value)
 
 
+# The value rules of ``train:``, also applied to every value a search-space knob can take.
+TRAIN_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "optimizer": lambda k, v: _check_choice(k, v, OPTIMIZERS),
+    "lr": lambda k, v: _check_range(k, v, 0, None, lo_open=True),
+    "batch_size": lambda k, v: _check_range(k, v, 1),
+    "weight_decay": lambda k, v: _check_range(k, v, 0),
+    "momentum": lambda k, v: _check_range(k, v, 0, 1, hi_open=True),
+    "beta1": lambda k, v: _check_range(k, v, 0, 1, hi_open=True),
+    "beta2": lambda k, v: _check_range(k, v, 0, 1, hi_open=True),
+    "eps": lambda k, v: _check_range(k, v, 0, None, lo_open=True),
+    "grad_clip": lambda k, v: _check_range(k, v, 0, None, lo_open=True, allow_none=True),
+    "patience": lambda k, v: _check_range(k, v, 1, allow_none=True),
+    "min_delta": lambda k, v: _check_range(k, v, 0),
+    "checkpoint_every": lambda k, v: _check_range(k, v, 1),
+    "threads": lambda k, v: _check_range(k, v, 1, allow_none=True),
+}
+
+
+def check_hyperparameter(key: str, name: str, value: Any) -> None:
+    """Apply ``train.<name>``'s rule (if it has one) to ``value``, naming ``key`` in the error."""
+    check = TRAIN_CHECKS.get(name)
+    if check is not None:
+        try:
+            check(key, value)
+        except TypeError:
+            _fail(key, "wrong type for this knob", value)
+
+
 def resolve_path(cfg: SweepConfig, value: str) -> Path:
     """A path from the config: relative to the working directory, else to the config's directory
     or the nearest of its parents that has it (so ``search_spaces/x.yaml`` works from anywhere)."""
@@ -354,20 +387,8 @@ def validate(cfg: SweepConfig) -> None:
         _fail("model.name", "a model name is required", cfg.model)
     model_registry.check(cfg.model, "model")
 
-    t = cfg.train
-    _check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
-    _check_range("train.lr", t.lr, 0, None, lo_open=True)
-    _check_range("train.batch_size", t.batch_size, 1)
-    _check_range("train.weight_decay", t.weight_decay, 0)
-    _check_range("train.momentum", t.momentum, 0, 1, hi_open=True)
-    _check_range("train.beta1", t.beta1, 0, 1, hi_open=True)
-    _check_range("train.beta2", t.beta2, 0, 1, hi_open=True)
-    _check_range("train.eps", t.eps, 0, None, lo_open=True)
-    _check_range("train.grad_clip", t.grad_clip, 0, None, lo_open=True, allow_none=True)
-    _check_range("train.patience", t.patience, 1, allow_none=True)
-    _check_range("train.min_delta", t.min_delta, 0)
-    _check_range("train.checkpoint_every", t.checkpoint_every, 1)
-    _check_range("train.threads", t.threads, 1, allow_none=True)
+    for name, check in TRAIN_CHECKS.items():
+        check(f"train.{name}", getattr(cfg.train, name))
 
     _check_choice("objective.mode", cfg.objective.mode, ("min", "max"))
     if not cfg.objective.metric:
@@ -386,6 +407,16 @@ def validate(cfg: SweepConfig) -> None:
     _check_choice("search.algorithm", q.algorithm, searchers.names())
     _check_range("search.num_samples", q.num_samples, 1)
     _check_range("search.max_concurrent", q.max_concurrent, 1, allow_none=True)
+    _check_range("search.stages", q.stages, 1)
+    _check_range("search.top_k", q.top_k, 1, allow_none=True)
+    _check_range("search.zoom_margin", q.zoom_margin, 0, 1, lo_open=True)
+    if q.tiers is not None:
+        from orchestrator.spaces import TIERS
+
+        if not q.tiers:
+            _fail("search.tiers", f"name at least one tier of {', '.join(TIERS)}, or leave it out", q.tiers)
+        for tier in q.tiers:
+            _check_choice("search.tiers", tier, TIERS)
 
     r = cfg.resources
     _check_range("resources.cpu_per_trial", r.cpu_per_trial, 0, None, lo_open=True)
@@ -401,4 +432,4 @@ def validate(cfg: SweepConfig) -> None:
 
     from orchestrator import spaces
 
-    spaces.compile_space(cfg)  # raises ConfigError naming the knob
+    spaces.check_search(cfg)  # raises ConfigError naming the knob

@@ -39,11 +39,13 @@ class StoreWriter(Callback):
     """Writes every epoch (metrics) and every finished trial (trials) of one sweep to the store."""
 
     def __init__(self, store_root: str, study: str, sweep_id: str, base: dict[str, Any],
-                 config_types: dict[str, pa.DataType], flush_interval_s: float = FLUSH_INTERVAL_S):
+                 config_types: dict[str, pa.DataType], knobs: list[str] | tuple[str, ...] = (),
+                 flush_interval_s: float = FLUSH_INTERVAL_S):
         self.store_root = store_root
         self.study = study
         self.sweep_id = sweep_id
         self.base = base
+        self.knobs = tuple(knobs)  # the space's knobs: one a trial does not carry is stored as null
         self.config_types = config_types
         self.flush_interval_s = flush_interval_s
         self._reset()
@@ -116,9 +118,14 @@ class StoreWriter(Callback):
         self._seen_trials.add(key)
         last = trial.last_result or {}
         status, reason = trial_status(trial)
-        hp = {**self.base, **(trial.config or {})}
+        config = trial.config or {}
+        hp = {**self.base, **{k: v for k, v in config.items() if not k.startswith("_")}}
+        for knob in self.knobs:
+            if knob not in config:  # a conditional knob that does not apply to this trial
+                hp[knob] = None
         row: dict[str, Any] = {
             "sweep_id": self.sweep_id, "trial_id": trial.trial_id, "status": status, "stop_reason": reason,
+            "stage": int(config.get("_stage", 1)),
         }
         row.update({f"config.{k}": v for k, v in hp.items()})
         for name in METRIC_DIRECTIONS:

@@ -14,7 +14,7 @@ import yaml
 from orchestrator.errors import UserError
 from orchestrator.store import Store
 
-SWEEP_COLUMNS = ["study", "sweep_id", "ended_at", "trials", "scheduler", "metric", "best_value",
+SWEEP_COLUMNS = ["study", "sweep_id", "ended_at", "trials", "scheduler", "searcher", "metric", "best_value",
                  "best_trial_id", "best_config"]
 
 
@@ -48,13 +48,38 @@ def sweeps_table(root: str | Path, study: str | None = None) -> pd.DataFrame:
         best_config = ""
         if len(mine) and s.get("best_trial_id") in set(mine["trial_id"]):
             best = mine[mine["trial_id"] == s["best_trial_id"]].iloc[0]
-            best_config = " ".join(f"{c[7:]}={_fmt(best[c])}" for c in _varied_knobs(mine))
+            best_config = " ".join(f"{c[7:]}={_fmt(best[c])}" for c in _varied_knobs(mine) if not pd.isna(best[c]))
         rows.append({
             "study": s["study"], "sweep_id": s["sweep_id"], "ended_at": s["ended_at"],
-            "trials": len(mine), "scheduler": s["scheduler"], "metric": f"{s['metric']} ({s['mode']})",
+            "trials": len(mine), "scheduler": s["scheduler"], "searcher": s.get("searcher"), "metric": f"{s['metric']} ({s['mode']})",
             "best_value": s["best_value"], "best_trial_id": s["best_trial_id"], "best_config": best_config,
         })
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def stages_text(root: str | Path, study: str | None = None) -> str:
+    """For each coarse-to-fine sweep: the range every stage sampled, newest sweep first."""
+    store = Store(root)
+    if not store.files("sweeps", study):
+        return ""
+    sweeps = store.sweeps(study)
+    if "stages" not in sweeps.columns:
+        return ""
+    lines = []
+    for _, s in sweeps.sort_values("ended_at", ascending=False, kind="stable").iterrows():
+        if not isinstance(s["stages"], str) or not s["stages"]:
+            continue
+        lines.append(f"\nStages of sweep {s['sweep_id']} ({s['study']}):")
+        for stage in json.loads(s["stages"]):
+            ranges = ", ".join(f"{k} {_range(v)}" for k, v in stage["ranges"].items())
+            lines.append(f"  {stage['stage']}: {stage['trials']} trials: {ranges}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _range(bounds: list[Any]) -> str:
+    if len(bounds) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+        return f"{_fmt(bounds[0])}..{_fmt(bounds[1])}"
+    return "{" + ", ".join(str(b) for b in bounds) + "}"
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:
@@ -106,12 +131,15 @@ def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
     cfg = config_mod.from_yaml(s["config_yaml"])
     sections = spaces.hyperparameter_names(cfg)
     types = spaces.hyperparameter_types(cfg)
+    base = spaces.base_hyperparameters(cfg)
     out: dict[str, dict[str, Any]] = {"model": {"name": cfg.model["name"]}, "train": {}}
     for col, value in t.items():
         if not col.startswith("config.") or col[7:] not in sections:
             continue
         if isinstance(value, float) and pd.isna(value):
             value = None
+        if value is None and base.get(col[7:]) is not None:
+            continue  # a conditional knob this trial did not carry (momentum of an Adam trial)
         value = value.item() if hasattr(value, "item") else value
         # An integer column with a missing value in some trial reads back as floats (5.0): write
         # the integer, or the fragment would not load (train.patience: 5.0 is not an int).

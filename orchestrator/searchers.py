@@ -1,27 +1,247 @@
 """Search algorithms: a name -> factory table.
 
-A factory takes the sweep config and ``points_to_evaluate`` (known good configs to try first)
-and returns a Ray Tune ``Searcher`` or ``SearchAlgorithm``.
+A factory takes the sweep config, its compiled ``Space``, the checked ``points_to_evaluate``
+(known good configs to try first) and the sweep's experiment directory, and returns a Ray Tune
+search algorithm and the number of trials the sweep will run.
+
+* ``random``: orch's own seeded sampler over the space (log scales, ``log1m``, powers of two,
+  conditional knobs), with coarse-to-fine stages (``search.stages``);
+* ``tpe``: Optuna's TPE sampler through Ray Tune's ``OptunaSearch``, on the same scales;
+* ``grid``: every combination of a space of discrete knobs, once each.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import pickle
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ray.tune.search import BasicVariantGenerator
+import numpy as np
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+from orchestrator.spaces import Space, stage_sizes
+
+STAGE_KEY = "_stage"  # in a trial's config: the coarse-to-fine stage it was sampled in (1-based)
+STAGES_FILE = "stages.json"  # in the sweep's experiment directory: each stage's ranges and trials
 
 
-def _random(cfg, points_to_evaluate: list[dict[str, Any]] | None = None):
-    return BasicVariantGenerator(
-        points_to_evaluate=points_to_evaluate or None,
-        max_concurrent=cfg.search.max_concurrent or 0,
-        random_state=cfg.search.seed,
+def trial_score(result: dict[str, Any] | None, metric: str) -> float | None:
+    """A finished trial's best value of ``metric`` (None when it has none, or it is not finite)."""
+    if not result:
+        return None
+    value = (result.get("best") or {}).get(metric, result.get(metric))
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
+
+
+class SpaceSearcher(Searcher):
+    """Samples a ``Space`` with a seeded generator, optionally in coarse-to-fine stages.
+
+    Stage 1 samples the full space. Each later stage starts when every trial of the stage before
+    has finished: it narrows every numeric knob to the range of the ``top_k`` best trials so far
+    (on the knob's own scale, widened by ``margin`` and clipped to the original bounds, see
+    ``Space.zoom``) and samples that. ``points`` are tried first, in stage 1; a point that names
+    only some knobs has the rest sampled. The stages and their ranges are written to
+    ``stages_path`` as they start.
+    """
+
+    def __init__(self, space: Space, *, metric: str, mode: str, num_samples: int, seed: int,
+                 points: list[dict[str, Any]] | None = None, stages: int = 1, top_k: int | None = None,
+                 margin: float = 0.1, stages_path: str | None = None, announce: bool = True):
+        super().__init__(metric=metric, mode=mode)
+        self.space = space
+        self.sizes = stage_sizes(num_samples, stages)
+        self.rng = np.random.default_rng(seed)
+        self.points = [dict(p) for p in points or []]
+        self.top_k = top_k
+        self.margin = margin
+        self.stages_path = stages_path
+        self.announce = announce
+        self.issued = 0
+        self.stage_of: dict[str, int] = {}  # trial id -> stage (0-based)
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.scores: dict[str, float | None] = {}  # finished trials
+        self.stage_spaces: list[Space] = [space]
+        self._log_stage(0)
+
+    def _stage_for(self, index: int) -> int:
+        total = 0
+        for stage, size in enumerate(self.sizes):
+            total += size
+            if index < total:
+                return stage
+        return len(self.sizes) - 1
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.issued >= sum(self.sizes):
+            return Searcher.FINISHED
+        stage = self._stage_for(self.issued)
+        if stage == len(self.stage_spaces):
+            waiting = [t for t, s in self.stage_of.items() if s == stage - 1 and t not in self.scores]
+            if waiting:
+                return None  # asked again once the previous stage's trials finish
+            self.stage_spaces.append(self.space.zoom(self.top_configs(), self.margin))
+            self._log_stage(stage)
+        given = self.points.pop(0) if self.points else None
+        config = self.stage_spaces[stage].sample(self.rng, given)
+        self.stage_of[trial_id] = stage
+        self.configs[trial_id] = config
+        self.issued += 1
+        return {**config, STAGE_KEY: stage + 1}
+
+    def top_configs(self) -> list[dict[str, Any]]:
+        scored = [(s, t) for t, s in self.scores.items() if s is not None]
+        scored.sort(key=lambda st: st[0], reverse=self.mode == "max")
+        k = self.top_k or max(3, math.ceil(0.1 * len(self.scores)))
+        return [self.configs[t] for _, t in scored[:k]]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.stage_of:
+            self.scores[trial_id] = None if error else trial_score(result, self.metric)
+
+    def _log_stage(self, stage: int) -> None:
+        space = self.stage_spaces[stage]
+        if self.announce and len(self.sizes) > 1:
+            how = "full space" if stage == 0 else f"zoomed on the top {len(self.top_configs())} trials"
+            print(f"Stage {stage + 1} of {len(self.sizes)}: {self.sizes[stage]} trials, {how}: "
+                  f"{space.describe() or '(no knobs)'}", flush=True)
+        if not self.stages_path:
+            return
+        log = [{"stage": i + 1, "trials": self.sizes[i], "ranges": s.ranges()}
+               for i, s in enumerate(self.stage_spaces)]
+        tmp = f"{self.stages_path}.tmp"
+        Path(tmp).write_text(json.dumps(log, default=str))
+        os.replace(tmp, self.stages_path)
+
+    # Tune saves the searcher with the experiment state, so a resumed sweep continues the same
+    # sequence of samples and stages.
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+def read_stages(exp_dir: str | Path) -> list[dict[str, Any]] | None:
+    path = Path(exp_dir) / STAGES_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# -- Optuna (TPE) ---------------------------------------------------------------------------------
+
+ENCODED = "__"  # Optuna-side names of knobs sampled on a transformed scale: <knob>__1m, <knob>__log2
+
+
+class OptunaDefine:
+    """A define-by-run space for Optuna: it samples ``1 - beta`` and log2 of powers of two.
+
+    A class rather than a closure: Tune pickles the searcher with the experiment state.
+    """
+
+    def __init__(self, space: Space):
+        self.space = space
+
+    def __call__(self, trial) -> dict[str, Any]:
+        space = self.space
+        config: dict[str, Any] = {}
+        for name, knob in space.knobs.items():
+            if not space.active(knob, config):
+                continue
+            if knob.dist == "fixed":
+                value = knob.values[0]
+            elif knob.dist == "choice":
+                value = trial.suggest_categorical(name, list(knob.values))
+            elif knob.dist == "pow2":
+                exps = [int(math.log2(p)) for p in knob.powers()]
+                value = 2 ** trial.suggest_int(f"{name}{ENCODED}log2", exps[0], exps[-1])
+            elif knob.dist == "int":
+                value = trial.suggest_int(name, int(knob.low), int(knob.high), log=knob.log)
+            elif knob.dist == "log1m":
+                value = 1.0 - trial.suggest_float(f"{name}{ENCODED}1m", 1.0 - knob.high, 1.0 - knob.low, log=True)
+            else:
+                value = trial.suggest_float(name, knob.low, knob.high, log=knob.dist == "loguniform")
+            config[name] = value
+        return config  # returned values win over the captured (encoded) ones
+
+
+def _optuna_point(space: Space, point: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, value in space.complete(point).items():
+        knob = space.knobs[name]
+        if knob.dist == "log1m":
+            out[f"{name}{ENCODED}1m"] = 1.0 - value
+        elif knob.dist == "pow2":
+            out[f"{name}{ENCODED}log2"] = int(round(math.log2(value)))
+        elif knob.dist != "fixed":
+            out[name] = value
+    return out
+
+
+try:  # Optuna is a dependency, but keep the other searchers usable without it.
+    from ray.tune.search.optuna import OptunaSearch
+except ImportError:  # pragma: no cover
+    OptunaSearch = None  # type: ignore[assignment]
+
+if OptunaSearch is not None:
+
+    class SpaceOptunaSearch(OptunaSearch):
+        """``OptunaSearch`` whose suggestions hold the knobs' values, not Optuna's encodings."""
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            return {k: v for k, v in config.items() if ENCODED not in k}
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+
+def _random(cfg, space: Space, points, exp_dir: str | None):
+    q = cfg.search
+    searcher = SpaceSearcher(
+        space, metric=cfg.objective.metric, mode=cfg.objective.mode, num_samples=q.num_samples,
+        seed=q.seed, points=points, stages=q.stages, top_k=q.top_k, margin=q.zoom_margin,
+        stages_path=str(Path(exp_dir) / STAGES_FILE) if exp_dir else None,
     )
+    return searcher, q.num_samples
 
 
-SEARCHERS: dict[str, Callable[..., Any]] = {
+def _grid(cfg, space: Space, points, exp_dir: str | None):
+    combos = space.grid()
+    searcher = SpaceSearcher(
+        space, metric=cfg.objective.metric, mode=cfg.objective.mode, num_samples=len(combos) + len(points),
+        seed=cfg.search.seed, points=list(points) + combos,
+    )
+    return searcher, len(combos) + len(points)
+
+
+def _tpe(cfg, space: Space, points, exp_dir: str | None):
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    optuna.logging.disable_default_handler()
+    sampler = optuna.samplers.TPESampler(seed=cfg.search.seed)
+    searcher = SpaceOptunaSearch(
+        space=OptunaDefine(space), metric=cfg.objective.metric, mode=cfg.objective.mode,
+        points_to_evaluate=[_optuna_point(space, p) for p in points] or None, sampler=sampler,
+    )
+    return searcher, cfg.search.num_samples
+
+
+SEARCHERS: dict[str, Callable[..., tuple[Any, int]]] = {
     "random": _random,
+    "tpe": _tpe,
+    "grid": _grid,
 }
 
 
@@ -29,5 +249,16 @@ def names() -> list[str]:
     return list(SEARCHERS)
 
 
-def create(cfg, points_to_evaluate: list[dict[str, Any]] | None = None):
-    return SEARCHERS[cfg.search.algorithm](cfg, points_to_evaluate)
+def num_trials(cfg, space: Space, points: list[dict[str, Any]]) -> int:
+    """How many trials the sweep will run (a grid runs each combination once)."""
+    if cfg.search.algorithm == "grid":
+        return len(space.grid()) + len(points)
+    return cfg.search.num_samples
+
+
+def create(cfg, space: Space, points: list[dict[str, Any]] | None = None, exp_dir: str | None = None):
+    """(search algorithm, number of trials) for the sweep."""
+    searcher, n = SEARCHERS[cfg.search.algorithm](cfg, space, list(points or []), exp_dir)
+    if cfg.search.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent)
+    return searcher, n

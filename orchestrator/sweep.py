@@ -7,6 +7,7 @@ short trials that costs little more than the training itself (see BENCHMARKS.md)
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -53,6 +54,8 @@ class SweepResult:
     dashboard_url: str | None = None
     elapsed_s: float = 0.0
     config_path: str = "CONFIG"
+    space_ranges: dict[str, Any] = field(default_factory=dict)  # knob -> [low, high] or choices
+    stages: list[dict[str, Any]] | None = None  # coarse-to-fine: each stage's trials and ranges
 
 
 def new_sweep_id(now: datetime | None = None) -> str:
@@ -135,8 +138,7 @@ def prepare(cfg, data) -> tuple[dict[str, Any], schedulers.SchedulerPlan, TrialS
     expected = "min" if METRIC_DIRECTIONS[cfg.objective.metric] < 0 else "max"
     if cfg.objective.mode != expected:
         raise ConfigError(f"objective.mode: {cfg.objective.metric} should be '{expected}'imised (got {cfg.objective.mode!r})")
-    space = spaces.compile_space(cfg)
-    spaces.check_points(cfg, space)
+    space = spaces.check_search(cfg)
     plan = schedulers.create(cfg)
     setup = TrialSetup(
         base=spaces.base_hyperparameters(cfg),
@@ -181,7 +183,8 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
         dashboard, owned = start_ray(cfg, address, verbose)
         if dashboard:
             echo(f"Ray dashboard: {dashboard}")
-        echo(f"Sweep {sweep_id} of {cfg.study}: {cfg.search.num_samples} trials, "
+        n_trials = searchers.num_trials(cfg, space, spaces.check_points(cfg, space))
+        echo(f"Sweep {sweep_id} of {cfg.study}: {n_trials} trials ({cfg.search.algorithm} search), "
              f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, "
              f"{dataset.n_rows} rows x {dataset.n_features} features ({dataset.task})")
         result = _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resume is not None,
@@ -202,7 +205,6 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
 
 def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verbose, progress_interval_s) -> SweepResult:
     from ray import tune
-    from ray.tune.search.sample import Domain
 
     from orchestrator.monitor import Progress, StoreWriter
 
@@ -216,20 +218,23 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
         tune.with_parameters(tune_trainable, data=dataset, setup=setup),
         {"cpu": cfg.resources.cpu_per_trial, "gpu": cfg.resources.gpu_per_trial},
     )
-    progress = Progress(cfg.search.num_samples, cfg.objective.metric, cfg.objective.mode, progress_interval_s)
-    writer = StoreWriter(str(store.root), cfg.study, sweep_id, setup.base, _column_types(cfg))
+    points = spaces.check_points(cfg, space)
+    n_trials = searchers.num_trials(cfg, space, points)
+    progress = Progress(n_trials, cfg.objective.metric, cfg.objective.mode, progress_interval_s)
+    writer = StoreWriter(str(store.root), cfg.study, sweep_id, setup.base, _column_types(cfg), list(space))
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
+        search_alg, n_trials = searchers.create(cfg, space, points, str(exp_dir))
         tuner = tune.Tuner(
             trainable,
-            param_space=space,
+            param_space={},
             tune_config=tune.TuneConfig(
                 metric=cfg.objective.metric,
                 mode=cfg.objective.mode,
                 scheduler=plan.scheduler,
-                search_alg=searchers.create(cfg, spaces.check_points(cfg, space)),
-                num_samples=cfg.search.num_samples,
+                search_alg=search_alg,
+                num_samples=n_trials,
                 reuse_actors=True,
                 trial_name_creator=lambda t: t.trial_id,
                 trial_dirname_creator=lambda t: t.trial_id,
@@ -255,10 +260,11 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
     trials = store.trials(cfg.study)
     trials = trials[trials["sweep_id"] == sweep_id] if len(trials) else trials
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    finished = len(trials) >= cfg.search.num_samples and grid.num_terminated + grid.num_errors >= len(grid)
-    searched = [k for k, v in space.items() if isinstance(v, Domain)]
+    finished = len(trials) >= n_trials and grid.num_terminated + grid.num_errors >= len(grid)
+    searched = space.searched
     result = SweepResult(cfg.study, sweep_id, store, finished, metric=cfg.objective.metric,
-                         counts=counts, searched=searched)
+                         counts=counts, searched=searched, space_ranges=space.ranges(),
+                         stages=searchers.read_stages(exp_dir) if cfg.search.stages > 1 else None)
     ok = trials[trials["status"].isin(["completed", "stopped_early"])] if len(trials) else trials
     col = f"best_{cfg.objective.metric}"
     if len(ok) and col in ok.columns and ok[col].notna().any():
@@ -266,7 +272,8 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
         best = ok.loc[idx]
         result.best_trial_id = best["trial_id"]
         result.best_value = float(best[col])
-        result.best_config = {c[len("config."):]: _plain(best[c]) for c in ok.columns if c.startswith("config.")}
+        result.best_config = {c[len("config."):]: _plain(best[c]) for c in ok.columns
+                              if c.startswith("config.") and not _missing(best[c])}
         result.best_metrics = {c[len("best_"):]: float(best[c]) for c in ok.columns
                                if c.startswith("best_") and c[len("best_"):] in METRIC_DIRECTIONS
                                and best[c] is not None and best[c] == best[c]}
@@ -283,6 +290,10 @@ def _shown_path(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return path
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _plain(value: Any) -> Any:
@@ -316,6 +327,8 @@ def _write_sweep_row(cfg, store: Store, sweep_id: str, dataset, result: SweepRes
         "mode": cfg.objective.mode,
         "best_value": result.best_value,
         "data_fingerprint": dataset.fingerprint,
+        "search_space": json.dumps(result.space_ranges, default=str),
+        "stages": json.dumps(result.stages, default=str) if result.stages else None,
         "orch_version": __version__,
     }], sweep_id)
 

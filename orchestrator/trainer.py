@@ -106,7 +106,7 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
     end; ``metrics["history"]`` holds every epoch since the previous report. ``state`` is a
     checkpoint to resume from.
     """
-    hp = {**setup.base, **config}
+    hp = {**setup.base, **{k: v for k, v in config.items() if not k.startswith("_")}}  # _stage: orch's own
     torch.set_num_threads(setup.threads)
     gen = seed_everything(int(hp["seed"]))
     classification = data.task == "classification"
