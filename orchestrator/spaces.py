@@ -452,10 +452,11 @@ def compile_space(cfg) -> Space:
 def check_points(cfg, space: Space) -> list[dict[str, Any]]:
     """``search.points_to_evaluate``, checked against the space: each a mapping of knob -> value.
 
-    A point may name any subset of the searched knobs; the rest are sampled. A value outside its
-    knob's range is an error (it would be tried, but silently widen the space).
+    A point may name any subset of the searched knobs; the rest are sampled. A value may lie
+    outside its knob's range (a known good config from an older, wider space), but must be a valid
+    value of the hyperparameter.
     """
-    from orchestrator.config import did_you_mean
+    from orchestrator.config import check_hyperparameter, did_you_mean
 
     points = cfg.search.points_to_evaluate
     if points is None:
@@ -471,8 +472,7 @@ def check_points(cfg, space: Space) -> list[dict[str, Any]]:
             if name not in sampled:
                 raise ConfigError(f"{key}.{name}: not a sampled knob{did_you_mean(str(name), sampled)}; "
                                   f"sampled: {', '.join(sampled) or '(none)'}")
-            if not space.knobs[name].contains(value):
-                raise ConfigError(f"{key}.{name}: {value!r} is outside the knob's range {space.knobs[name].describe()}")
+            check_hyperparameter(f"{key}.{name}", name, value)
     return [dict(p) for p in points]
 
 

@@ -196,7 +196,8 @@ def test_valid_config_checks_ok() -> None:
     run = cli("check", CONFIG, "data.source=sklearn:iris", "study=iris-check")
     assert run.code == 0, run.stderr + run.detail
     assert "ok. study iris-check; 150 rows, 4 features, classification" in run.stdout
-    assert "6 knobs: lr, beta1, batch_size, hidden, layers, dropout" in run.stdout
+    assert "Searches 8 knobs, 200 trials of random search under asha: lr 0.0001..0.1 (log)" in run.stdout
+    assert "beta1 0.8..0.999 (log 1-x)" in run.stdout
 
 
 # -- base configs and overrides -----------------------------------------------------------------

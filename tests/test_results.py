@@ -92,7 +92,7 @@ def test_results_table_newest_first(store_dir: Path) -> None:
     run = cli("results", "--store", store_dir)
     assert run.code == 0, run.stderr + run.detail
     lines = run.stdout.splitlines()
-    assert lines[0].split() == ["study", "sweep_id", "ended_at", "trials", "scheduler", "metric",
+    assert lines[0].split() == ["study", "sweep_id", "ended_at", "trials", "scheduler", "searcher", "metric",
                                 "best_value", "best_trial_id", "best_config"]
     assert [line.split()[1] for line in lines[1:]] == NEWEST_FIRST
     new = lines[1]
