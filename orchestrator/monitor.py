@@ -134,6 +134,7 @@ class StoreWriter(Callback):
             best = (last.get("best") or {}).get(name)
             if best is not None or name in last:
                 row[f"best_{name}"] = best
+        row.update((last.get("test") or {}) if last.get("final") else {})
         row.update({
             "best_epoch": last.get("best_epoch"),
             "epochs": last.get("epoch", 0),

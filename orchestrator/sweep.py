@@ -308,6 +308,8 @@ def _column_types(cfg) -> dict[str, Any]:
     types = spaces.hyperparameter_types(cfg)
     for name in METRIC_DIRECTIONS:
         types[name] = types[f"final_{name}"] = types[f"best_{name}"] = pa.float64()
+        if name.startswith("val_"):
+            types[f"test_{name[4:]}"] = pa.float64()
     return types
 
 

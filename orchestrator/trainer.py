@@ -172,6 +172,7 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
             metrics = {"train_loss": train_loss, **{m: float("nan") for m in TASK_METRICS[data.task][1:]}}
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["epoch"] = epoch
+        metrics["timestamp"] = time.time()  # wall clock: when this epoch's numbers were known
         history.append(metrics)
         for name, value in metrics.items():
             d = METRIC_DIRECTIONS.get(name)
@@ -194,6 +195,11 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
         if last or setup.report_epochs is None or epoch in setup.report_epochs:
             result = _result(metrics, history, best, best_epoch, setup, last, status, reason,
                              time.perf_counter() - started)
+            if last and status != "diverged" and len(data.x_test):
+                # The held-out test split, once, for the model the trial ended with: reported, never
+                # used to choose (a trial stopped by the scheduler has none).
+                x_test, y_test = torch.as_tensor(np.array(data.x_test)), torch.as_tensor(np.array(data.y_test))
+                result["test"] = evaluate(model, x_test, y_test, data, loss_fn, "test")
             checkpoint = None
             if not last and (epoch % setup.checkpoint_every == 0 or setup.report_epochs is None):
                 checkpoint = {
