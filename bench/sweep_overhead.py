@@ -40,23 +40,13 @@ DEFAULT_CONFIG = ROOT / "conf" / "tabular.yaml"
 def sample_configs(n: int, seed: int) -> list[dict]:
     """``n`` configs drawn from the default config's search space (plain Python values)."""
     import numpy as np
-    from ray.tune.search.sample import Domain
 
     from orchestrator import config as config_mod
     from orchestrator import spaces
 
-    cfg = config_mod.load(DEFAULT_CONFIG)
-    space = spaces.compile_space(cfg)
-    rng = np.random.RandomState(seed)
-    out = []
-    for _ in range(n):
-        point = {}
-        for k, d in space.items():
-            if isinstance(d, Domain):
-                v = d.sample(random_state=rng)
-                point[k] = v.item() if hasattr(v, "item") else v
-        out.append(point)
-    return out
+    space = spaces.compile_space(config_mod.load(DEFAULT_CONFIG))
+    rng = np.random.default_rng(seed)
+    return [{k: v.item() if hasattr(v, "item") else v for k, v in space.sample(rng).items()} for _ in range(n)]
 
 
 def write_config(path: Path, points: list[dict], epochs: int, extra: dict | None = None) -> None:

@@ -87,10 +87,8 @@ def check(config: Path, overrides: tuple[str, ...]) -> None:
     dataset = data_mod.load(cfg)
     from orchestrator import sweep as sweep_mod
 
-    space, plan, setup = sweep_mod.prepare(cfg, dataset)
-    from orchestrator import searchers
-
-    n = searchers.num_trials(cfg, space, sweep_mod.spaces.check_points(cfg, space))
+    search, plan, setup = sweep_mod.prepare(cfg, dataset)
+    space, n = search.space, search.n_trials
     click.echo(f"{config}: ok. study {cfg.study}; {dataset.n_rows} rows, {dataset.n_features} features, "
                f"{dataset.task}; data fingerprint {dataset.fingerprint}")
     stages = f" in {cfg.search.stages} stages" if cfg.search.stages > 1 else ""

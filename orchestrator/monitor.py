@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 from ray.tune import Callback
 
+from orchestrator.searchers import STAGE_KEY
 from orchestrator.store import Store
 from orchestrator.trainer import METRIC_DIRECTIONS
 
@@ -125,7 +126,7 @@ class StoreWriter(Callback):
                 hp[knob] = None
         row: dict[str, Any] = {
             "sweep_id": self.sweep_id, "trial_id": trial.trial_id, "status": status, "stop_reason": reason,
-            "stage": int(config.get("_stage", 1)),
+            "stage": int(config.get(STAGE_KEY, 1)),
         }
         row.update({f"config.{k}": v for k, v in hp.items()})
         for name in METRIC_DIRECTIONS:
@@ -134,7 +135,7 @@ class StoreWriter(Callback):
             best = (last.get("best") or {}).get(name)
             if best is not None or name in last:
                 row[f"best_{name}"] = best
-        row.update((last.get("test") or {}) if last.get("final") else {})
+        row.update(last.get("test") or {})  # the split's scores at the trial's last report
         row.update({
             "best_epoch": last.get("best_epoch"),
             "epochs": last.get("epoch", 0),

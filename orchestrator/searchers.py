@@ -23,17 +23,20 @@ from typing import Any
 import numpy as np
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from orchestrator.spaces import Space, stage_sizes
+from orchestrator.spaces import SearchPlan, Space, stage_sizes
 
 STAGE_KEY = "_stage"  # in a trial's config: the coarse-to-fine stage it was sampled in (1-based)
 STAGES_FILE = "stages.json"  # in the sweep's experiment directory: each stage's ranges and trials
 
 
 def trial_score(result: dict[str, Any] | None, metric: str) -> float | None:
-    """A finished trial's best value of ``metric`` (None when it has none, or it is not finite)."""
+    """A finished trial's best value of ``metric`` (None when it has none, or it is not finite).
+
+    Searchers get Tune's flattened last result: the trial's best so far is ``best/<metric>``.
+    """
     if not result:
         return None
-    value = (result.get("best") or {}).get(metric, result.get(metric))
+    value = result.get(f"best/{metric}", (result.get("best") or {}).get(metric, result.get(metric)))
     if value is None or not math.isfinite(float(value)):
         return None
     return float(value)
@@ -189,56 +192,70 @@ try:  # Optuna is a dependency, but keep the other searchers usable without it.
 except ImportError:  # pragma: no cover
     OptunaSearch = None  # type: ignore[assignment]
 
+def encoded_names(space: Space) -> set[str]:
+    """Optuna's names for the knobs it samples on a transformed scale."""
+    suffix = {"log1m": "1m", "pow2": "log2"}
+    return {f"{n}{ENCODED}{suffix[k.dist]}" for n, k in space.knobs.items() if k.dist in suffix}
+
+
 if OptunaSearch is not None:
 
     class SpaceOptunaSearch(OptunaSearch):
-        """``OptunaSearch`` whose suggestions hold the knobs' values, not Optuna's encodings."""
+        """``OptunaSearch`` that speaks in the knobs' values, and learns from each trial's best value
+        of the objective (not the value at the epoch it happened to stop on)."""
+
+        def __init__(self, *args, encoded: set[str] = frozenset(), **kwargs):
+            super().__init__(*args, **kwargs)
+            self._encoded = set(encoded)
 
         def suggest(self, trial_id: str):
             config = super().suggest(trial_id)
             if not isinstance(config, dict):
                 return config
-            return {k: v for k, v in config.items() if ENCODED not in k}
+            return {k: v for k, v in config.items() if k not in self._encoded}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            if result and self.metric:
+                best = trial_score(result, self.metric)
+                result = {**result, self.metric: best} if best is not None else result
+            super().on_trial_complete(trial_id, result, error)
 
 
 # -- the table ------------------------------------------------------------------------------------
 
 
-def _random(cfg, space: Space, points, exp_dir: str | None):
+def _random(cfg, search: SearchPlan, exp_dir: str | None):
     q = cfg.search
-    searcher = SpaceSearcher(
-        space, metric=cfg.objective.metric, mode=cfg.objective.mode, num_samples=q.num_samples,
-        seed=q.seed, points=points, stages=q.stages, top_k=q.top_k, margin=q.zoom_margin,
+    return SpaceSearcher(
+        search.space, metric=cfg.objective.metric, mode=cfg.objective.mode, num_samples=search.n_trials,
+        seed=q.seed, points=search.points, stages=q.stages, top_k=q.top_k, margin=q.zoom_margin,
         stages_path=str(Path(exp_dir) / STAGES_FILE) if exp_dir else None,
     )
-    return searcher, q.num_samples
 
 
-def _grid(cfg, space: Space, points, exp_dir: str | None):
-    combos = space.grid()
-    searcher = SpaceSearcher(
-        space, metric=cfg.objective.metric, mode=cfg.objective.mode, num_samples=len(combos) + len(points),
-        seed=cfg.search.seed, points=list(points) + combos,
+def _grid(cfg, search: SearchPlan, exp_dir: str | None):
+    return SpaceSearcher(
+        search.space, metric=cfg.objective.metric, mode=cfg.objective.mode, num_samples=search.n_trials,
+        seed=cfg.search.seed, points=search.points + search.space.grid(),
     )
-    return searcher, len(combos) + len(points)
 
 
-def _tpe(cfg, space: Space, points, exp_dir: str | None):
+def _tpe(cfg, search: SearchPlan, exp_dir: str | None):
     import logging
 
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
     optuna.logging.disable_default_handler()
-    sampler = optuna.samplers.TPESampler(seed=cfg.search.seed)
-    searcher = SpaceOptunaSearch(
+    space = search.space
+    return SpaceOptunaSearch(
         space=OptunaDefine(space), metric=cfg.objective.metric, mode=cfg.objective.mode,
-        points_to_evaluate=[_optuna_point(space, p) for p in points] or None, sampler=sampler,
+        points_to_evaluate=[_optuna_point(space, p) for p in search.points] or None,
+        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed), encoded=encoded_names(space),
     )
-    return searcher, cfg.search.num_samples
 
 
-SEARCHERS: dict[str, Callable[..., tuple[Any, int]]] = {
+SEARCHERS: dict[str, Callable[..., Any]] = {
     "random": _random,
     "tpe": _tpe,
     "grid": _grid,
@@ -249,16 +266,9 @@ def names() -> list[str]:
     return list(SEARCHERS)
 
 
-def num_trials(cfg, space: Space, points: list[dict[str, Any]]) -> int:
-    """How many trials the sweep will run (a grid runs each combination once)."""
-    if cfg.search.algorithm == "grid":
-        return len(space.grid()) + len(points)
-    return cfg.search.num_samples
-
-
-def create(cfg, space: Space, points: list[dict[str, Any]] | None = None, exp_dir: str | None = None):
-    """(search algorithm, number of trials) for the sweep."""
-    searcher, n = SEARCHERS[cfg.search.algorithm](cfg, space, list(points or []), exp_dir)
+def create(cfg, search: SearchPlan, exp_dir: str | None = None):
+    """The Ray Tune search algorithm for the sweep."""
+    searcher = SEARCHERS[cfg.search.algorithm](cfg, search, exp_dir)
     if cfg.search.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent)
-    return searcher, n
+    return searcher

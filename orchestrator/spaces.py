@@ -39,7 +39,6 @@ DISTRIBUTIONS = ("loguniform", "uniform", "int", "pow2", "choice", "fixed", "log
 KNOB_KEYS = (*DISTRIBUTIONS, "log", "tier", "default", "when")
 TIERS = ("A", "B", "C", "D")
 NUMERIC = ("loguniform", "uniform", "int", "pow2", "log1m")
-DISCRETE = ("choice", "pow2", "int", "fixed")
 GRID_MAX_INT_VALUES = 64  # an ``int`` knob with more values than this is not a grid axis
 
 # Fields of ``train:`` that describe how a trial runs, not what it learns: never searched or stored.
@@ -118,10 +117,8 @@ class Knob:
         return float(self.inverse(rng.uniform(a, b)))
 
     def contains(self, value: Any) -> bool:
-        if self.dist == "fixed":
-            return value == self.values[0]
-        if self.dist == "choice":
-            return value in self.values
+        if self.dist in ("fixed", "choice"):
+            return any(same(value, v) for v in self.values)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         if self.dist == "pow2":
@@ -136,7 +133,7 @@ class Knob:
             return list(self.values)
         if self.dist == "pow2":
             return self.powers()
-        if self.dist == "int" and self.high - self.low < GRID_MAX_INT_VALUES:
+        if self.dist == "int" and self.high - self.low + 1 <= GRID_MAX_INT_VALUES:
             return list(range(int(self.low), int(self.high) + 1))
         return None
 
@@ -154,6 +151,11 @@ class Knob:
         if self.numeric:
             return [int(self.low), int(self.high)] if self.dist in ("int", "pow2") else [self.low, self.high]
         return list(self.values)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, with booleans kept apart from 0 and 1 (``choice: [false, true]`` is not ``[0, 1]``)."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
 def _short(v: Any) -> str:
@@ -254,16 +256,26 @@ class Space:
         """Knobs that take more than one value."""
         return [k for k, kb in self.knobs.items() if kb.dist != "fixed"]
 
-    def active(self, knob: Knob, config: dict[str, Any]) -> bool:
-        """Whether ``knob`` exists in a trial whose knobs so far are ``config``."""
+    def active(self, knob: Knob, config: dict[str, Any], partial: bool = False) -> bool:
+        """Whether ``knob`` exists in a trial whose knobs so far are ``config``.
+
+        A fixed parent has its value; a parent that is not a knob, the config's value. With
+        ``partial`` (a point given by hand, naming only some knobs), a searched parent that the
+        point does not name may still take an allowed value: the knob is kept.
+        """
         for parent, allowed in knob.when:
-            if parent in self.knobs:
-                if parent not in config:  # the parent is itself inactive
-                    return False
-                value = config[parent]
-            else:
+            p = self.knobs.get(parent)
+            if p is None:
                 value = self.base.get(parent)
-            if value not in allowed:
+            elif p.dist == "fixed" and parent not in config:
+                value = p.values[0] if self.active(p, config, partial) else None
+            elif parent in config:
+                value = config[parent]
+            else:  # the parent is inactive, or not named by a partial point
+                if partial and self.active(p, config, partial):
+                    continue
+                return False
+            if not any(same(value, a) for a in allowed):
                 return False
         return True
 
@@ -292,12 +304,32 @@ class Space:
         return configs
 
     def complete(self, config: dict[str, Any]) -> dict[str, Any]:
-        """``config`` with the knobs its conditions rule out removed (for points given by hand)."""
+        """A point given by hand without the knobs its conditions rule out."""
         out: dict[str, Any] = {}
         for name, knob in self.knobs.items():
-            if name in config and self.active(knob, out):
+            if name in config and self.active(knob, out, partial=True):
                 out[name] = config[name]
         return out
+
+    def possible(self) -> Space:
+        """Without the knobs whose condition can never hold (momentum when the optimizer is held at
+        adam, by a tier or by the config): they would be searched in name only."""
+        knobs: dict[str, Knob] = {}
+        for name, knob in self.knobs.items():  # parents come first
+            ok = True
+            for parent, allowed in knob.when:
+                p = knobs.get(parent)
+                if parent in self.knobs and p is None:
+                    ok = False  # its parent can never exist
+                elif p is None:
+                    ok = any(same(self.base.get(parent), a) for a in allowed)
+                else:
+                    ok = any(p.contains(a) for a in allowed)
+                if not ok:
+                    break
+            if ok:
+                knobs[name] = knob
+        return Space(knobs, self.base)
 
     def ranges(self) -> dict[str, list[Any]]:
         return {name: knob.bounds() for name, knob in self.knobs.items() if knob.dist != "fixed"}
@@ -314,7 +346,7 @@ class Space:
         """
         knobs = {}
         for name, knob in self.knobs.items():
-            seen = [c[name] for c in top if name in c and c[name] is not None]
+            seen = [c[name] for c in top if name in c and knob.contains(c[name])]
             if not knob.numeric or not seen:
                 knobs[name] = knob
                 continue
@@ -327,7 +359,9 @@ class Space:
             if knob.dist == "int":
                 lo, hi = math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
             elif knob.dist == "pow2":
-                lo, hi = 2 ** math.floor(math.log2(lo) + 1e-9), 2 ** math.ceil(math.log2(hi) - 1e-9)
+                powers = knob.powers()
+                lo = max(2 ** math.floor(math.log2(lo) + 1e-9), powers[0])
+                hi = min(2 ** math.ceil(math.log2(hi) - 1e-9), powers[-1])
             knobs[name] = dataclasses.replace(knob, low=float(lo), high=float(hi))
         return Space(knobs, self.base)
 
@@ -438,7 +472,7 @@ def compile_space(cfg) -> Space:
     space = full_space(cfg)
     tiers = cfg.search.tiers
     if not tiers:
-        return space
+        return space.possible()
     knobs = {}
     for name, knob in space.knobs.items():
         if knob.tier is None or knob.tier in tiers or knob.dist == "fixed":
@@ -446,7 +480,7 @@ def compile_space(cfg) -> Space:
         elif knob.has_default:
             knobs[name] = dataclasses.replace(knob, dist="fixed", values=(knob.default,), low=None, high=None)
     # A knob conditioned on a dropped knob now depends on the config's value of it.
-    return Space(knobs, space.base)
+    return Space(knobs, space.base).possible()
 
 
 def check_points(cfg, space: Space) -> list[dict[str, Any]]:
@@ -476,24 +510,46 @@ def check_points(cfg, space: Space) -> list[dict[str, Any]]:
     return [dict(p) for p in points]
 
 
-def check_search(cfg) -> Space:
-    """The sweep's space, with every search setting checked against it."""
+@dataclass
+class SearchPlan:
+    """What a sweep samples: the space, the points to try first, and how many trials it runs."""
+
+    space: Space
+    points: list[dict[str, Any]]
+    n_trials: int
+
+
+def check_search(cfg) -> SearchPlan:
+    """The sweep's space, points and trial count, with every search setting checked against them."""
     space = compile_space(cfg)
-    check_points(cfg, space)
+    points = check_points(cfg, space)
     q = cfg.search
     if q.algorithm == "grid":
         continuous = [n for n, k in space.knobs.items() if k.grid_values() is None]
         if continuous:
             k = space.knobs[continuous[0]]
             raise ConfigError(f"search.algorithm: grid needs discrete knobs (choice, pow2, fixed, int with "
-                              f"fewer than {GRID_MAX_INT_VALUES} values); search_space.{k.name} is {k.dist} {k.describe()}")
+                              f"at most {GRID_MAX_INT_VALUES} values); search_space.{k.name} is {k.dist} {k.describe()}")
+    if q.algorithm == "tpe":
+        # Optuna can only start from values inside its distributions.
+        for i, point in enumerate(points):
+            for name, value in point.items():
+                knob = space.knobs[name]
+                if not knob.contains(value):
+                    raise ConfigError(f"search.points_to_evaluate[{i}].{name}: tpe needs a value inside "
+                                      f"the knob's range {knob.describe()} (got {value!r})")
     if q.stages > 1 and q.algorithm != "random":
         raise ConfigError(f"search.stages: coarse-to-fine stages work with the random searcher "
                           f"(got search.algorithm={q.algorithm!r} with stages={q.stages})")
     if q.stages > 1 and q.num_samples < 2 * q.stages:
         raise ConfigError(f"search.stages: {q.stages} stages need at least {2 * q.stages} samples "
                           f"(got search.num_samples={q.num_samples})")
-    return space
+    first = stage_sizes(q.num_samples, q.stages)[0]
+    if q.algorithm != "grid" and len(points) > first:
+        raise ConfigError(f"search.points_to_evaluate: {len(points)} points, but the "
+                          f"{'first stage' if q.stages > 1 else 'sweep'} has only {first} trials")
+    n_trials = len(space.grid()) + len(points) if q.algorithm == "grid" else q.num_samples
+    return SearchPlan(space, points, n_trials)
 
 
 def stage_sizes(num_samples: int, stages: int) -> list[int]:
@@ -533,5 +589,5 @@ def hyperparameter_types(cfg) -> dict[str, Any]:
     return {k: v for k, v in types.items() if v is not None}
 
 
-__all__ = ["Knob", "Space", "compile_space", "check_search", "check_points", "stage_sizes",
+__all__ = ["Knob", "Space", "SearchPlan", "compile_space", "check_search", "check_points", "stage_sizes",
            "hyperparameter_names", "base_hyperparameters", "hyperparameter_types"]

@@ -127,7 +127,7 @@ def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
     return sorted(candidates)[-1]
 
 
-def prepare(cfg, data) -> tuple[dict[str, Any], schedulers.SchedulerPlan, TrialSetup]:
+def prepare(cfg, data) -> tuple[spaces.SearchPlan, schedulers.SchedulerPlan, TrialSetup]:
     """Search space, scheduler plan and the per-trial setup, checked against the data's task."""
     valid = TASK_METRICS[data.task]
     if cfg.objective.metric not in valid:
@@ -138,7 +138,7 @@ def prepare(cfg, data) -> tuple[dict[str, Any], schedulers.SchedulerPlan, TrialS
     expected = "min" if METRIC_DIRECTIONS[cfg.objective.metric] < 0 else "max"
     if cfg.objective.mode != expected:
         raise ConfigError(f"objective.mode: {cfg.objective.metric} should be '{expected}'imised (got {cfg.objective.mode!r})")
-    space = spaces.check_search(cfg)
+    search = spaces.check_search(cfg)
     plan = schedulers.create(cfg)
     setup = TrialSetup(
         base=spaces.base_hyperparameters(cfg),
@@ -150,7 +150,7 @@ def prepare(cfg, data) -> tuple[dict[str, Any], schedulers.SchedulerPlan, TrialS
         checkpoint_every=cfg.train.checkpoint_every,
         threads=cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)),
     )
-    return space, plan, setup
+    return search, plan, setup
 
 
 def run(cfg, *, store: Store | None = None, address: str | None = None, resume: str | None = None,
@@ -175,7 +175,7 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     # Everything that can be wrong with the input is found before Ray starts or a file is written:
     # a bad table is reported in seconds, not after Ray's start and shutdown.
     dataset = data_mod.load(cfg)
-    space, plan, setup = prepare(cfg, dataset)
+    search, plan, setup = prepare(cfg, dataset)
     started_at = datetime.now(timezone.utc)
 
     dashboard, owned = None, False
@@ -183,11 +183,10 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
         dashboard, owned = start_ray(cfg, address, verbose)
         if dashboard:
             echo(f"Ray dashboard: {dashboard}")
-        n_trials = searchers.num_trials(cfg, space, spaces.check_points(cfg, space))
-        echo(f"Sweep {sweep_id} of {cfg.study}: {n_trials} trials ({cfg.search.algorithm} search), "
+        echo(f"Sweep {sweep_id} of {cfg.study}: {search.n_trials} trials ({cfg.search.algorithm} search), "
              f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, "
              f"{dataset.n_rows} rows x {dataset.n_features} features ({dataset.task})")
-        result = _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resume is not None,
+        result = _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resume is not None,
                             verbose, progress_interval_s)
     finally:
         if owned:
@@ -203,7 +202,7 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     return result
 
 
-def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verbose, progress_interval_s) -> SweepResult:
+def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, verbose, progress_interval_s) -> SweepResult:
     from ray import tune
 
     from orchestrator.monitor import Progress, StoreWriter
@@ -218,14 +217,13 @@ def _run_tuner(cfg, store, sweep_id, dataset, space, plan, setup, resuming, verb
         tune.with_parameters(tune_trainable, data=dataset, setup=setup),
         {"cpu": cfg.resources.cpu_per_trial, "gpu": cfg.resources.gpu_per_trial},
     )
-    points = spaces.check_points(cfg, space)
-    n_trials = searchers.num_trials(cfg, space, points)
+    space, n_trials = search.space, search.n_trials
     progress = Progress(n_trials, cfg.objective.metric, cfg.objective.mode, progress_interval_s)
     writer = StoreWriter(str(store.root), cfg.study, sweep_id, setup.base, _column_types(cfg), list(space))
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        search_alg, n_trials = searchers.create(cfg, space, points, str(exp_dir))
+        search_alg = searchers.create(cfg, search, str(exp_dir))
         tuner = tune.Tuner(
             trainable,
             param_space={},

@@ -114,6 +114,7 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
     # Data: tensors once per trial, straight from the shared arrays.
     x_train, y_train = torch.as_tensor(np.array(data.x_train)), torch.as_tensor(np.array(data.y_train))
     x_val, y_val = torch.as_tensor(np.array(data.x_val)), torch.as_tensor(np.array(data.y_val))
+    x_test, y_test = torch.as_tensor(np.array(data.x_test)), torch.as_tensor(np.array(data.y_test))
     n_train, batch_size = len(x_train), max(1, int(hp["batch_size"]))
 
     # Model, optimizer, loss.
@@ -195,10 +196,10 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
         if last or setup.report_epochs is None or epoch in setup.report_epochs:
             result = _result(metrics, history, best, best_epoch, setup, last, status, reason,
                              time.perf_counter() - started)
-            if last and status != "diverged" and len(data.x_test):
-                # The held-out test split, once, for the model the trial ended with: reported, never
-                # used to choose (a trial stopped by the scheduler has none).
-                x_test, y_test = torch.as_tensor(np.array(data.x_test)), torch.as_tensor(np.array(data.y_test))
+            if status != "diverged" and len(x_test):
+                # The held-out test split, at reports only (a trial may be stopped after any of
+                # them): the store keeps the last, for the model the trial ended with. Reported,
+                # never used to choose.
                 result["test"] = evaluate(model, x_test, y_test, data, loss_fn, "test")
             checkpoint = None
             if not last and (epoch % setup.checkpoint_every == 0 or setup.report_epochs is None):

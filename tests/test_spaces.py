@@ -184,6 +184,33 @@ def test_zoom_narrows_each_knob_on_its_own_scale() -> None:
     assert edge["lr"].low == pytest.approx(1e-5) and edge["dropout"].high == pytest.approx(0.5)
 
 
+def test_zoom_ignores_values_outside_the_knobs_domain_and_keeps_powers_in_range() -> None:
+    sp = space_of({"weight_decay": {"loguniform": [1e-5, 1e-1]}, "batch_size": {"pow2": [20, 300]}})
+    # A point given by hand (weight_decay 0, batch size 48) may be among the best: it must not break the zoom.
+    z = sp.zoom([{"weight_decay": 0.0, "batch_size": 48}, {"weight_decay": 1e-3, "batch_size": 32},
+                 {"weight_decay": 2e-3, "batch_size": 256}], margin=0.1).knobs
+    assert 1e-5 < z["weight_decay"].low < 1e-3 < 2e-3 < z["weight_decay"].high < 1e-1
+    assert (z["batch_size"].low, z["batch_size"].high) == (32, 256)
+
+
+def test_knobs_that_can_never_exist_are_not_searched() -> None:
+    # Tier B only: the optimizer is held at adam, so momentum (when: sgd) can never apply.
+    sp = spaces.compile_space(load("search_space=search_spaces/mlp_any_optimizer.yaml", "search.tiers=[B]"))
+    assert sp.searched == ["batch_size", "hidden"]
+    # A point's knob under a fixed parent is kept when the parent's value allows it.
+    sp = spaces.compile_space(load("search_space=search_spaces/mlp_any_optimizer.yaml", "search.tiers=[B,D]"))
+    assert sp.complete({"beta1": 0.95}) == {"beta1": 0.95}
+    full = spaces.compile_space(load("search_space=search_spaces/mlp_any_optimizer.yaml"))
+    assert full.complete({"optimizer": "sgd", "beta1": 0.95, "momentum": 0.9}) == {"optimizer": "sgd", "momentum": 0.9}
+
+
+def test_booleans_are_not_numbers() -> None:
+    knob = spaces.parse_knob("nesterov", {"choice": [False, True]})
+    assert knob.contains(True) and not knob.contains(1) and not knob.contains(0)
+    with pytest.raises(ConfigError, match="nesterov.default"):
+        spaces.parse_knob("nesterov", {"choice": [False, True], "default": 0})
+
+
 # -- grid ---------------------------------------------------------------------------------------------
 
 
@@ -212,7 +239,8 @@ def test_stages_wait_for_the_first_stage_then_sample_the_zoomed_space(tmp_path: 
     assert all(c["_stage"] == 1 for c in first.values())
     assert s.suggest("early") is None  # stage 2 waits for stage 1 to finish
     for tid, c in first.items():  # the best trials have lr near 1e-3
-        s.on_trial_complete(tid, {"val_loss": abs(math.log10(c["lr"]) + 3)})
+        # Tune hands searchers the flattened last result: rank on the trial's best, not its last epoch.
+        s.on_trial_complete(tid, {"best/val_loss": abs(math.log10(c["lr"]) + 3), "val_loss": 10 - c["lr"]})
     second = [s.suggest(f"u{i}") for i in range(20)]
     assert all(c["_stage"] == 2 for c in second)
     best3 = sorted(first.values(), key=lambda c: abs(math.log10(c["lr"]) + 3))[:3]
@@ -296,6 +324,11 @@ def test_optuna_points_are_encoded_on_optunas_scale() -> None:
     ({"lr": {"loguniform": [1e-4, 0.1]}}, ["search.zoom_margin=0"], ["search.zoom_margin", "0"]),
     ({"lr": {"loguniform": [1e-4, 0.1]}}, ["search.points_to_evaluate=[{lr: -1}]"],
      ["search.points_to_evaluate[0].lr", "-1"]),
+    ({"lr": {"loguniform": [1e-4, 0.1]}}, ["search.algorithm=tpe", "search.points_to_evaluate=[{lr: 0.5}]"],
+     ["search.points_to_evaluate[0].lr", "tpe", "0.5"]),
+    ({"lr": {"loguniform": [1e-4, 0.1]}}, ["search.num_samples=4", "search.stages=2",
+                                           "search.points_to_evaluate=[{lr: 0.01}, {lr: 0.02}, {lr: 0.03}]"],
+     ["search.points_to_evaluate", "3 points", "first stage has only 2"]),
 ])
 def test_bad_specs_name_the_knob(tmp_path: Path, spec, overrides, words) -> None:
     path = tmp_path / "sweep.yaml"
