@@ -115,12 +115,13 @@ def pool_main(config: str, out: str) -> None:
 # -- the benchmark --------------------------------------------------------------------------------
 
 
-def orch_losses(store: Path) -> list[float]:
-    """Final val_loss per trial, in the order the configs were given (trial ids are sequential)."""
+def orch_losses(store: Path, points: list[dict]) -> list[float]:
+    """Final val_loss per trial, in the order the configs were given (matched on their lr)."""
     import pandas as pd
 
-    trials = pd.read_parquet(store / "trials").sort_values("trial_id")
-    return trials["final_val_loss"].tolist()
+    trials = pd.read_parquet(store / "trials")
+    by_lr = dict(zip(trials["config.lr"], trials["final_val_loss"], strict=True))
+    return [by_lr.get(p["lr"], float("nan")) for p in points]
 
 
 def _finite(v) -> bool:
@@ -137,7 +138,7 @@ def compare(name: str, points: list[dict], epochs: int, repeats: int, work: Path
         store = work / f"{name}-store-{r}"
         orch_s.append(run_orch(config, store, work / f"{name}-orch-{r}.log"))
         print(f"  {name} #{r + 1}: pool {pool_s[-1]:.1f}s  orch {orch_s[-1]:.1f}s", flush=True)
-    a, b = json.loads(out.read_text()), orch_losses(store)
+    a, b = json.loads(out.read_text()), orch_losses(store, points)
     pairs = [(x, y) for x, y in zip(a, b, strict=True) if _finite(x) or _finite(y)]
     diff = max((abs(x - y) if _finite(x) and _finite(y) else float("inf")) for x, y in pairs)
     return {"pool_s": statistics.median(pool_s), "orch_s": statistics.median(orch_s),

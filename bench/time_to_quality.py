@@ -5,6 +5,8 @@ budget (trials x epochs), each as its own process with start-up included:
 
 1. ``fifo``:       orch, random search, every trial to its full budget;
 2. ``asha``:       orch, random search under ASHA (the same configs as 1: same seed);
+   ``asha-3x-trials``: the same with three times the trials (ASHA's use: the epochs it saves buy
+   more configs; not the same budget, shown for what it buys);
 3. ``tpe+asha``:   orch, Optuna's TPE through Ray Tune, under ASHA;
 4. ``c2f+asha``:   orch, random search in two coarse-to-fine stages, under ASHA;
 5. ``optuna-random`` / ``optuna-tpe``: Optuna on its own (RandomSampler, then TPESampler) with its
@@ -62,6 +64,8 @@ beta1:      {log1m: [0.8, 0.999]}
 METHODS = {
     "fifo": ["scheduler.name=fifo", "search.algorithm=random"],
     "asha": ["scheduler.name=asha", "search.algorithm=random"],
+    # ASHA's own use: the epochs it saves buy more configs (the first ones the same as above).
+    "asha-3x-trials": ["scheduler.name=asha", "search.algorithm=random", "search.num_samples={trials3}"],
     "tpe+asha": ["scheduler.name=asha", "search.algorithm=tpe"],
     "c2f+asha": ["scheduler.name=asha", "search.algorithm=random", "search.stages=2"],
     "optuna-random": "random",
@@ -99,7 +103,9 @@ def run_orch(dataset: str, method: str, directory: Path) -> dict:
 
     study = f"ttq-{dataset}-{method.replace('+', '-')}"
     store = directory / "store"
-    args = [*ORCH, "sweep", str(CONFIG), *common_overrides(dataset, directory, study), *METHODS[method],
+    trials3 = 3 * int(os.environ.get("ORCH_TTQ_TRIALS", DATASETS[dataset]["trials"]))
+    method_args = [a.format(trials3=trials3) for a in METHODS[method]]
+    args = [*ORCH, "sweep", str(CONFIG), *common_overrides(dataset, directory, study), *method_args,
             "--store", str(store)]
     t0 = time.time()
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
@@ -149,9 +155,9 @@ def optuna_worker(dataset: str, sampler_name: str, directory: Path, out: Path) -
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = config.load(CONFIG, common_overrides(dataset, directory, f"optuna-{dataset}"))
     dataset_ = data.load(cfg)
-    space, _, setup = sweep.prepare(cfg, dataset_)
+    search, _, setup = sweep.prepare(cfg, dataset_)
     setup = dataclasses.replace(setup, report_epochs=None)  # every epoch reaches the pruner
-    define = searchers.OptunaDefine(space)
+    define = searchers.OptunaDefine(search.space)
     events, finals, lock = [], {}, threading.Lock()
 
     def objective(trial: optuna.Trial) -> float:

@@ -218,6 +218,11 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
         {"cpu": cfg.resources.cpu_per_trial, "gpu": cfg.resources.gpu_per_trial},
     )
     space, n_trials = search.space, search.n_trials
+    # Tune lets a custom searcher keep only one trial pending: each finished trial then waits for
+    # the next to be created and placed. Keep enough pending to refill every free slot at once
+    # (few, so that TPE still learns from the latest results).
+    if not _USER_PENDING:
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, 2 * _trial_slots(cfg)))
     progress = Progress(n_trials, cfg.objective.metric, cfg.objective.mode, progress_interval_s)
     writer = StoreWriter(str(store.root), cfg.study, sweep_id, setup.base, _column_types(cfg), list(space))
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
@@ -280,6 +285,20 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
         why = f": {errors.iloc[0]}" if len(errors) else ""
         raise SweepFailed(f"sweep {sweep_id}: no trial produced a usable result{why}")
     return result
+
+
+_USER_PENDING = "TUNE_MAX_PENDING_TRIALS_PG" in os.environ  # a user's own setting wins
+
+
+def _trial_slots(cfg) -> int:
+    """How many trials the cluster can run at once."""
+    import ray
+
+    res = ray.cluster_resources()
+    slots = res.get("CPU", 1.0) / cfg.resources.cpu_per_trial
+    if cfg.resources.gpu_per_trial:
+        slots = min(slots, res.get("GPU", 0.0) / cfg.resources.gpu_per_trial)
+    return max(1, int(slots))
 
 
 def _shown_path(path: str) -> str:

@@ -339,3 +339,24 @@ def test_bad_specs_name_the_knob(tmp_path: Path, spec, overrides, words) -> None
     assert "\n" not in message
     for w in words:
         assert w in message, message
+
+
+@pytest.mark.parametrize("name", ["mlp_adam", "mlp_sgd", "mlp_any_optimizer"])
+def test_every_shipped_space_samples_with_random_and_tpe(name: str) -> None:
+    import optuna
+
+    cfg = load(f"search_space=search_spaces/{name}.yaml")
+    plan = spaces.check_search(cfg)
+    space = plan.space
+    names = spaces.hyperparameter_names(cfg)
+    for c in samples(space, 200):
+        assert set(c) <= set(names)
+        for knob, value in c.items():
+            config.check_hyperparameter(knob, knob, value)  # every sampled value is a valid setting
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
+    define = searchers.OptunaDefine(space)
+    for i in range(15):
+        trial = study.ask()
+        c = define(trial)
+        assert all(space.knobs[k].contains(v) for k, v in c.items())
+        study.tell(trial, float(i % 4))
