@@ -27,9 +27,10 @@ def raw(store: Path, table: str) -> pd.DataFrame:
 
 
 def test_mini_sweep_end_to_end(store: Path) -> None:
-    # Five trials; the first is a learning rate that must diverge (SGD without clipping).
+    # Five trials; the first is a learning rate that must diverge in its first epoch (SGD without
+    # clipping, small batches: many steps, so the loss is NaN before ASHA's first rung).
     p = orch("sweep", CONFIG, *SMALL, "search.num_samples=5", "train.optimizer=sgd", "train.grad_clip=null",
-             "search.points_to_evaluate=[{lr: 100000.0}]", "--store", store)
+             "search.points_to_evaluate=[{lr: 100000.0, batch_size: 16}]", "--store", store)
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert "Ray dashboard: http://127.0.0.1:" in out
