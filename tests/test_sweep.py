@@ -85,6 +85,12 @@ def test_mini_sweep_end_to_end(store: Path) -> None:
 
 
 
+def _start_sweep(args: list[str]) -> subprocess.Popen:
+    """``orch sweep`` in the background, in its own session (so its Ray processes can be found)."""
+    return subprocess.Popen([ORCH, "sweep", str(CONFIG), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
 def _wait_for_trials(store: Path, n: int, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,8 +106,7 @@ def _wait_for_trials(store: Path, n: int, proc: subprocess.Popen, timeout: float
 def test_resume_after_driver_is_killed(store: Path, tmp_path: Path) -> None:
     args = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=12", "search.num_samples=8",
             "train.checkpoint_every=2", "model.hidden=32", "--store", str(store)]
-    proc = subprocess.Popen([ORCH, "sweep", str(CONFIG), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = _start_sweep(args)
     tree: list[int] = []
     try:
         _wait_for_trials(store, 2, proc, timeout=180)
@@ -154,8 +159,7 @@ def _alive(pids: list[int]) -> list[int]:
 def test_ctrl_c_stops_cleanly_and_keeps_what_finished(store: Path) -> None:
     args = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30", "search.num_samples=16",
             "model.hidden=32", "--store", str(store)]
-    proc = subprocess.Popen([ORCH, "sweep", str(CONFIG), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = _start_sweep(args)
     tree: list[int] = []
     try:
         _wait_for_trials(store, 1, proc, timeout=180)
