@@ -13,6 +13,46 @@ ACTIVATIONS = {
     "elu": nn.ELU,
     "tanh": nn.Tanh,
 }
+INITS = ("auto", "kaiming", "xavier", "orthogonal")
+MIN_WIDTH = 4  # a shrinking funnel never goes narrower than this
+
+
+def widths_of(hidden: int, layers: int, shrink: float, widths: list[int] | None) -> list[int]:
+    """The hidden layers' widths: ``widths`` as given, else ``layers`` layers starting at ``hidden``,
+    each ``shrink`` times the one before (1.0: all equal; 0.5: a funnel that halves)."""
+    if widths is not None:
+        if isinstance(widths, (str, bytes)) or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+            raise ValueError(f"widths must be a list of positive integers, got {widths!r}")
+        return list(widths)
+    if int(layers) < 0 or int(hidden) < 1:
+        raise ValueError(f"need layers >= 0 and hidden >= 1, got layers={layers!r}, hidden={hidden!r}")
+    if not 0 < shrink <= 1:
+        raise ValueError(f"shrink must be in (0, 1], got {shrink!r}")
+    out, width = [], float(hidden)
+    for _ in range(int(layers)):
+        out.append(max(MIN_WIDTH, round(width)) if shrink < 1 else int(hidden))
+        width *= shrink
+    return out
+
+
+def init_linear(linear: nn.Linear, activation: str, init: str, bias_init: float) -> None:
+    """Initialise a hidden layer for the activation that follows it.
+
+    ``auto`` is He (Kaiming) for the ReLU family (relu, leaky_relu, gelu, elu): it keeps the
+    activations' variance constant through depth when half the units are zero; Xavier (Glorot) for
+    tanh, which is linear near zero. A small positive ``bias_init`` (0.01-0.1) keeps ReLUs alive.
+    """
+    kind = init if init != "auto" else ("xavier" if activation == "tanh" else "kaiming")
+    if kind == "kaiming":
+        nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
+        nn.init.kaiming_normal_(linear.weight, nonlinearity=nonlinearity)
+    elif kind == "xavier":
+        nn.init.xavier_uniform_(linear.weight, gain=nn.init.calculate_gain("tanh" if activation == "tanh" else "linear"))
+    else:
+        gain = nn.init.calculate_gain("tanh") if activation == "tanh" else nn.init.calculate_gain("relu")
+        nn.init.orthogonal_(linear.weight, gain=gain)
+    if linear.bias is not None:
+        nn.init.constant_(linear.bias, float(bias_init))
 
 
 @register("mlp")
@@ -21,36 +61,41 @@ def mlp(
     n_outputs: int,
     hidden: int = 128,
     layers: int = 2,
+    shrink: float = 1.0,
+    widths: list[int] | None = None,
     dropout: float = 0.0,
     activation: str = "relu",
     batch_norm: bool = False,
+    init: str = "auto",
+    bias_init: float = 0.0,
 ) -> nn.Module:
-    """``layers`` hidden blocks of ``hidden`` units: Linear -> [BatchNorm] -> activation -> [Dropout].
+    """Hidden blocks Linear -> [BatchNorm] -> activation -> [Dropout], then a linear head.
 
-    ReLU-family activations get He (Kaiming) initialisation, tanh gets Xavier. With batch norm the
-    linear layer has no bias (the norm's shift replaces it).
+    Widths: ``widths`` (a list, wide first), else ``layers`` blocks starting at ``hidden`` units,
+    each ``shrink`` times narrower. Batch norm sits before the activation, and its layer's linear
+    map then has no bias (the norm's shift replaces it). ``dropout`` follows every hidden block.
+    The head gets Xavier weights and a zero bias, so the first predictions are near-uniform.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    hidden, layers = int(hidden), int(layers)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if not 0 <= float(dropout) < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not isinstance(batch_norm, bool):
+        raise ValueError(f"batch_norm must be true or false, got {batch_norm!r}")
     blocks: list[nn.Module] = []
     width_in = n_inputs
-    for _ in range(layers):
-        linear = nn.Linear(width_in, hidden, bias=not batch_norm)
-        if activation == "tanh":
-            nn.init.xavier_uniform_(linear.weight)
-        else:
-            nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
-            nn.init.kaiming_normal_(linear.weight, nonlinearity=nonlinearity)
-        if linear.bias is not None:
-            nn.init.zeros_(linear.bias)
+    for width in widths_of(hidden, layers, float(shrink), widths):
+        linear = nn.Linear(width_in, width, bias=not batch_norm)
+        init_linear(linear, activation, init, bias_init)
         blocks.append(linear)
         if batch_norm:
-            blocks.append(nn.BatchNorm1d(hidden))
+            blocks.append(nn.BatchNorm1d(width))
         blocks.append(ACTIVATIONS[activation]())
         if dropout > 0:
             blocks.append(nn.Dropout(float(dropout)))
-        width_in = hidden
+        width_in = width
     head = nn.Linear(width_in, n_outputs)
     nn.init.xavier_uniform_(head.weight)
     nn.init.zeros_(head.bias)

@@ -74,6 +74,24 @@ def check(model_cfg: dict[str, Any], key: str = "model") -> None:
                 f"{key}.{k}: not a hyperparameter of model '{name}'{did_you_mean(k, list(known))}; "
                 f"valid: {', '.join(known)}"
             )
+    given = {k: v for k, v in model_cfg.items() if k != "name"}
+    for k, v in given.items():
+        check_value(name, f"{key}.{k}", k, v, given)
+
+
+def check_value(name: str, key: str, param: str, value: Any, others: dict[str, Any] | None = None) -> None:
+    """Raise ConfigError (naming ``key``) if model ``name`` rejects ``param=value``.
+
+    The model factory is the rule: it is called on a tiny input with the value, and whatever it
+    raises (ValueError, TypeError) becomes the message. Users' models get the same check for free.
+    """
+    from orchestrator.errors import ConfigError
+
+    hp = {**(others or {}), param: value}
+    try:
+        build(name, 4, 2, **hp)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]} (got {value!r})") from None
 
 
 def build(name: str, n_inputs: int, n_outputs: int, **hyperparameters: Any) -> nn.Module:

@@ -73,6 +73,8 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
     sweep_mod.print_summary(result)
     if not result.finished:
         sys.exit(130)
+    if result.all_collapsed:
+        sys.exit(1)
 
 
 @main.command()

@@ -24,6 +24,11 @@ from orchestrator.errors import ConfigError
 TASKS = ("classification", "regression")
 SCALERS = ("standard", "minmax", "quantile", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+LOSSES = ("auto", "cross_entropy", "bce", "mse", "mae", "huber")
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce")
+CLASS_WEIGHTS = ("none", "auto")
+CLIP_MODES = ("norm", "value")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -35,25 +40,50 @@ class DataConfig:
     task: str | None = None  # classification | regression | None (inferred)
     val_fraction: float = 0.2
     test_fraction: float = 0.2
-    scale: str = "standard"
+    scale: str = "standard"  # features: standard | minmax | quantile | none
+    target_scale: str = "standard"  # regression targets (metrics stay in the target's units)
     seed: int = 0
 
 
 @dataclass
 class TrainConfig:
-    optimizer: str = "adam"
+    # Optimiser.
+    optimizer: str = "adam"  # sgd | adam | adamw
     lr: float = 1.0e-3
-    batch_size: int = 64
     weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    beta1: float = 0.9
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    beta1: float = 0.9  # adam, adamw
     beta2: float = 0.999
     eps: float = 1.0e-8
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    patience: int | None = None  # in-trial early stopping on the objective, in epochs
+    # Learning-rate schedule, over scheduler.max_epochs; warm-up goes in front of any of them.
+    lr_schedule: str = "constant"  # constant | step | cosine | onecycle | plateau
+    warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr
+    lr_step_epochs: int = 10  # step: decay every this many epochs
+    lr_gamma: float = 0.1  # step and plateau: the decay factor
+    plateau_patience: int = 3  # plateau: epochs without improvement of the objective before decaying
+    lr_min_ratio: float = 0.0  # cosine: the final lr as a fraction of lr
+    grad_clip: float | None = 1.0  # None: no clipping
+    grad_clip_by: str = "norm"  # norm (global L2 norm) | value (each element)
+    # Loss.
+    loss: str = "auto"  # auto | cross_entropy | bce | mse | mae | huber
+    huber_delta: float = 1.0  # in standardised target units
+    class_weights: str = "none"  # none | auto (inverse class frequency)
+    label_smoothing: float = 0.0
+    # Batches.
+    batch_size: int = 64
+    shuffle: bool = True  # reshuffle every epoch
+    batch_growth_every: int | None = None  # double the batch size every N epochs ...
+    batch_size_max: int = 1024  # ... up to this
+    # Early stopping inside the trial, on the objective.
+    patience: int | None = None  # in epochs; None: off
     min_delta: float = 0.0
+    # Diagnostics: a trial whose training loss grows past this multiple of its first loss diverged.
+    divergence_factor: float | None = 10.0
+    # Determinism.
+    seed: int = 0  # torch, numpy, python and the batch order
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    # How a trial runs, not what it learns (never searched or stored).
     checkpoint_every: int = 5  # epochs between checkpoints (resume granularity)
     threads: int | None = None  # torch threads per trial; default: the trial's CPUs
 
@@ -315,22 +345,57 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) ->
 TRAIN_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "optimizer": lambda k, v: _check_choice(k, v, OPTIMIZERS),
     "lr": lambda k, v: _check_range(k, v, 0, None, lo_open=True),
-    "batch_size": lambda k, v: _check_range(k, v, 1),
     "weight_decay": lambda k, v: _check_range(k, v, 0),
     "momentum": lambda k, v: _check_range(k, v, 0, 1, hi_open=True),
+    "nesterov": lambda k, v: _check_bool(k, v),
     "beta1": lambda k, v: _check_range(k, v, 0, 1, hi_open=True),
     "beta2": lambda k, v: _check_range(k, v, 0, 1, hi_open=True),
     "eps": lambda k, v: _check_range(k, v, 0, None, lo_open=True),
+    "lr_schedule": lambda k, v: _check_choice(k, v, LR_SCHEDULES),
+    "warmup_epochs": lambda k, v: _check_range(k, v, 0),
+    "lr_step_epochs": lambda k, v: _check_range(k, v, 1),
+    "lr_gamma": lambda k, v: _check_range(k, v, 0, 1, lo_open=True, hi_open=True),
+    "plateau_patience": lambda k, v: _check_range(k, v, 1),
+    "lr_min_ratio": lambda k, v: _check_range(k, v, 0, 1),
     "grad_clip": lambda k, v: _check_range(k, v, 0, None, lo_open=True, allow_none=True),
+    "grad_clip_by": lambda k, v: _check_choice(k, v, CLIP_MODES),
+    "loss": lambda k, v: _check_choice(k, v, LOSSES),
+    "huber_delta": lambda k, v: _check_range(k, v, 0, None, lo_open=True),
+    "class_weights": lambda k, v: _check_choice(k, v, CLASS_WEIGHTS),
+    "label_smoothing": lambda k, v: _check_range(k, v, 0, 1, hi_open=True),
+    "batch_size": lambda k, v: _check_range(k, v, 1),
+    "shuffle": lambda k, v: _check_bool(k, v),
+    "batch_growth_every": lambda k, v: _check_range(k, v, 1, allow_none=True),
+    "batch_size_max": lambda k, v: _check_range(k, v, 1),
     "patience": lambda k, v: _check_range(k, v, 1, allow_none=True),
     "min_delta": lambda k, v: _check_range(k, v, 0),
+    "divergence_factor": lambda k, v: _check_range(k, v, 1, None, lo_open=True, allow_none=True),
+    "seed": lambda k, v: _check_range(k, v, 0),
+    "deterministic": lambda k, v: _check_bool(k, v),
     "checkpoint_every": lambda k, v: _check_range(k, v, 1),
     "threads": lambda k, v: _check_range(k, v, 1, allow_none=True),
+    # data: settings a search space may vary too
+    "scale": lambda k, v: _check_choice(k, v, SCALERS),
+    "target_scale": lambda k, v: _check_choice(k, v, SCALERS),
 }
+# ``data:`` settings that a search space may vary (the sweep prepares one copy of the data per value).
+DATA_HYPERPARAMETERS = ("scale", "target_scale")
 
 
-def check_hyperparameter(key: str, name: str, value: Any) -> None:
-    """Apply ``train.<name>``'s rule (if it has one) to ``value``, naming ``key`` in the error."""
+def _check_bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(key, "must be true or false", value)
+
+
+def check_hyperparameter(key: str, name: str, value: Any, model: str | None = None) -> None:
+    """Apply ``train.<name>``'s rule (if it has one) to ``value``, naming ``key`` in the error;
+    a hyperparameter of ``model`` goes through the model's own check."""
+    if model is not None and name not in TRAIN_CHECKS:
+        from models import registry
+
+        if name in registry.hyperparameters(model):
+            registry.check_value(model, key, name, value)
+            return
     check = TRAIN_CHECKS.get(name)
     if check is not None:
         try:
@@ -381,14 +446,20 @@ def validate(cfg: SweepConfig) -> None:
     _check_range("data.test_fraction", d.test_fraction, 0, 1, hi_open=True)
     if d.val_fraction + d.test_fraction >= 1:
         _fail("data.test_fraction", "val_fraction + test_fraction must be below 1", d.val_fraction + d.test_fraction)
-    _check_choice("data.scale", d.scale, SCALERS)
 
     if not isinstance(cfg.model, dict) or "name" not in cfg.model:
         _fail("model.name", "a model name is required", cfg.model)
     model_registry.check(cfg.model, "model")
 
     for name, check in TRAIN_CHECKS.items():
-        check(f"train.{name}", getattr(cfg.train, name))
+        if name in DATA_HYPERPARAMETERS:
+            check(f"data.{name}", getattr(cfg.data, name))
+        else:
+            check(f"train.{name}", getattr(cfg.train, name))
+    if cfg.train.loss in CLASSIFICATION_LOSSES and d.task == "regression":
+        _fail("train.loss", "is a classification loss, but data.task is regression; use mse, mae or huber", cfg.train.loss)
+    if cfg.train.loss in ("mse", "mae", "huber") and d.task == "classification":
+        _fail("train.loss", "is a regression loss, but data.task is classification; use cross_entropy or bce", cfg.train.loss)
 
     _check_choice("objective.mode", cfg.objective.mode, ("min", "max"))
     if not cfg.objective.metric:

@@ -74,10 +74,24 @@ class Dataset:
     y_test: np.ndarray
     feature_names: list[str]
     classes: list[Any] = field(default_factory=list)  # original labels, index = class id
-    target_mean: float = 0.0  # regression: y_model = (y - mean) / std
+    # Regression: the target in its own units for val and test, the training target's spread (the
+    # unit of val_loss) and the fitted target scaler (None: the model predicts the target as is).
+    y_val_units: np.ndarray | None = None
+    y_test_units: np.ndarray | None = None
     target_std: float = 1.0
+    target_scaler: Any = None
+    scale: str = "standard"
+    target_scale: str = "standard"
+    target_distinct: int = 0  # distinct target values in the table (for `orch check`)
+    target_integral: bool = True  # every target value is a whole number
     fingerprint: str = ""
     n_rows: int = 0
+
+    def to_target_units(self, pred: np.ndarray) -> np.ndarray:
+        """Regression predictions in the target's own units (undo the target scaling)."""
+        if self.target_scaler is None:
+            return pred
+        return self.target_scaler.inverse_transform(np.asarray(pred, np.float64).reshape(-1, 1)).ravel()
 
     @property
     def n_features(self) -> int:
@@ -132,7 +146,7 @@ def _scaler(kind: str, n_rows: int):
 
 def prepare(frame: pd.DataFrame, target: str, task: str | None = None, val_fraction: float = 0.2,
             test_fraction: float = 0.2, scale: str = "standard", seed: int = 0,
-            source: str = "data") -> Dataset:
+            source: str = "data", target_scale: str = "standard") -> Dataset:
     """Split, encode and scale a table. Everything is fitted on the training rows only.
 
     Numeric columns: missing values imputed with the training median plus a 0/1 indicator column,
@@ -213,25 +227,34 @@ def prepare(frame: pd.DataFrame, target: str, task: str | None = None, val_fract
     x_test = pre.transform(x_frame.iloc[idx_test]).astype(np.float32) if len(idx_test) else np.zeros((0, x_train.shape[1]), np.float32)
     names = [str(c) for c in pre.get_feature_names_out()]
 
-    mean, std = 0.0, 1.0
+    scaler, units, y_model = None, {}, y_all
     if task == "regression":
-        mean = float(y_all[idx_train].mean())
-        std = float(y_all[idx_train].std()) or 1.0
-        y_model = ((y_all - mean) / std).astype(np.float32)
-    else:
-        y_model = y_all
+        scaler = _scaler(target_scale, len(idx_train))
+        if scaler == "passthrough":
+            scaler = None
+        else:
+            scaler.fit(y_all[idx_train].reshape(-1, 1))
+            y_model = scaler.transform(y_all.reshape(-1, 1)).ravel()
+        y_model = y_model.astype(np.float32)
+        units = {"y_val_units": y_all[idx_val].astype(np.float64), "y_test_units": y_all[idx_test].astype(np.float64)}
+    y_numeric = pd.to_numeric(y_raw, errors="coerce")
+    integral = bool(y_numeric.notna().all() and np.all(np.mod(y_numeric.to_numpy(dtype=np.float64), 1) == 0))
     return Dataset(
         task=task,
         x_train=x_train, y_train=y_model[idx_train],
         x_val=x_val, y_val=y_model[idx_val],
         x_test=x_test, y_test=y_model[idx_test],
-        feature_names=names, classes=classes, target_mean=mean, target_std=std,
-        fingerprint=fp, n_rows=n,
+        feature_names=names, classes=classes,
+        target_std=(float(y_all[idx_train].std()) or 1.0) if task == "regression" else 1.0,
+        target_scaler=scaler, scale=scale, target_scale=target_scale,
+        target_distinct=int(y_raw.nunique()), target_integral=integral,
+        fingerprint=fp, n_rows=n, **units,
     )
 
 
-def load(cfg) -> Dataset:
-    """Load and prepare the data named by a sweep config (``cfg.data``)."""
+def load(cfg, scale: str | None = None, target_scale: str | None = None) -> Dataset:
+    """Load and prepare the data named by a sweep config (``cfg.data``), optionally with other
+    feature and target scalings than the config's."""
     from orchestrator.config import resolve_path
 
     d = cfg.data
@@ -247,4 +270,34 @@ def load(cfg) -> Dataset:
         path = resolve_path(cfg, d.path)
         frame = read_table(path)
         target, task, source = d.target, d.task, str(d.path)
-    return prepare(frame, target, task, d.val_fraction, d.test_fraction, d.scale, d.seed, source)
+    return prepare(frame, target, task, d.val_fraction, d.test_fraction, scale or d.scale, d.seed, source,
+                   target_scale or d.target_scale)
+
+
+class Variants(dict):
+    """The data prepared once per (scale, target_scale) that a sweep's space can choose."""
+
+    def select(self, hp: dict[str, Any]) -> Dataset:
+        key = (hp.get("scale"), hp.get("target_scale"))
+        if key in self:
+            return self[key]
+        if len(self) == 1:
+            return next(iter(self.values()))
+        raise KeyError(f"no data prepared for scale={key[0]!r}, target_scale={key[1]!r}")
+
+
+def load_variants(cfg, scales: list[str], target_scales: list[str], first: Dataset | None = None) -> Variants:
+    """One prepared dataset per combination of feature and target scaling (``first`` reused)."""
+    out = Variants()
+    for s in scales:
+        for t in target_scales:
+            if first is not None and (first.scale, first.target_scale) == (s, t):
+                out[(s, t)] = first
+            else:
+                out[(s, t)] = load(cfg, s, t)
+    return out
+
+
+def select(data, hp: dict[str, Any]) -> Dataset:
+    """The dataset a trial trains on: ``data`` itself, or its variant for the trial's scaling."""
+    return data.select(hp) if isinstance(data, Variants) else data

@@ -7,6 +7,7 @@ one line a person wants to read instead of Ray's tables.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -128,7 +129,8 @@ class StoreWriter(Callback):
             "sweep_id": self.sweep_id, "trial_id": trial.trial_id, "status": status, "stop_reason": reason,
             "stage": int(config.get(STAGE_KEY, 1)),
         }
-        row.update({f"config.{k}": v for k, v in hp.items()})
+        row.update({f"config.{k}": json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
+                    for k, v in hp.items()})
         for name in METRIC_DIRECTIONS:
             if name in last:
                 row[f"final_{name}"] = _finite_or_none(last[name]) if status == "diverged" else last[name]
@@ -136,6 +138,7 @@ class StoreWriter(Callback):
             if best is not None or name in last:
                 row[f"best_{name}"] = best
         row.update(last.get("test") or {})  # the split's scores at the trial's last report
+        row["collapsed"] = bool(last.get("collapsed", False)) if status != "error" else None
         row.update({
             "best_epoch": last.get("best_epoch"),
             "epochs": last.get("epoch", 0),

@@ -132,7 +132,7 @@ def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
     sections = spaces.hyperparameter_names(cfg)
     types = spaces.hyperparameter_types(cfg)
     base = spaces.base_hyperparameters(cfg)
-    out: dict[str, dict[str, Any]] = {"model": {"name": cfg.model["name"]}, "train": {}}
+    out: dict[str, dict[str, Any]] = {"data": {}, "model": {"name": cfg.model["name"]}, "train": {}}
     for col, value in t.items():
         if not col.startswith("config.") or col[7:] not in sections:
             continue
@@ -145,7 +145,11 @@ def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
         # the integer, or the fragment would not load (train.patience: 5.0 is not an int).
         if isinstance(value, float) and value.is_integer() and pa.types.is_integer(types.get(col, pa.null())):
             value = int(value)
+        if isinstance(value, str) and value[:1] in "[{":  # a list-valued hyperparameter, stored as JSON
+            value = json.loads(value)
         out[sections[col[7:]]][col[7:]] = value
+    if not out["data"]:
+        del out["data"]
     header = (f"# best of study {study}: sweep {s['sweep_id']}, trial {s['best_trial_id']}, "
               f"{s['metric']} = {s['best_value']:.6g} ({s['mode']})\n")
     return header + yaml.safe_dump(json.loads(json.dumps(out, default=str)), sort_keys=False)

@@ -391,10 +391,12 @@ def _ordered(knobs: dict[str, Knob]) -> dict[str, Knob]:
 
 
 def hyperparameter_names(cfg) -> dict[str, str]:
-    """Every tunable name -> the config section that holds it ("train" or "model")."""
+    """Every tunable name -> the config section that holds it ("train", "model" or "data")."""
     from models import registry
+    from orchestrator.config import DATA_HYPERPARAMETERS
 
     names = {f.name: "train" for f in dataclasses.fields(cfg.train) if f.name not in RUNTIME_FIELDS}
+    names.update({k: "data" for k in DATA_HYPERPARAMETERS})
     for k in registry.hyperparameters(cfg.model["name"]):
         names[k] = "model"
     return names
@@ -407,6 +409,9 @@ def base_hyperparameters(cfg) -> dict[str, Any]:
     hp: dict[str, Any] = dict(registry.hyperparameters(cfg.model["name"]))
     hp.update({k: v for k, v in cfg.model.items() if k != "name"})
     hp.update({k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RUNTIME_FIELDS})
+    from orchestrator.config import DATA_HYPERPARAMETERS
+
+    hp.update({k: getattr(cfg.data, k) for k in DATA_HYPERPARAMETERS})
     return hp
 
 
@@ -447,7 +452,7 @@ def full_space(cfg) -> Space:
         if knob.dist in ("int", "pow2"):
             probes = [int(v) for v in probes]
         for value in probes + ([knob.default] if knob.has_default else []):
-            check_hyperparameter(f"{key}.{knob.dist}", name, value)
+            check_hyperparameter(f"{key}.{knob.dist}", name, value, cfg.model["name"])
     for name, knob in knobs.items():
         for parent, allowed in knob.when:
             key = f"search_space.{name}.when.{parent}"
@@ -506,7 +511,7 @@ def check_points(cfg, space: Space) -> list[dict[str, Any]]:
             if name not in sampled:
                 raise ConfigError(f"{key}.{name}: not a sampled knob{did_you_mean(str(name), sampled)}; "
                                   f"sampled: {', '.join(sampled) or '(none)'}")
-            check_hyperparameter(f"{key}.{name}", name, value)
+            check_hyperparameter(f"{key}.{name}", name, value, cfg.model["name"])
     return [dict(p) for p in points]
 
 
@@ -561,7 +566,9 @@ def stage_sizes(num_samples: int, stages: int) -> list[int]:
 def _arrow_type(annotation: Any, default: Any):
     import pyarrow as pa
 
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    if "list" in text or "dict" in text:
+        return pa.string()  # stored as JSON text
     for word, typ in (("bool", pa.bool_()), ("float", pa.float64()), ("int", pa.int64()), ("str", pa.string())):
         if word in text:
             return typ
@@ -583,6 +590,9 @@ def hyperparameter_types(cfg) -> dict[str, Any]:
         if f.name in RUNTIME_FIELDS:
             continue
         types[f"config.{f.name}"] = _arrow_type(f.type, f.default)
+    for f in dataclasses.fields(cfg.data):
+        if f.name in ("scale", "target_scale"):
+            types[f"config.{f.name}"] = _arrow_type(f.type, f.default)
     params = list(inspect.signature(registry.get(cfg.model["name"])).parameters.values())[2:]
     for p in params:
         types[f"config.{p.name}"] = _arrow_type(p.annotation, p.default)

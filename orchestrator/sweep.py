@@ -32,7 +32,13 @@ from orchestrator import config as config_mod
 from orchestrator import data as data_mod
 from orchestrator.errors import ConfigError, SweepFailed, UserError
 from orchestrator.store import Store, store_root
-from orchestrator.trainer import METRIC_DIRECTIONS, TASK_METRICS, TrialSetup, tune_trainable
+from orchestrator.trainer import (
+    DIAGNOSTICS,
+    METRIC_DIRECTIONS,
+    TASK_METRICS,
+    TrialSetup,
+    tune_trainable,
+)
 
 log = logging.getLogger(__name__)
 SWEEP_CONFIG_FILE = "orch_sweep.yaml"
@@ -56,6 +62,8 @@ class SweepResult:
     config_path: str = "CONFIG"
     space_ranges: dict[str, Any] = field(default_factory=dict)  # knob -> [low, high] or choices
     stages: list[dict[str, Any]] | None = None  # coarse-to-fine: each stage's trials and ranges
+    collapsed: int = 0  # trials whose model ended predicting (nearly) a constant
+    all_collapsed: bool = False  # every usable trial collapsed: no best
 
 
 def new_sweep_id(now: datetime | None = None) -> str:
@@ -139,6 +147,7 @@ def prepare(cfg, data) -> tuple[spaces.SearchPlan, schedulers.SchedulerPlan, Tri
     if cfg.objective.mode != expected:
         raise ConfigError(f"objective.mode: {cfg.objective.metric} should be '{expected}'imised (got {cfg.objective.mode!r})")
     search = spaces.check_search(cfg)
+    _check_loss(cfg, data, search.space)
     plan = schedulers.create(cfg)
     setup = TrialSetup(
         base=spaces.base_hyperparameters(cfg),
@@ -151,6 +160,33 @@ def prepare(cfg, data) -> tuple[spaces.SearchPlan, schedulers.SchedulerPlan, Tri
         threads=cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)),
     )
     return search, plan, setup
+
+
+def _check_loss(cfg, data, space) -> None:
+    """Every loss the sweep can train with must fit the data's task and classes."""
+    from orchestrator.losses import resolve_loss
+
+    n_classes = len(data.classes)
+    knob = space.knobs.get("loss")
+    values = [("search_space.loss", v) for v in knob.values] if knob is not None else [("train.loss", cfg.train.loss)]
+    for key, value in values:
+        try:
+            resolve_loss(value, data.task, n_classes)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err} (got {value!r})") from None
+
+
+def data_variants(cfg, dataset, space):
+    """``dataset``, or one prepared copy per feature/target scaling the space can choose."""
+    def values(name: str, current: str) -> list[str]:
+        knob = space.knobs.get(name)
+        return list(dict.fromkeys(knob.values)) if knob is not None and knob.values else [current]
+
+    scales = values("scale", dataset.scale)
+    targets = values("target_scale", dataset.target_scale) if dataset.task == "regression" else [dataset.target_scale]
+    if scales == [dataset.scale] and targets == [dataset.target_scale]:
+        return dataset
+    return data_mod.load_variants(cfg, scales, targets, first=dataset)
 
 
 def run(cfg, *, store: Store | None = None, address: str | None = None, resume: str | None = None,
@@ -214,7 +250,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
         (exp_dir / SWEEP_CONFIG_FILE).write_text(config_mod.to_yaml(cfg))
 
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, data=dataset, setup=setup),
+        tune.with_parameters(tune_trainable, data=data_variants(cfg, dataset, search.space), setup=setup),
         {"cpu": cfg.resources.cpu_per_trial, "gpu": cfg.resources.gpu_per_trial},
     )
     space, n_trials = search.space, search.n_trials
@@ -269,6 +305,9 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                          counts=counts, searched=searched, space_ranges=space.ranges(),
                          stages=searchers.read_stages(exp_dir) if cfg.search.stages > 1 else None)
     ok = trials[trials["status"].isin(["completed", "stopped_early"])] if len(trials) else trials
+    if len(ok) and "collapsed" in ok.columns:
+        result.collapsed = int(ok["collapsed"].fillna(False).astype(bool).sum())
+        ok = ok[~ok["collapsed"].fillna(False).astype(bool)]  # a constant output is not a model
     col = f"best_{cfg.objective.metric}"
     if len(ok) and col in ok.columns and ok[col].notna().any():
         idx = ok[col].idxmin() if cfg.objective.mode == "min" else ok[col].idxmax()
@@ -280,6 +319,8 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
         result.best_metrics = {c[len("best_"):]: float(best[c]) for c in ok.columns
                                if c.startswith("best_") and c[len("best_"):] in METRIC_DIRECTIONS
                                and best[c] is not None and best[c] == best[c]}
+    elif finished and result.collapsed:
+        result.all_collapsed = True
     elif finished and len(trials):
         errors = trials[trials["status"] == "error"]["stop_reason"].dropna()
         why = f": {errors.iloc[0]}" if len(errors) else ""
@@ -327,6 +368,9 @@ def _column_types(cfg) -> dict[str, Any]:
         types[name] = types[f"final_{name}"] = types[f"best_{name}"] = pa.float64()
         if name.startswith("val_"):
             types[f"test_{name[4:]}"] = pa.float64()
+    for name in {n for names in DIAGNOSTICS.values() for n in names}:
+        types[f"test_{name[4:]}"] = pa.float64()
+    types["collapsed"] = pa.bool_()
     return types
 
 
@@ -362,6 +406,12 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
         echo(f"Resume it with: orch sweep {result.config_path} --resume {result.sweep_id}")
     else:
         echo(f"Sweep {result.sweep_id} finished in {result.elapsed_s:.0f}s: {counts}.")
+    if result.all_collapsed:
+        echo(f"No best trial: all {result.collapsed} trials that finished collapsed to a constant output "
+             f"(one class for nearly every input, or predictions with almost no spread). "
+             f"Check the data and the model with: orch check {result.config_path}")
+    elif result.collapsed:
+        echo(f"{result.collapsed} trials collapsed to a constant output (left out of the best).")
     if result.best_trial_id:
         others = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best_metrics.items()) if k != result.metric)
         echo(f"Best trial {result.best_trial_id}: {result.metric} {result.best_value:.6g}"

@@ -20,6 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from orchestrator import data as data_mod
+from orchestrator.losses import TaskLoss, evaluate
+from orchestrator.optim import (
+    LRSchedule,
+    apply_hyperparameters,
+    batch_size_at,
+    build_optimizer,
+    clip_gradients,
+)
+
 # Direction of every metric the trainer reports: +1 higher is better, -1 lower is better.
 METRIC_DIRECTIONS = {
     "train_loss": -1,
@@ -32,6 +42,11 @@ METRIC_DIRECTIONS = {
 TASK_METRICS = {
     "classification": ("train_loss", "val_loss", "val_accuracy"),
     "regression": ("train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"),
+}
+# Reported every epoch too, but diagnostics rather than scores (no best value).
+DIAGNOSTICS = {
+    "classification": ("val_top_class_share", "val_collapsed"),
+    "regression": ("val_pred_std_ratio", "val_collapsed"),
 }
 CHECKPOINT_FILE = "trial.pt"
 
@@ -53,43 +68,53 @@ class TrialSetup:
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
+    """Seed python, numpy and torch; return the generator that orders the batches."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
     return torch.Generator().manual_seed(seed)
 
 
-def build_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
-    name = hp["optimizer"]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"],
-                               nesterov=bool(hp["nesterov"]) and hp["momentum"] > 0,
-                               weight_decay=hp["weight_decay"])
-    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return cls(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
-               weight_decay=hp["weight_decay"])
+def device() -> torch.device:
+    """CUDA when this process can see a GPU (Ray hides GPUs from trials it gave none), else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data, loss_fn, prefix: str) -> dict[str, float]:
-    """Loss and task metrics on one split (regression errors in the target's own units)."""
-    model.eval()
-    out = model(x)
-    if data.task == "classification":
-        return {
-            f"{prefix}_loss": float(loss_fn(out, y)),
-            f"{prefix}_accuracy": float((out.argmax(1) == y).float().mean()),
-        }
-    pred = out.squeeze(1)
-    err = (pred - y) * data.target_std
-    ss_tot = float(((y - y.mean()) ** 2).sum()) or 1.0
-    return {
-        f"{prefix}_loss": float(loss_fn(pred, y)),
-        f"{prefix}_rmse": float(err.pow(2).mean().sqrt()),
-        f"{prefix}_mae": float(err.abs().mean()),
-        f"{prefix}_r2": 1.0 - float(((pred - y) ** 2).sum()) / ss_tot,
-    }
+@dataclass
+class Parts:
+    """Everything a trial builds from its hyperparameters."""
+
+    hp: dict[str, Any]
+    data: Any  # the Dataset this trial trains on
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    loss: TaskLoss
+
+
+def hyperparameters(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """A trial's hyperparameters: the sweep's base, then the sampled values (``_``-keys are orch's)."""
+    return {**base, **{k: v for k, v in config.items() if not k.startswith("_")}}
+
+
+def build(hp: dict[str, Any], data, model_name: str, max_epochs: int, direction: int = -1,
+          dev: torch.device | None = None) -> Parts:
+    """Model, optimiser, schedule and loss for ``hp`` (``data`` may hold several scalings)."""
+    from models import registry
+
+    data = data_mod.select(data, hp)
+    loss = TaskLoss(hp, data)
+    model_hp = {k: hp[k] for k in registry.hyperparameters(model_name) if k in hp}
+    model = registry.build(model_name, data.n_features, loss.n_outputs, **model_hp).to(dev or torch.device("cpu"))
+    if loss.weights is not None:
+        loss.weights = loss.weights.to(dev or torch.device("cpu"))
+    optimizer = build_optimizer(model.parameters(), hp)
+    return Parts(hp, data, model, optimizer, LRSchedule(hp, max_epochs, direction), loss)
 
 
 def is_better(value: float, best: float | None, direction: int, min_delta: float = 0.0) -> bool:
@@ -98,41 +123,44 @@ def is_better(value: float, best: float | None, direction: int, min_delta: float
     return best is None or (value - best) * direction > min_delta
 
 
+def _tensor(a, dev: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.array(a)).to(dev)
+
+
 def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
               state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one configuration; return the final report.
 
     ``report(metrics, checkpoint_state)`` is called at the epochs the sweep asked for and at the
     end; ``metrics["history"]`` holds every epoch since the previous report. ``state`` is a
-    checkpoint to resume from.
+    checkpoint to resume from (its hyperparameters are replaced by ``config``'s).
     """
-    hp = {**setup.base, **{k: v for k, v in config.items() if not k.startswith("_")}}  # _stage: orch's own
+    hp = hyperparameters(config, setup.base)
     torch.set_num_threads(setup.threads)
-    gen = seed_everything(int(hp["seed"]))
-    classification = data.task == "classification"
+    gen = seed_everything(int(hp["seed"]), bool(hp.get("deterministic")))
+    dev = device()
+    direction = METRIC_DIRECTIONS.get(setup.metric, -1 if setup.mode == "min" else +1)
+    parts = build(hp, data, setup.model, setup.max_epochs, direction, dev)
+    data, model, optimizer, schedule, loss_fn = parts.data, parts.model, parts.optimizer, parts.schedule, parts.loss
 
     # Data: tensors once per trial, straight from the shared arrays.
-    x_train, y_train = torch.as_tensor(np.array(data.x_train)), torch.as_tensor(np.array(data.y_train))
-    x_val, y_val = torch.as_tensor(np.array(data.x_val)), torch.as_tensor(np.array(data.y_val))
-    x_test, y_test = torch.as_tensor(np.array(data.x_test)), torch.as_tensor(np.array(data.y_test))
-    n_train, batch_size = len(x_train), max(1, int(hp["batch_size"]))
-
-    # Model, optimizer, loss.
-    from models import registry
-
-    model_hp = {k: hp[k] for k in registry.hyperparameters(setup.model)}
-    model = registry.build(setup.model, data.n_features, data.n_outputs, **model_hp)
-    optimizer = build_optimizer(model.parameters(), hp)
-    loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
-    direction = METRIC_DIRECTIONS.get(setup.metric, -1 if setup.mode == "min" else +1)
+    x_train, y_train = _tensor(data.x_train, dev), _tensor(data.y_train, dev)
+    x_val, y_val = _tensor(data.x_val, dev), _tensor(data.y_val, dev)
+    x_test, y_test = _tensor(data.x_test, dev), _tensor(data.y_test, dev)
+    n_train = len(x_train)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    factor = hp.get("divergence_factor")
 
     # Resume.
-    start_epoch, best, best_epoch, since_best = 1, {}, 0, 0
+    start_epoch, best, best_epoch, since_best, first_loss = 1, {}, 0, 0, None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        apply_hyperparameters(optimizer, hp)  # the checkpoint's own values were restored with it
+        schedule.load_state_dict(state["schedule"])
         start_epoch = state["epoch"] + 1
         best, best_epoch, since_best = state["best"], state["best_epoch"], state["since_best"]
+        first_loss = state.get("first_loss")
         torch.set_rng_state(state["rng"]["torch"])
         gen.set_state(state["rng"]["gen"])
         np.random.set_state(state["rng"]["numpy"])
@@ -144,33 +172,39 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
     started = time.perf_counter()
     for epoch in range(start_epoch, setup.max_epochs + 1):
         t0 = time.perf_counter()
-        # Train one epoch over shuffled mini-batches.
+        # Train one epoch over (reshuffled) mini-batches.
         model.train()
-        order = torch.randperm(n_train, generator=gen)
-        total, seen = 0.0, 0
-        for i in range(0, n_train, batch_size):
+        batch_size = batch_size_at(hp, epoch)
+        order = torch.randperm(n_train, generator=gen).to(dev) if hp.get("shuffle", True) else torch.arange(n_train, device=dev)
+        steps = max(1, math.ceil(n_train / batch_size))
+        total, seen, lr = 0.0, 0, schedule.lr_at(epoch - 1)
+        for step, i in enumerate(range(0, n_train, batch_size)):
             idx = order[i:i + batch_size]
-            if len(idx) < 2 and n_train >= 2 and any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+            if len(idx) < 2 and n_train >= 2 and has_bn:
                 continue  # batch norm cannot train on a single row
-            out = model(x_train[idx])
-            loss = loss_fn(out if classification else out.squeeze(1), y_train[idx])
-            if not torch.isfinite(loss):
-                total, seen = loss.item(), 1
+            lr = schedule.set(optimizer, epoch - 1 + step / steps)
+            loss = loss_fn(model(x_train[idx]), y_train[idx])
+            value = loss.item()
+            if not math.isfinite(value):
+                total, seen = value, 1
                 break
+            if first_loss is None:
+                first_loss = value
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if hp.get("grad_clip"):
-                nn.utils.clip_grad_norm_(model.parameters(), float(hp["grad_clip"]))
+            clip_gradients(model.parameters(), hp)
             optimizer.step()
-            total += loss.item() * len(idx)
+            total += value * len(idx)
             seen += len(idx)
         train_loss = total / max(seen, 1)
 
         # Validate and record.
         if math.isfinite(train_loss):
-            metrics = {"train_loss": train_loss, **evaluate(model, x_val, y_val, data, loss_fn, "val")}
+            metrics = {"train_loss": train_loss,
+                       **evaluate(model, x_val, y_val, data, loss_fn, "val", data.y_val_units)}
         else:
             metrics = {"train_loss": train_loss, **{m: float("nan") for m in TASK_METRICS[data.task][1:]}}
+        metrics.update(lr=lr, batch_size=batch_size)
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["epoch"] = epoch
         metrics["timestamp"] = time.time()  # wall clock: when this epoch's numbers were known
@@ -184,10 +218,14 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
             best["_objective"], best_epoch, since_best = objective, epoch, 0
         else:
             since_best += 1
+        schedule.epoch_end(objective)
 
         # Decide whether this trial goes on.
         if not all(math.isfinite(v) for k, v in metrics.items() if k in METRIC_DIRECTIONS):
-            status, reason = "diverged", f"non-finite loss at epoch {epoch}"
+            status, reason = "diverged", f"non-finite loss at epoch {epoch} (lr {lr:.3g}): lower the learning rate"
+        elif factor and first_loss is not None and first_loss > 0 and train_loss > factor * first_loss:
+            status, reason = "diverged", (f"training loss {train_loss:.4g} at epoch {epoch} is over {factor:g}x its "
+                                          f"first value {first_loss:.4g} (lr {lr:.3g}): lower the learning rate")
         elif hp.get("patience") and since_best >= int(hp["patience"]):
             status, reason = "stopped_early", f"no improvement of {setup.metric} for {since_best} epochs"
         last = epoch == setup.max_epochs or status != "completed"
@@ -200,11 +238,12 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
                 # The held-out test split, at reports only (a trial may be stopped after any of
                 # them): the store keeps the last, for the model the trial ended with. Reported,
                 # never used to choose.
-                result["test"] = evaluate(model, x_test, y_test, data, loss_fn, "test")
+                result["test"] = evaluate(model, x_test, y_test, data, loss_fn, "test", data.y_test_units)
             checkpoint = None
             if not last and (epoch % setup.checkpoint_every == 0 or setup.report_epochs is None):
                 checkpoint = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                    "schedule": schedule.state_dict(), "first_loss": first_loss,
                     "best": best, "best_epoch": best_epoch, "since_best": since_best, "hp": hp,
                     "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state(),
                             "numpy": np.random.get_state(), "python": random.getstate()},
@@ -218,6 +257,7 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
 
 def _result(metrics, history, best, best_epoch, setup, last, status, reason, elapsed) -> dict[str, Any]:
     result = dict(metrics)
+    result["collapsed"] = bool(metrics.get("val_collapsed"))
     # Schedulers need a number: a diverged trial is the worst possible result, not NaN.
     objective = result.get(setup.metric, float("nan"))
     if not (isinstance(objective, float) and math.isfinite(objective)):
