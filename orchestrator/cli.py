@@ -49,6 +49,11 @@ def _debug(ctx: click.Context) -> bool:
 @click.version_option(package_name="orch", prog_name="orch")
 def main(debug: bool) -> None:
     """orch: hyperparameter sweeps for PyTorch models on Ray Tune."""
+    if not (debug or os.environ.get("ORCH_DEBUG") == "1"):
+        import warnings
+
+        # orch's own warnings as one line each, without the source line that raised them.
+        warnings.formatwarning = lambda message, category, *args, **kwargs: f"orch: warning: {message}\n"
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -80,16 +85,21 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
-def check(config: Path, overrides: tuple[str, ...]) -> None:
-    """Validate a config and its data without running anything."""
+@click.option("--config-only", is_flag=True, help="Validate the config and data only; skip the training checks.")
+def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
+    """Check a config, its data and its model before a sweep (seconds, no Ray).
+
+    Exits 2 for an invalid config, 1 when a training check fails.
+    """
     from orchestrator import config as config_mod
     from orchestrator import data as data_mod
+    from orchestrator import spaces
+    from orchestrator.losses import check_task
 
     cfg = config_mod.load(config, overrides)
     dataset = data_mod.load(cfg)
-    from orchestrator import sweep as sweep_mod
-
-    search, plan, setup = sweep_mod.prepare(cfg, dataset)
+    search = spaces.check_search(cfg)
+    check_task(cfg, dataset, search.space)
     space, n = search.space, search.n_trials
     click.echo(f"{config}: ok. study {cfg.study}; {dataset.n_rows} rows, {dataset.n_features} features, "
                f"{dataset.task}; data fingerprint {dataset.fingerprint}")
@@ -100,6 +110,14 @@ def check(config: Path, overrides: tuple[str, ...]) -> None:
     held = {k: kb.values[0] for k, kb in space.knobs.items() if kb.dist == "fixed"}
     if held:
         click.echo("Fixed: " + ", ".join(f"{k}={v}" for k, v in held.items()))
+    if config_only:
+        return
+    from orchestrator import diagnose
+
+    point, checks, seconds = diagnose.run_checks(cfg, dataset, space)
+    click.echo(diagnose.render(point, checks, seconds), nl=False)
+    if not all(c.ok for c in checks):
+        sys.exit(1)
 
 
 @main.command()
@@ -126,6 +144,32 @@ def best(study: str, store: str | None, sweep_id: str | None) -> None:
     from orchestrator import results as results_mod
 
     click.echo(results_mod.best_yaml(_store_root(store), study, sweep_id), nl=False)
+
+
+@main.command(name="lr-find")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the plot and the CSV (default: <store>/lr_find/).")
+@click.option("--write", "write", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the config's search space (or this file's) with the suggested lr range here.")
+@click.option("--min-lr", default=1.0e-7, show_default=True, help="Learning rate of the first step.")
+@click.option("--max-lr", default=10.0, show_default=True, help="Learning rate of the last step.")
+@click.option("--steps", type=int, default=None,
+              help="Training steps (default: about 3 epochs, at least 100, at most 400).")
+def lr_find(config: Path, overrides: tuple[str, ...], out: Path | None, write: Path | None,
+            min_lr: float, max_lr: float, steps: int | None) -> None:
+    """Learning-rate range test: raise lr every step until training diverges; suggest the lr range."""
+    from orchestrator import lrfind
+
+    lrfind.check_options(min_lr, max_lr, steps)  # before loading anything
+    from orchestrator import config as config_mod
+    from orchestrator.store import store_root
+
+    cfg = config_mod.load(config, overrides)
+    result = lrfind.run(cfg, min_lr, max_lr, steps, out or store_root(cfg, None) / lrfind.OUT_DIR, write,
+                        str(config))
+    click.echo(lrfind.report(result), nl=False)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m orchestrator`

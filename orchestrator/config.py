@@ -29,6 +29,10 @@ LOSSES = ("auto", "cross_entropy", "bce", "mse", "mae", "huber")
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce")
 CLASS_WEIGHTS = ("none", "auto")
 CLIP_MODES = ("norm", "value")
+# The names of orchestrator.schedulers.SCHEDULERS and orchestrator.searchers.SEARCHERS, here so
+# that loading a config does not import Ray (a test keeps them equal).
+SCHEDULER_NAMES = ("asha", "fifo", "hyperband", "median")
+SEARCHER_NAMES = ("random", "tpe", "grid")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -420,7 +424,6 @@ def validate(cfg: SweepConfig) -> None:
     """Check every value of ``cfg``; raise ConfigError naming the first bad key."""
     from models import registry as model_registry
     from orchestrator import data as data_mod
-    from orchestrator import schedulers, searchers
 
     if cfg.study == "???" or not cfg.study:
         _fail("study", "a study name is required", cfg.study)
@@ -466,7 +469,7 @@ def validate(cfg: SweepConfig) -> None:
         _fail("objective.metric", "a metric name is required", cfg.objective.metric)
 
     s = cfg.scheduler
-    _check_choice("scheduler.name", s.name, schedulers.names())
+    _check_choice("scheduler.name", s.name, SCHEDULER_NAMES)
     _check_range("scheduler.max_epochs", s.max_epochs, 1)
     _check_range("scheduler.grace_period", s.grace_period, 1)
     if s.grace_period > s.max_epochs and s.name in ("asha", "median"):
@@ -475,7 +478,7 @@ def validate(cfg: SweepConfig) -> None:
     _check_range("scheduler.min_samples", s.min_samples, 1)
 
     q = cfg.search
-    _check_choice("search.algorithm", q.algorithm, searchers.names())
+    _check_choice("search.algorithm", q.algorithm, SEARCHER_NAMES)
     _check_range("search.num_samples", q.num_samples, 1)
     _check_range("search.max_concurrent", q.max_concurrent, 1, allow_none=True)
     _check_range("search.stages", q.stages, 1)

@@ -194,6 +194,11 @@ def prepare(frame: pd.DataFrame, target: str, task: str | None = None, val_fract
     n = len(y_all)
     idx = np.arange(n)
     stratify = y_all if task == "classification" else None
+    if stratify is not None and np.bincount(y_all).min() < 3:
+        # A class too rare to appear in every split: split at random (`orch check` flags it).
+        warnings.warn(f"{source}: a class of '{target}' has fewer than 3 rows; the splits are not stratified",
+                      stacklevel=2)
+        stratify = None
     holdout = val_fraction + test_fraction
     try:
         idx_train, idx_rest = train_test_split(idx, test_size=holdout, random_state=seed, stratify=stratify)

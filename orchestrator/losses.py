@@ -128,3 +128,31 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data, los
         f"{prefix}_pred_std_ratio": ratio,
         f"{prefix}_collapsed": float(ratio < COLLAPSE_STD_RATIO),
     }
+
+
+def check_task(cfg, data, space) -> None:
+    """The objective and every loss the sweep can train with must fit the data's task.
+
+    Raises:
+        ConfigError: naming the key (objective.metric, objective.mode, train.loss, search_space.loss).
+    """
+    from orchestrator.config import did_you_mean
+    from orchestrator.errors import ConfigError
+    from orchestrator.trainer import METRIC_DIRECTIONS, TASK_METRICS
+
+    valid = TASK_METRICS[data.task]
+    if cfg.objective.metric not in valid:
+        raise ConfigError(
+            f"objective.metric: '{cfg.objective.metric}' is not reported for {data.task}"
+            f"{did_you_mean(cfg.objective.metric, valid)}; valid: {', '.join(valid)}"
+        )
+    expected = "min" if METRIC_DIRECTIONS[cfg.objective.metric] < 0 else "max"
+    if cfg.objective.mode != expected:
+        raise ConfigError(f"objective.mode: {cfg.objective.metric} should be '{expected}'imised (got {cfg.objective.mode!r})")
+    knob = space.knobs.get("loss")
+    values = [("search_space.loss", v) for v in knob.values] if knob is not None else [("train.loss", cfg.train.loss)]
+    for key, value in values:
+        try:
+            resolve_loss(value, data.task, len(data.classes))
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err} (got {value!r})") from None

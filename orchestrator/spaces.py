@@ -116,6 +116,19 @@ class Knob:
         a, b = self.interval()
         return float(self.inverse(rng.uniform(a, b)))
 
+    def middle(self) -> Any:
+        """The middle of the knob's range on its own scale (the first choice; the nearest power
+        of two or integer)."""
+        if not self.numeric:
+            return self.values[0]
+        a, b = self.interval()
+        mid = self.inverse((a + b) / 2.0)
+        if self.dist == "pow2":
+            return min(self.powers(), key=lambda p: abs(math.log(p) - math.log(mid)))
+        if self.dist == "int":
+            return int(round(mid))
+        return float(mid)
+
     def contains(self, value: Any) -> bool:
         if self.dist in ("fixed", "choice"):
             return any(same(value, v) for v in self.values)
@@ -287,6 +300,21 @@ class Space:
             if not self.active(knob, config):
                 continue
             config[name] = given[name] if name in given else knob.sample(rng)
+        return config
+
+    def typical(self) -> dict[str, Any]:
+        """One representative trial (for checks before a sweep): each knob's ``default``, else the
+        config's own value when the knob can take it, else the middle of its range."""
+        config: dict[str, Any] = {}
+        for name, knob in self.knobs.items():
+            if not self.active(knob, config):
+                continue
+            if knob.has_default:
+                config[name] = knob.default
+            elif name in self.base and knob.contains(self.base[name]):
+                config[name] = self.base[name]
+            else:
+                config[name] = knob.middle()
         return config
 
     def grid(self) -> list[dict[str, Any]]:

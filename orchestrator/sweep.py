@@ -30,12 +30,12 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 from orchestrator import __version__, schedulers, searchers, spaces
 from orchestrator import config as config_mod
 from orchestrator import data as data_mod
-from orchestrator.errors import ConfigError, SweepFailed, UserError
+from orchestrator.errors import SweepFailed, UserError
+from orchestrator.losses import check_task
 from orchestrator.store import Store, store_root
 from orchestrator.trainer import (
     DIAGNOSTICS,
     METRIC_DIRECTIONS,
-    TASK_METRICS,
     TrialSetup,
     tune_trainable,
 )
@@ -137,17 +137,8 @@ def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
 
 def prepare(cfg, data) -> tuple[spaces.SearchPlan, schedulers.SchedulerPlan, TrialSetup]:
     """Search space, scheduler plan and the per-trial setup, checked against the data's task."""
-    valid = TASK_METRICS[data.task]
-    if cfg.objective.metric not in valid:
-        raise ConfigError(
-            f"objective.metric: '{cfg.objective.metric}' is not reported for {data.task}"
-            f"{config_mod.did_you_mean(cfg.objective.metric, valid)}; valid: {', '.join(valid)}"
-        )
-    expected = "min" if METRIC_DIRECTIONS[cfg.objective.metric] < 0 else "max"
-    if cfg.objective.mode != expected:
-        raise ConfigError(f"objective.mode: {cfg.objective.metric} should be '{expected}'imised (got {cfg.objective.mode!r})")
     search = spaces.check_search(cfg)
-    _check_loss(cfg, data, search.space)
+    check_task(cfg, data, search.space)
     plan = schedulers.create(cfg)
     setup = TrialSetup(
         base=spaces.base_hyperparameters(cfg),
@@ -160,20 +151,6 @@ def prepare(cfg, data) -> tuple[spaces.SearchPlan, schedulers.SchedulerPlan, Tri
         threads=cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)),
     )
     return search, plan, setup
-
-
-def _check_loss(cfg, data, space) -> None:
-    """Every loss the sweep can train with must fit the data's task and classes."""
-    from orchestrator.losses import resolve_loss
-
-    n_classes = len(data.classes)
-    knob = space.knobs.get("loss")
-    values = [("search_space.loss", v) for v in knob.values] if knob is not None else [("train.loss", cfg.train.loss)]
-    for key, value in values:
-        try:
-            resolve_loss(value, data.task, n_classes)
-        except ValueError as err:
-            raise ConfigError(f"{key}: {err} (got {value!r})") from None
 
 
 def data_variants(cfg, dataset, space):

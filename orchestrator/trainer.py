@@ -77,6 +77,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
+    # Subnormal floats (Adam's moments decaying towards zero on dead units) make CPU arithmetic
+    # tens of times slower; zero is as good a value for them.
+    torch.set_flush_denormal(True)
     return torch.Generator().manual_seed(seed)
 
 
@@ -258,9 +261,10 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
 def _result(metrics, history, best, best_epoch, setup, last, status, reason, elapsed) -> dict[str, Any]:
     result = dict(metrics)
     result["collapsed"] = bool(metrics.get("val_collapsed"))
-    # Schedulers need a number: a diverged trial is the worst possible result, not NaN.
+    # Schedulers need a number: a diverged trial is the worst possible result (not NaN, and not
+    # the huge but finite loss it stopped at).
     objective = result.get(setup.metric, float("nan"))
-    if not (isinstance(objective, float) and math.isfinite(objective)):
+    if status == "diverged" or not (isinstance(objective, float) and math.isfinite(objective)):
         result[setup.metric] = float("inf") if setup.mode == "min" else float("-inf")
     result.update(
         history=history,

@@ -165,7 +165,8 @@ def test_regression_inferred_for_float_target() -> None:
     assert abs(ds.y_train.mean()) < 1e-5 and abs(ds.y_train.std() - 1.0) < 1e-3
     # Standardised with the training rows' mean and std: undoing it gives back the prices.
     y = np.concatenate([ds.y_train, ds.y_val, ds.y_test]).astype(np.float64)
-    np.testing.assert_allclose(np.sort(y * ds.target_std + ds.target_mean), np.sort(frame["price"]), rtol=1e-5)
+    np.testing.assert_allclose(np.sort(ds.to_target_units(y)), np.sort(frame["price"]), rtol=1e-5)
+    np.testing.assert_allclose(ds.to_target_units(ds.y_val), ds.y_val_units, rtol=1e-5)
     assert ds.target_std == pytest.approx(20.0, rel=0.2)
 
 

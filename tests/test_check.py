@@ -1,0 +1,106 @@
+"""`orch check`: passes on the shipped configs, and fails with the reason on broken set-ups."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import CONFIG, ROOT, orch
+
+NO_LR_KNOB = "search_space={batch_size: {pow2: [16, 64]}}"  # so that train.lr is the lr checked
+
+
+def verdicts(out: str) -> dict[str, str]:
+    """check name -> ok / warn / FAIL, from the report."""
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("ok", "warn", "FAIL") and line.startswith("  "):
+            rest = line.strip()[len(parts[0]):].strip()
+            for name in ("inputs scaled", "target fits the task", "loss at initialisation",
+                         "gradients flow", "memorises a few rows", "trains stably"):
+                if rest.startswith(name):
+                    found[name] = parts[0]
+    return found
+
+
+@pytest.mark.parametrize("config", ["conf/tabular.yaml", "conf/tabular_regression.yaml"])
+def test_shipped_configs_pass(config) -> None:
+    r = orch("check", config)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert set(verdicts(r.stdout).values()) <= {"ok", "warn"} and len(verdicts(r.stdout)) == 6
+    assert "All 6 checks passed" in r.stdout
+
+
+def test_unscaled_huge_inputs_fail(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    frame = pd.DataFrame({"income": rng.lognormal(11, 1, n), "area_m2": rng.normal(5e4, 2e4, n),
+                          "age": rng.integers(18, 90, n).astype(float)})
+    frame["bought"] = (frame["income"] > np.median(frame["income"])).astype(int)
+    path = tmp_path / "people.csv"
+    frame.to_csv(path, index=False)
+    r = orch("check", CONFIG, "data.source=null", f"data.path={path}", "data.target=bought", "data.scale=none")
+    assert r.returncode == 1, r.stdout + r.stderr
+    v = verdicts(r.stdout)
+    assert v["inputs scaled"] == "FAIL"
+    assert "set data.scale: standard" in r.stdout and "'area_m2'" in r.stdout or "'income'" in r.stdout
+    # The same table, scaled, passes that check.
+    ok = orch("check", CONFIG, "data.source=null", f"data.path={path}", "data.target=bought")
+    assert verdicts(ok.stdout)["inputs scaled"] == "ok"
+
+
+def test_regression_target_given_to_a_classifier_fails(tmp_path: Path) -> None:
+    r = orch("check", CONFIG, "data.source=sklearn:diabetes", "data.task=classification")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert verdicts(r.stdout)["target fits the task"] == "FAIL"
+    assert "looks continuous" in r.stdout and "data.task: regression" in r.stdout
+    # A float target (prices) is caught by its non-integer values.
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=200)})
+    frame["price"] = 10 + 3 * frame["x"] + rng.normal(size=200) * 0.1
+    frame.loc[:5, "price"] = 7.0  # a few repeats, so not every value is its own class
+    path = tmp_path / "prices.csv"
+    frame.to_csv(path, index=False)
+    r = orch("check", CONFIG, "data.source=null", f"data.path={path}", "data.target=price", "data.task=classification")
+    assert r.returncode == 1
+    assert "non-integer values" in r.stdout and "regression" in r.stdout
+
+
+def test_a_learning_rate_of_10_fails() -> None:
+    r = orch("check", CONFIG, "data.source=sklearn:iris", NO_LR_KNOB, "train.lr=10")
+    assert r.returncode == 1, r.stdout + r.stderr
+    v = verdicts(r.stdout)
+    assert v["trains stably"] == "FAIL" and v["gradients flow"] == "ok"
+    assert "diverged" in r.stdout and "lower the learning rate" in r.stdout and "lr 10" in r.stdout
+    ok = orch("check", CONFIG, "data.source=sklearn:iris", NO_LR_KNOB, "train.lr=0.003")
+    assert ok.returncode == 0, ok.stdout
+
+
+def test_a_dead_layer_fails() -> None:
+    r = orch("check", CONFIG, "data.source=sklearn:iris", "model.bias_init=-10")
+    assert r.returncode == 1, r.stdout + r.stderr
+    v = verdicts(r.stdout)
+    assert v["gradients flow"] == "FAIL" and v["memorises a few rows"] == "FAIL" and v["trains stably"] == "FAIL"
+    assert "no gradient reaches linear layer 1" in r.stdout
+
+
+def test_a_bad_config_is_exit_2_not_a_check(tmp_path: Path) -> None:
+    r = orch("check", CONFIG, "train.loss=huber")
+    assert r.returncode == 2 and "train.loss" in r.stderr and "Traceback" not in r.stderr
+    r = orch("check", CONFIG, "data.source=sklearn:iris", "train.loss=bce")
+    assert r.returncode == 2 and "bce needs two classes" in r.stderr
+    r = orch("check", CONFIG, "model.activation=swish")
+    assert r.returncode == 2 and "model.activation" in r.stderr and "swish" in r.stderr
+
+
+def test_check_runs_without_ray() -> None:
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom orchestrator.cli import main\n"
+            f"r = CliRunner().invoke(main, ['check', {str(CONFIG)!r}])\n"
+            "assert r.exit_code == 0, r.output\nassert 'ray' not in sys.modules, 'ray was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
