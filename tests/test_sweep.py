@@ -184,3 +184,58 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(store: Path) -> None:
     leftover = _alive(tree)
     kill_all(leftover)
     assert not leftover
+
+
+def test_collapsed_trials_are_flagged_and_never_best(store: Path) -> None:
+    """A dead network (every ReLU off) predicts one class: flagged in the store, left out of the best."""
+    space = "search_space={lr: {loguniform: [0.001, 0.01]}, bias_init: {choice: [0.0, -10.0]}}"
+    p = orch("sweep", CONFIG, *SMALL, "scheduler.name=fifo", "search.num_samples=3", space,
+             "search.points_to_evaluate=[{bias_init: -10.0}, {bias_init: 0.0}]", "--store", store)
+    assert p.returncode == 0, p.stderr
+    trials = pd.read_parquet(store / "trials")
+    dead = trials[trials["config.bias_init"] == -10.0]
+    assert len(dead) >= 1 and dead["collapsed"].all()
+    assert (dead["test_top_class_share"] == 1.0).all()
+    assert not trials[trials["config.bias_init"] == 0.0]["collapsed"].any()
+    sweeps = pd.read_parquet(store / "sweeps")
+    best = trials[trials["trial_id"] == sweeps["best_trial_id"].iloc[0]]
+    assert not best["collapsed"].iloc[0]
+    assert f"{len(dead)} trials collapsed to a constant output" in p.stdout
+    metrics = pd.read_parquet(store / "metrics")
+    per_epoch = metrics[metrics["trial_id"].isin(dead["trial_id"])]
+    assert (per_epoch["val_collapsed"] == 1.0).all() and len(per_epoch) == 4 * len(dead)
+
+
+def test_a_sweep_of_only_collapsed_trials_reports_no_best(store: Path) -> None:
+    p = orch("sweep", CONFIG, *SMALL, "scheduler.name=fifo", "scheduler.max_epochs=2", "search.num_samples=2",
+             "model.bias_init=-10", "--store", store)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "No best trial: all 2 trials that finished collapsed to a constant output" in p.stdout
+    assert "Best trial" not in p.stdout
+    sweeps = pd.read_parquet(store / "sweeps")
+    assert len(sweeps) == 1 and pd.isna(sweeps["best_trial_id"].iloc[0])
+    b = orch("best", "test-iris", "--store", store)
+    assert b.returncode == 2 and "no sweep produced a usable trial" in b.stderr
+
+
+def test_regression_sweep_reports_in_the_target_units(store: Path) -> None:
+    config = ROOT / "conf" / "tabular_regression.yaml"
+    p = orch("sweep", config, "ray.num_cpus=2", "search.num_samples=4", "scheduler.max_epochs=6",
+             "scheduler.grace_period=2", "--store", store)
+    assert p.returncode == 0, p.stderr
+    assert "Best trial" in p.stdout and "val_rmse" in p.stdout and "val_r2" in p.stdout
+    trials = pd.read_parquet(store / "trials")
+    assert len(trials) == 4 and set(trials["study"].astype(str)) == {"tabular-diabetes"}
+    ok = trials[trials["status"] != "diverged"]
+    # diabetes: disease progression with a spread of about 77; a trained model's RMSE lies in the
+    # tens (in standardised units it would be below 1.5).
+    assert ok["best_val_rmse"].between(30, 120).all()
+    assert ok["best_val_r2"].max() > 0.2
+    assert ok["test_rmse"].between(30, 150).all()
+    # val_loss is the squared error in units of the target's spread: (rmse / std)^2.
+    metrics = pd.read_parquet(store / "metrics")
+    ratio = metrics["val_loss"] / metrics["val_rmse"] ** 2
+    assert ratio.max() / ratio.min() == pytest.approx(1.0, rel=1e-6)
+    b = orch("best", "tabular-diabetes", "--store", store)
+    fragment = yaml.safe_load(b.stdout)
+    assert fragment["train"]["loss"] in ("mse", "huber") and fragment["data"]["target_scale"] == "standard"

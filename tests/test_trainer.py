@@ -16,7 +16,7 @@ from torch import nn
 
 from models.mlp import mlp
 from orchestrator import config, data, optim, spaces
-from orchestrator.losses import TaskLoss, class_weights, evaluate, resolve_loss
+from orchestrator.losses import class_weights, evaluate, resolve_loss
 from orchestrator.trainer import TrialSetup, build, hyperparameters, run_trial
 from tests.conftest import CONFIG
 
