@@ -1,14 +1,19 @@
 """The learning-rate range test (``orch lr-find``): where training diverges, and the lr range to search.
 
-One short training run from the config's starting point (every knob at its ``default``, else at
-the middle of its range on its own scale) while the learning rate grows exponentially from
-``min_lr`` to ``max_lr``, one step per mini-batch (Smith, "Cyclical learning rates", 2017; fastai's
-``lr_find``). The loss is smoothed (an exponential moving average, bias-corrected) and the run stops
-once the smoothed loss is over 4x its minimum: training diverged.
+One short training run from the config's starting point (every knob at its ``default``, else the
+config's value, else the middle of its range on its own scale) while the learning rate grows
+exponentially from ``min_lr`` to ``max_lr``, one step per mini-batch (Smith, "Cyclical learning
+rates", 2017; fastai's ``lr_find``). The run stops once an exponential moving average of the loss
+is far above its minimum.
 
-The best learning rate is usually about half the one at which training diverges, so the suggested
-``lr`` range ends there and reaches two decades below. The config's ``lr_schedule``, warm-up and
-batch growth play no part: the test sets the learning rate of every step itself.
+The curve is then read with a centred running median (no lag, unlike the moving average, which
+puts the divergence half a decade or more too late on a 100-step run): training diverged where it
+first rises over 4x its lowest value so far, or back above its start after having halved. The best
+learning rate is usually about half the one at which training diverges, so the suggested ``lr``
+range ends there and reaches two decades below. The run is short (about 3 epochs) on purpose: a
+longer one memorises the training rows, and a memorised loss no longer reacts to the learning rate.
+The config's ``lr_schedule``, warm-up and batch growth play no part: the test sets the learning
+rate of every step itself.
 
 This module has no Ray import, and imports torch only to train.
 """
@@ -30,8 +35,10 @@ import yaml
 
 from orchestrator.errors import UserError
 
-BETA = 0.98  # the smoothing of the loss: an average over about 50 steps
-DIVERGENCE_FACTOR = 4.0  # diverged: the smoothed loss is over this multiple of its minimum
+BETA = 0.98  # the moving average that decides when to stop (about 50 steps: late, but only stops)
+STOP_FACTOR = 4.0  # stop once that average is over this multiple of its minimum
+DIVERGENCE_FACTOR = 4.0  # diverged: the centred running median is over this multiple of its minimum
+WINDOW = 20  # the running median spans about 1/WINDOW of the steps (at least 5)
 EPOCHS = 3  # the default number of steps covers about this many epochs ...
 MIN_STEPS, MAX_STEPS = 100, 400  # ... within these bounds
 FEWEST_STEPS = 10
@@ -57,28 +64,14 @@ def check_options(min_lr: float, max_lr: float, steps: int | None) -> None:
 
 
 def starting_point(cfg) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The hyperparameters the test trains with, and the knobs among them that it chose.
-
-    The config's values, then every knob of its space (tiers applied) that exists there: a fixed
-    knob at its value, a knob with a ``default`` at that, any other at the middle of its range on
-    its own scale (a choice at its first value).
-    """
+    """The hyperparameters the test trains with, and the knobs among them that it chose
+    (:meth:`Space.typical <orchestrator.spaces.Space.typical>`, without ``lr``)."""
     from orchestrator import spaces
 
-    base = spaces.base_hyperparameters(cfg)
     space = spaces.compile_space(cfg)
-    point: dict[str, Any] = {}
-    for name, knob in space.knobs.items():  # parents before the knobs whose `when` names them
-        if not space.active(knob, point):
-            continue
-        if knob.dist == "fixed":
-            point[name] = knob.values[0]
-        elif knob.has_default:
-            point[name] = knob.default
-        else:
-            point[name] = knob.middle()
+    point = space.typical()
     point.pop("lr", None)  # what the test varies
-    return {**base, **point}, point
+    return {**space.base, **point}, point
 
 
 def default_steps(n_train: int, batch_size: int) -> int:
@@ -99,21 +92,32 @@ class Smoother:
         return self.avg / (1.0 - self.beta**self.n)
 
 
-def smooth(losses, beta: float = BETA) -> list[float]:
-    s = Smoother(beta)
-    return [s(float(x)) for x in losses]
+def smooth(losses) -> list[float]:
+    """A centred running median over about 1/WINDOW of the steps: robust to single bad batches,
+    and without the lag of a moving average. A non-finite loss counts as infinitely large."""
+    import pandas as pd
+
+    values = np.asarray(losses, dtype=np.float64)
+    values = np.where(np.isnan(values), np.inf, values)
+    width = max(5, len(values) // WINDOW) | 1  # odd
+    return pd.Series(values).rolling(width, center=True, min_periods=1).median().tolist()
 
 
-def diverged(smoothed: float, lowest: float) -> bool:
-    """Training diverged: the smoothed loss is not finite, or over ``DIVERGENCE_FACTOR`` x its lowest so far."""
-    return not math.isfinite(smoothed) or smoothed > DIVERGENCE_FACTOR * lowest
+def stop_now(average: float, lowest: float) -> bool:
+    """Stop the run: the moving average is not finite, or over ``STOP_FACTOR`` x its lowest so far."""
+    return not math.isfinite(average) or average > STOP_FACTOR * lowest
 
 
 def divergence_index(smoothed) -> int | None:
-    """The first step at which training diverged; None if it never did."""
-    best = math.inf
+    """The first step at which training diverged (the smoothed loss over ``DIVERGENCE_FACTOR`` x its
+    lowest so far, or back above its start after having halved); None if it never did."""
+    best, start = math.inf, None
     for i, value in enumerate(smoothed):
-        if diverged(value, best):
+        if not math.isfinite(value) or value > DIVERGENCE_FACTOR * best:
+            return i
+        if start is None:
+            start = value
+        elif best < start / 2 and value > start:
             return i
         best = min(best, value)
     return None
@@ -132,7 +136,6 @@ class RangeTest:
     n_train: int
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-    smoothed: list[float] = field(default_factory=list)
     seconds: float = 0.0  # training time
 
 
@@ -166,7 +169,7 @@ def range_test(cfg, min_lr: float, max_lr: float, steps: int | None = None) -> R
     started = time.perf_counter()
 
     model.train()
-    smoother, best, batches = Smoother(), math.inf, []
+    average, lowest, batches = Smoother(), math.inf, []
     for step in range(steps):
         if not batches:  # a new epoch: reshuffled, full batches only (as many as fit)
             order = torch.randperm(n_train, generator=gen).to(dev)
@@ -177,13 +180,12 @@ def range_test(cfg, min_lr: float, max_lr: float, steps: int | None = None) -> R
             group["lr"] = lr
         loss = loss_fn(model(x_train[idx]), y_train[idx])
         value = loss.item()
-        smoothed = smoother(value)
+        ema = average(value)
         test.lrs.append(lr)
         test.losses.append(value)
-        test.smoothed.append(smoothed)
-        if diverged(smoothed, best):
+        if stop_now(ema, lowest):
             break
-        best = min(best, smoothed)
+        lowest = min(lowest, ema)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(model.parameters(), hp)
@@ -209,7 +211,9 @@ def number(x: float) -> str:
 
 @dataclass
 class Suggestion:
-    divergence_lr: float  # where the smoothed loss first went over 4x its minimum (else the last lr)
+    """What a range test's curve says, and the ``lr`` range it suggests."""
+
+    divergence_lr: float  # where training diverged (see divergence_index), else the last lr
     diverged: bool
     divergence_step: int  # index into the recorded steps
     min_loss_lr: float  # the lr at the lowest smoothed loss
@@ -217,6 +221,7 @@ class Suggestion:
     steepest_lr: float | None  # the steepest descent of the smoothed loss in log lr, before its minimum
     low: float
     high: float
+    smoothed: list[float] = field(default_factory=list)  # the curve it read
 
 
 def suggest(lrs, losses) -> Suggestion:
@@ -227,6 +232,9 @@ def suggest(lrs, losses) -> Suggestion:
     if len(lrs) == 0 or len(lrs) != len(smoothed):
         raise ValueError(f"need one loss per learning rate (got {len(lrs)} lrs, {len(smoothed)} losses)")
     stop = divergence_index(smoothed)
+    bad = np.flatnonzero(~np.isfinite(np.asarray(losses, dtype=np.float64)))
+    if len(bad) and (stop is None or bad[0] < stop):
+        stop = int(bad[0])  # a non-finite loss is divergence, even in one batch the median hides
     if stop == 0:
         raise UserError(f"--min-lr: the loss is not finite at the first step (lr {lrs[0]:.3g}); lower --min-lr")
     reached = stop is not None
@@ -241,7 +249,8 @@ def suggest(lrs, losses) -> Suggestion:
     divergence_lr = float(lrs[stop])
     high = round_sig(divergence_lr / BELOW_DIVERGENCE)
     low = round_sig(high / 10**DECADES)
-    return Suggestion(divergence_lr, reached, stop, float(lrs[i_min]), float(smoothed[i_min]), steepest, low, high)
+    return Suggestion(divergence_lr, reached, stop, float(lrs[i_min]), float(smoothed[i_min]), steepest, low, high,
+                      smoothed.tolist())
 
 
 def lr_spec(low: float, high: float, old: Any = None) -> dict[str, Any]:
@@ -272,11 +281,11 @@ def flow(value: Any) -> str:
 # -- files ---------------------------------------------------------------------------------------
 
 
-def write_csv(test: RangeTest, path: Path) -> None:
+def write_csv(test: RangeTest, found: Suggestion, path: Path) -> None:
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["step", "lr", "loss", "smoothed"])
-        for i, (lr, loss, s) in enumerate(zip(test.lrs, test.losses, test.smoothed, strict=True)):
+        for i, (lr, loss, s) in enumerate(zip(test.lrs, test.losses, found.smoothed, strict=True)):
             out.writerow([i + 1, repr(lr), repr(loss), repr(s)])
 
 
@@ -287,11 +296,11 @@ def plot(test: RangeTest, found: Suggestion, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lrs, raw, smoothed = np.array(test.lrs), np.array(test.losses), np.array(test.smoothed)
+    lrs, raw, smoothed = np.array(test.lrs), np.array(test.losses), np.array(found.smoothed)
     fig, ax = plt.subplots(figsize=(8, 5))
     try:
         ax.plot(lrs, raw, color="tab:blue", alpha=0.3, linewidth=1, label="loss (per batch)")
-        ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed")
+        ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="running median")
         ax.axvspan(found.low, found.high, color="tab:green", alpha=0.15,
                    label=f"suggested lr [{number(found.low)}, {number(found.high)}]")
         ax.axvline(found.divergence_lr, color="tab:red", linestyle="--",
@@ -395,7 +404,7 @@ def run(cfg, min_lr: float, max_lr: float, steps: int | None, out: Path, write: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = LRFind(test, found, tier, out / f"{cfg.study}-lr-find.png", out / f"{cfg.study}-lr-find.csv")
-    write_csv(test, result.csv)
+    write_csv(test, found, result.csv)
     plot(test, found, result.plot)
     if write is not None:
         result.space = Path(write)
@@ -416,17 +425,17 @@ def report(r: LRFind) -> str:
              f"{t.n_train} training rows), lr {t.min_lr:g} .. {t.max_lr:g}, {t.seconds:.1f}s"]
     if knobs:
         lines.append(f"Knobs at their default or mid-range: {knobs}")
-    lines.append(f"Loss at the start:     {t.smoothed[0]:.4g}")
+    lines.append(f"Loss at the start:     {f.smoothed[0]:.4g}")
     lines.append(f"Lowest smoothed loss:  {f.min_loss:.4g} at lr {number(f.min_loss_lr)}")
     if f.steepest_lr is not None:
         lines.append(f"Steepest descent:      lr {number(f.steepest_lr)}")
     else:
         lines.append("Steepest descent:      none (the loss never went down: lower --min-lr)")
     if f.diverged:
-        lines.append(f"Diverged at:           lr {number(f.divergence_lr)} (smoothed loss over "
-                     f"{DIVERGENCE_FACTOR:g}x its minimum at step {f.divergence_step + 1})")
+        lines.append(f"Diverged at:           lr {number(f.divergence_lr)} (the loss rose over "
+                     f"{DIVERGENCE_FACTOR:g}x its minimum, or back above its start, at step {f.divergence_step + 1})")
     else:
-        lines.append(f"Not diverged:          the smoothed loss stayed below {DIVERGENCE_FACTOR:g}x its minimum "
+        lines.append(f"Not diverged:          the loss stayed below {DIVERGENCE_FACTOR:g}x its minimum "
                      f"up to lr {number(f.divergence_lr)}; the range below assumes it diverges there: raise --max-lr")
     lines.append(f"Suggested lr range: loguniform [{number(f.low)}, {number(f.high)}]")
     lines.append(f"lr: {{loguniform: [{number(f.low)}, {number(f.high)}], tier: {r.tier}}}")

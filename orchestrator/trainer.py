@@ -75,7 +75,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic or torch.are_deterministic_algorithms_enabled():  # the call costs seconds the first time
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     # Subnormal floats (Adam's moments decaying towards zero on dead units) make CPU arithmetic
     # tens of times slower; zero is as good a value for them.
