@@ -311,9 +311,14 @@ def plot(test: RangeTest, found: Suggestion, path: Path) -> None:
         finite = smoothed[np.isfinite(smoothed)]
         finite_raw = raw[np.isfinite(raw)]
         if len(finite) and len(finite_raw):
-            lo, hi = min(finite_raw.min(), finite.min()), finite.max()
+            # Up to a little above the start (or the divergence): the losses after it may be far
+            # off the scale, and would flatten the part of the curve that matters.
+            upto = smoothed[: found.divergence_step + 1]
+            upto = upto[np.isfinite(upto)]
+            lo = min(finite_raw.min(), finite.min())
+            hi = 1.5 * max(upto.max() if len(upto) else finite.max(), smoothed[0] if np.isfinite(smoothed[0]) else 0)
             pad = 0.05 * (hi - lo or 1.0)
-            ax.set_ylim(lo - pad, hi + pad)  # the last batches' losses may be far off the scale
+            ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("training loss")
         ax.set_title(f"{test.study}: learning-rate range test ({test.hp['optimizer']}, "
@@ -424,7 +429,7 @@ def report(r: LRFind) -> str:
     lines = [f"LR range test of {t.study}: {len(t.lrs)} of {t.steps} steps (batch_size {t.hp['batch_size']}, "
              f"{t.n_train} training rows), lr {t.min_lr:g} .. {t.max_lr:g}, {t.seconds:.1f}s"]
     if knobs:
-        lines.append(f"Knobs at their default or mid-range: {knobs}")
+        lines.append(f"Knobs (default, else the config's value, else mid-range): {knobs}")
     lines.append(f"Loss at the start:     {f.smoothed[0]:.4g}")
     lines.append(f"Lowest smoothed loss:  {f.min_loss:.4g} at lr {number(f.min_loss_lr)}")
     if f.steepest_lr is not None:
