@@ -76,7 +76,12 @@ def check(model_cfg: dict[str, Any], key: str = "model") -> None:
             )
     given = {k: v for k, v in model_cfg.items() if k != "name"}
     for k, v in given.items():
-        check_value(name, f"{key}.{k}", k, v, given)
+        check_value(name, f"{key}.{k}", k, v)  # each value alone names its own key
+    if len(given) > 1:
+        try:
+            build(name, 4, 2, **given)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{key}: {str(err).splitlines()[0]} (got {given!r})") from None
 
 
 def check_value(name: str, key: str, param: str, value: Any, others: dict[str, Any] | None = None) -> None:

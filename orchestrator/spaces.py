@@ -564,6 +564,10 @@ def check_search(cfg) -> SearchPlan:
             raise ConfigError(f"search.algorithm: grid needs discrete knobs (choice, pow2, fixed, int with "
                               f"at most {GRID_MAX_INT_VALUES} values); search_space.{k.name} is {k.dist} {k.describe()}")
     if q.algorithm == "tpe":
+        for name, knob in space.knobs.items():
+            if knob.dist == "choice" and any(isinstance(v, (list, tuple, dict)) for v in knob.values):
+                raise ConfigError(f"search_space.{name}.choice: tpe takes choices that are numbers, strings or "
+                                  f"booleans, not lists (got {list(knob.values)!r}); use search.algorithm: random")
         # Optuna can only start from values inside its distributions.
         for i, point in enumerate(points):
             for name, value in point.items():

@@ -524,3 +524,49 @@ def _yaml(spec) -> str:
     import json
 
     return json.dumps(spec)
+
+
+# -- every knob as a fixed value in the config ------------------------------------------------------
+
+FIXED_VALUES = {  # a value other than the default, and a value the key must refuse
+    "train.lr_schedule": ("onecycle", "linear"),
+    "train.warmup_epochs": (2.0, -1),
+    "train.lr_step_epochs": (3, 0),
+    "train.lr_gamma": (0.5, 1.5),
+    "train.plateau_patience": (2, 0),
+    "train.lr_min_ratio": (0.05, 2),
+    "train.grad_clip_by": ("value", "max"),
+    "train.loss": ("cross_entropy", "hinge"),
+    "train.huber_delta": (2.0, 0),
+    "train.class_weights": ("auto", "balanced"),
+    "train.label_smoothing": (0.1, 1.0),
+    "train.shuffle": (False, "sometimes"),
+    "train.batch_growth_every": (2, 0),
+    "train.batch_size_max": (256, 0),
+    "train.divergence_factor": (5.0, 1.0),
+    "train.deterministic": (True, "maybe"),
+    "data.scale": ("quantile", "robust"),
+    "data.target_scale": ("minmax", "log"),
+    "model.shrink": (0.5, 1.5),
+    "model.widths": ([64, 32], [64, -1]),
+    "model.init": ("orthogonal", "he"),
+    "model.bias_init": (0.01, "small"),
+    "model.activation": ("gelu", "swish"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(FIXED_VALUES))
+def test_every_new_key_works_as_a_fixed_value_and_refuses_a_bad_one(key) -> None:
+    good, bad = FIXED_VALUES[key]
+    section, name = key.split(".")
+    cfg = config.load(CONFIG, [f"{key}={_yaml(good)}"])
+    assert spaces.base_hyperparameters(cfg)[name] == good
+    with pytest.raises(config.ConfigError) as err:
+        config.load(CONFIG, [f"{key}={_yaml(bad)}"])
+    message = str(err.value)
+    assert key in message and "\n" not in message
+
+
+def test_tpe_refuses_list_valued_choices() -> None:
+    with pytest.raises(config.ConfigError, match="search_space.widths.choice: tpe takes choices"):
+        config.load(CONFIG, ["search.algorithm=tpe", "search_space={widths: {choice: [[64, 32], [128]]}}"])
