@@ -124,11 +124,16 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
 @click.option("--store", default=None, help=STORE_HELP)
 @click.option("--study", default=None, help="Only this study.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def results(store: str | None, study: str | None, fmt: str) -> None:
+@click.option("--schedule", "trial", default=None, metavar="TRIAL",
+              help="The hyperparameter schedule of TRIAL of a population-based sweep (pbt, pb2).")
+def results(store: str | None, study: str | None, fmt: str, trial: str | None) -> None:
     """List sweeps and their best trials, newest first."""
     from orchestrator import results as results_mod
 
     root = _store_root(store)
+    if trial is not None:
+        click.echo(results_mod.schedule_text(root, trial, study), nl=False)
+        return
     df = results_mod.sweeps_table(root, study)
     click.echo(results_mod.render(df, fmt), nl=False)
     if fmt == "table" and len(df):

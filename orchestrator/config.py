@@ -31,7 +31,7 @@ CLASS_WEIGHTS = ("none", "auto")
 CLIP_MODES = ("norm", "value")
 # The names of orchestrator.schedulers.SCHEDULERS and orchestrator.searchers.SEARCHERS, here so
 # that loading a config does not import Ray (a test keeps them equal).
-SCHEDULER_NAMES = ("asha", "fifo", "hyperband", "median")
+SCHEDULER_NAMES = ("asha", "fifo", "hyperband", "median", "pbt", "pb2")
 SEARCHER_NAMES = ("random", "tpe", "grid")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -88,7 +88,8 @@ class TrainConfig:
     seed: int = 0  # torch, numpy, python and the batch order
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     # How a trial runs, not what it learns (never searched or stored).
-    checkpoint_every: int = 5  # epochs between checkpoints (resume granularity)
+    checkpoint_every: int = 5  # epochs between checkpoints (resume granularity; pbt: its interval)
+    keep_checkpoints: int | None = 1  # per trial; None keeps all (pbt exploits never lose one)
     threads: int | None = None  # torch threads per trial; default: the trial's CPUs
 
 
@@ -105,6 +106,12 @@ class SchedulerConfig:
     grace_period: int = 2
     reduction_factor: float = 3.0
     min_samples: int = 3  # median stopping: trials needed before it compares
+    # Population-based training (pbt, pb2): the population is search.num_samples trials.
+    perturbation_interval: int = 4  # epochs between exploit/explore steps (and checkpoints)
+    quantile_fraction: float = 0.25  # the bottom fraction copies the top fraction
+    resample_probability: float = 0.25  # pbt: a mutable knob is resampled instead of perturbed
+    perturbation_factors: list[float] = field(default_factory=lambda: [1.2, 0.8])  # pbt: x on the knob's scale
+    synch: bool = False  # wait for the whole population at each step
 
 
 @dataclass
@@ -377,6 +384,7 @@ TRAIN_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "seed": lambda k, v: _check_range(k, v, 0),
     "deterministic": lambda k, v: _check_bool(k, v),
     "checkpoint_every": lambda k, v: _check_range(k, v, 1),
+    "keep_checkpoints": lambda k, v: _check_range(k, v, 1, allow_none=True),
     "threads": lambda k, v: _check_range(k, v, 1, allow_none=True),
     # data: settings a search space may vary too
     "scale": lambda k, v: _check_choice(k, v, SCALERS),
@@ -476,6 +484,24 @@ def validate(cfg: SweepConfig) -> None:
         _fail("scheduler.grace_period", f"must not exceed scheduler.max_epochs ({s.max_epochs})", s.grace_period)
     _check_range("scheduler.reduction_factor", s.reduction_factor, 1, None, lo_open=True)
     _check_range("scheduler.min_samples", s.min_samples, 1)
+    _check_range("scheduler.perturbation_interval", s.perturbation_interval, 1)
+    _check_range("scheduler.quantile_fraction", s.quantile_fraction, 0, 0.5, lo_open=True)
+    _check_range("scheduler.resample_probability", s.resample_probability, 0, 1)
+    if not s.perturbation_factors or any(not isinstance(f, (int, float)) or f <= 0 or f == 1
+                                         for f in s.perturbation_factors):
+        _fail("scheduler.perturbation_factors", "a list of positive factors other than 1 (e.g. [1.2, 0.8])",
+              s.perturbation_factors)
+    if s.name in ("pbt", "pb2"):
+        if s.perturbation_interval >= s.max_epochs:
+            _fail("scheduler.perturbation_interval", f"must be below scheduler.max_epochs ({s.max_epochs}) "
+                  "for any exploit to happen", s.perturbation_interval)
+        if cfg.search.num_samples < 2:
+            _fail("search.num_samples", f"{s.name} needs a population of at least 2 trials", cfg.search.num_samples)
+        if cfg.search.stages > 1:
+            _fail("search.stages", f"coarse-to-fine stages do not combine with {s.name}", cfg.search.stages)
+        if cfg.search.algorithm == "tpe":
+            _fail("search.algorithm", f"{s.name} draws its population at the start and then evolves it: "
+                  "use random or grid", cfg.search.algorithm)
 
     q = cfg.search
     _check_choice("search.algorithm", q.algorithm, SEARCHER_NAMES)

@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -30,6 +31,11 @@ def trial_status(trial) -> tuple[str, str]:
     last = trial.last_result or {}
     if trial.status == "ERROR":
         err = getattr(trial, "error_msg", None) or ""
+        if not err:  # Tune keeps the traceback in the trial's error file
+            try:
+                err = Path(trial.error_file).read_text() if trial.error_file else ""
+            except (OSError, TypeError):
+                err = ""
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
         return "error", lines[-1][:500] if lines else "trial raised an error"
     if last.get("final"):
@@ -83,7 +89,7 @@ class StoreWriter(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         for row in result.get("history") or ():
-            key = (self.sweep_id, trial.trial_id, int(row["epoch"]))
+            key = (self.sweep_id, trial.trial_id, int(row.get("generation", 0)), int(row["epoch"]))
             if key in self._seen_metrics:
                 continue
             self._seen_metrics.add(key)
@@ -128,6 +134,7 @@ class StoreWriter(Callback):
         row: dict[str, Any] = {
             "sweep_id": self.sweep_id, "trial_id": trial.trial_id, "status": status, "stop_reason": reason,
             "stage": int(config.get(STAGE_KEY, 1)),
+            "generation": int(config.get("_generation", 0)),
         }
         row.update({f"config.{k}": json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
                     for k, v in hp.items()})

@@ -150,6 +150,102 @@ def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
         out[sections[col[7:]]][col[7:]] = value
     if not out["data"]:
         del out["data"]
+    if s["scheduler"] in ("pbt", "pb2"):
+        # The hyperparameters changed during training: the schedule is the result, not only the
+        # last values (which are what train: holds).
+        _, segments = schedule(root, t["trial_id"], study, s["sweep_id"])
+        knobs = changing_knobs(segments) or [k for k in segments[-1]["config"] if k in sections]
+        out["schedule"] = [{"epochs": seg["epochs"], **{k: seg["config"].get(k) for k in knobs}} for seg in segments]
     header = (f"# best of study {study}: sweep {s['sweep_id']}, trial {s['best_trial_id']}, "
               f"{s['metric']} = {s['best_value']:.6g} ({s['mode']})\n")
     return header + yaml.safe_dump(json.loads(json.dumps(out, default=str)), sort_keys=False)
+
+
+# -- population-based training: the schedule a trial's weights were trained with --------------------
+
+
+def _exploits(store: Store, study: str | None, sweep_id: str) -> pd.DataFrame:
+    if not store.files("exploits", study):
+        return pd.DataFrame(columns=["trial_id", "generation"])
+    e = store.read("exploits", study)
+    return e[e["sweep_id"] == sweep_id]
+
+
+def schedule(root: str | Path, trial_id: str, study: str | None = None,
+             sweep_id: str | None = None) -> tuple[pd.Series, list[dict[str, Any]]]:
+    """(trial row, segments) of a trial of a population-based sweep.
+
+    Each segment is ``{"epochs": [first, last], "trial": id, "config": {...}}``: the weights that
+    the trial ended with were trained by ``trial`` with ``config`` over those epochs. An exploit
+    copied another trial's weights at some epoch, so the earlier segments are that trial's, and so
+    on back to epoch 1.
+    """
+    store = Store(root)
+    trials = store.trials(study) if store.files("trials", study) else pd.DataFrame()
+    rows = trials[trials["trial_id"] == trial_id] if len(trials) else trials
+    if sweep_id is not None and len(rows):
+        rows = rows[rows["sweep_id"] == sweep_id]
+    if rows.empty:
+        raise UserError(f"--schedule: no trial {trial_id!r} in {store.root}" + (f" (study {study})" if study else ""))
+    row = rows.iloc[-1]
+    exploits = _exploits(store, row["study"], row["sweep_id"])
+    by_trial = {tid: g.sort_values("generation") for tid, g in exploits.groupby("trial_id")}
+    sweeps = store.sweeps(row["study"]) if store.files("sweeps", row["study"]) else pd.DataFrame()
+    sweep = sweeps[sweeps["sweep_id"] == row["sweep_id"]] if len(sweeps) else sweeps
+    if len(sweep) and isinstance(sweep.iloc[0].get("search_space"), str):
+        knobs = set(json.loads(sweep.iloc[0]["search_space"]))
+    else:  # an unfinished sweep: the knobs its exploits name
+        knobs = {k for c in exploits.get("old_config", []) for k in json.loads(c)}
+    config_cols = [c for c in trials.columns if c.startswith("config.") and c[7:] in knobs]
+    all_rows = trials[trials["sweep_id"] == row["sweep_id"]].set_index("trial_id")
+
+    def initial(tid: str) -> dict[str, Any]:
+        own = by_trial.get(tid)
+        if own is not None and len(own):
+            return {k: v for k, v in json.loads(own.iloc[0]["old_config"]).items() if k in knobs}
+        r = all_rows.loc[tid]
+        return {c[7:]: _plain(r[c]) for c in config_cols if not _missing(r[c])}
+
+    def generation_at(tid: str, when) -> int:
+        own = by_trial.get(tid)
+        return int((own["timestamp"] < when).sum()) if own is not None else 0
+
+    def walk(tid: str, generation: int, last: int, depth: int = 0) -> list[dict[str, Any]]:
+        own = by_trial.get(tid)
+        if generation == 0 or own is None or depth > 1000:
+            return [{"epochs": [1, last], "trial": tid, "config": initial(tid)}]
+        e = own[own["generation"] == generation].iloc[-1]
+        start = int(e["donor_epoch"]) + 1
+        before = walk(e["donor_trial_id"], generation_at(e["donor_trial_id"], e["timestamp"]), start - 1, depth + 1)
+        config = {k: v for k, v in json.loads(e["new_config"]).items() if k in knobs}
+        return before + [{"epochs": [start, last], "trial": tid, "config": config}]
+
+    return row, walk(trial_id, int(row.get("generation", 0) or 0), int(row["epochs"]))
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def changing_knobs(segments: list[dict[str, Any]]) -> list[str]:
+    """The knobs whose value differs between segments."""
+    keys = sorted({k for s in segments for k in s["config"]})
+    return [k for k in keys if len({json.dumps(s["config"].get(k), default=str) for s in segments}) > 1]
+
+
+def schedule_text(root: str | Path, trial_id: str, study: str | None = None) -> str:
+    row, segments = schedule(root, trial_id, study)
+    knobs = changing_knobs(segments)
+    lines = [f"Schedule of trial {trial_id} ({row['study']}, sweep {row['sweep_id']}): "
+             f"{len(segments)} segment{'s' if len(segments) != 1 else ''}, {len(segments) - 1} exploits"]
+    header = ["epochs", "trained by", *knobs]
+    table = [header] + [[f"{s['epochs'][0]}-{s['epochs'][1]}", s["trial"], *(_fmt(s["config"].get(k)) for k in knobs)]
+                        for s in segments]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    for r in table:
+        lines.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines) + "\n"

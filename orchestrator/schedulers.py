@@ -45,6 +45,37 @@ def _asha(cfg) -> SchedulerPlan:
     return SchedulerPlan(sched, milestones)
 
 
+def _pbt_common(cfg, space, store_root, sweep_id, exp_dir) -> dict:
+    s = cfg.scheduler
+    # metric and mode come from the Tuner's TuneConfig
+    return dict(perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction, synch=s.synch)
+
+
+def pbt_epochs(cfg) -> frozenset[int]:
+    """PBT decides (and every trial checkpoints) at each multiple of the perturbation interval."""
+    s = cfg.scheduler
+    return frozenset(range(s.perturbation_interval, s.max_epochs + 1, s.perturbation_interval))
+
+
+def _pbt(cfg, space=None, store_root=None, sweep_id="", exp_dir=None) -> SchedulerPlan:
+    from orchestrator.pbt import OrchPBT
+
+    s = cfg.scheduler
+    sched = OrchPBT(space, resample_probability=s.resample_probability,
+                    perturbation_factors=tuple(s.perturbation_factors), seed=cfg.search.seed,
+                    store_root=store_root, study=cfg.study, sweep_id=sweep_id, exp_dir=exp_dir,
+                    **_pbt_common(cfg, space, store_root, sweep_id, exp_dir))
+    return SchedulerPlan(sched, pbt_epochs(cfg))
+
+
+def _pb2(cfg, space=None, store_root=None, sweep_id="", exp_dir=None) -> SchedulerPlan:
+    from orchestrator.pbt import pb2_scheduler
+
+    return SchedulerPlan(pb2_scheduler(cfg, space, store_root, sweep_id, exp_dir,
+                                       **_pbt_common(cfg, space, store_root, sweep_id, exp_dir)),
+                         pbt_epochs(cfg))
+
+
 def _fifo(cfg) -> SchedulerPlan:
     return SchedulerPlan(FIFOScheduler(), frozenset())
 
@@ -68,15 +99,25 @@ SCHEDULERS: dict[str, Callable[..., SchedulerPlan]] = {
     "fifo": _fifo,
     "hyperband": _hyperband,
     "median": _median,
+    "pbt": _pbt,
+    "pb2": _pb2,
 }
+POPULATION = ("pbt", "pb2")  # schedulers that change hyperparameters during training
 
 
 def names() -> list[str]:
     return list(SCHEDULERS)
 
 
-def create(cfg) -> SchedulerPlan:
-    """The scheduler plan for ``cfg.scheduler.name`` (validated by the config loader)."""
+def create(cfg, space=None, store_root: str | None = None, sweep_id: str = "",
+           exp_dir: str | None = None) -> SchedulerPlan:
+    """The scheduler plan for ``cfg.scheduler.name`` (validated by the config loader).
+
+    Population-based schedulers need the search space (what they may mutate) and where to record
+    their exploits.
+    """
+    if cfg.scheduler.name in POPULATION:
+        return SCHEDULERS[cfg.scheduler.name](cfg, space, store_root, sweep_id, exp_dir)
     return SCHEDULERS[cfg.scheduler.name](cfg)
 
 

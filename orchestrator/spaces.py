@@ -42,7 +42,7 @@ NUMERIC = ("loguniform", "uniform", "int", "pow2", "log1m")
 GRID_MAX_INT_VALUES = 64  # an ``int`` knob with more values than this is not a grid axis
 
 # Fields of ``train:`` that describe how a trial runs, not what it learns: never searched or stored.
-RUNTIME_FIELDS = ("checkpoint_every", "threads")
+RUNTIME_FIELDS = ("checkpoint_every", "keep_checkpoints", "threads")
 
 
 # -- knobs ---------------------------------------------------------------------------------------

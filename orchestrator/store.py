@@ -28,13 +28,16 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import StoreError
 
-TABLES = ("sweeps", "trials", "metrics")
+TABLES = ("sweeps", "trials", "metrics", "exploits")
 # Row identity per table: the store never holds two rows with the same key.
 KEYS = {
     "sweeps": ("study", "sweep_id"),
     "trials": ("study", "sweep_id", "trial_id"),
-    "metrics": ("study", "sweep_id", "trial_id", "epoch"),
+    "metrics": ("study", "sweep_id", "trial_id", "generation", "epoch"),
+    "exploits": ("study", "sweep_id", "trial_id", "generation"),
 }
+# A key column missing from older files (written before it existed) reads as this value.
+KEY_DEFAULTS = {"generation": 0}
 TMP_SUFFIX = ".tmp"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -182,6 +185,9 @@ class Store:
         counts = [t.num_rows for t in tables]
         df = arrow.to_pandas()
         df.insert(0, "study", [s for s, n in zip(studies, counts, strict=True) for _ in range(n)])
+        for col, default in KEY_DEFAULTS.items():
+            if col in KEYS[table]:
+                df[col] = df[col].fillna(default).astype("int64") if col in df.columns else default
         df = df.drop_duplicates(subset=[k for k in KEYS[table] if k in df.columns], keep="first")
         if columns is not None:
             df = df[[c for c in columns if c in df.columns]]
@@ -207,8 +213,11 @@ class Store:
         key_cols = [k for k in KEYS[table] if k != "study"]
         keys: set[tuple] = set()
         for f in files:
-            t = pq.read_table(f, columns=key_cols)
-            keys.update(zip(*(t.column(c).to_pylist() for c in key_cols), strict=True))
+            present = set(pq.read_schema(f).names)
+            t = pq.read_table(f, columns=[c for c in key_cols if c in present])
+            columns = [t.column(c).to_pylist() if c in present else [KEY_DEFAULTS.get(c)] * t.num_rows
+                       for c in key_cols]
+            keys.update(zip(*columns, strict=True))
         return keys
 
 

@@ -99,7 +99,7 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
             num_gpus=cfg.ray.num_gpus,
             include_dashboard=True,
             dashboard_host=cfg.ray.dashboard_host,
-            dashboard_port=cfg.ray.dashboard_port,
+            dashboard_port=_free_port(cfg.ray.dashboard_host, cfg.ray.dashboard_port),
             _node_ip_address="127.0.0.1",
             **kwargs,
         )
@@ -107,6 +107,21 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
     if url and not url.startswith("http"):
         url = f"http://{url}"
     return url or None, True
+
+
+def _free_port(host: str, port: int) -> int:
+    """``port`` if nothing listens there, else a free one (two sweeps at once each get a dashboard)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+            return port
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 # -- Sweep ------------------------------------------------------------------------------------------
@@ -135,19 +150,27 @@ def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
     return sorted(candidates)[-1]
 
 
-def prepare(cfg, data) -> tuple[spaces.SearchPlan, schedulers.SchedulerPlan, TrialSetup]:
-    """Search space, scheduler plan and the per-trial setup, checked against the data's task."""
+def prepare(cfg, data, store_root: str | None = None, sweep_id: str = "",
+            exp_dir: str | None = None) -> tuple[spaces.SearchPlan, schedulers.SchedulerPlan, TrialSetup]:
+    """Search space, scheduler plan and the per-trial setup, checked against the data's task.
+
+    ``store_root``, ``sweep_id`` and ``exp_dir`` tell a population-based scheduler where to record
+    its exploits and keep the checkpoints it copies.
+    """
     search = spaces.check_search(cfg)
     check_task(cfg, data, search.space)
-    plan = schedulers.create(cfg)
+    plan = schedulers.create(cfg, search.space, store_root, sweep_id, exp_dir)
+    population = cfg.scheduler.name in schedulers.POPULATION
+    # PBT copies weights at its perturbation steps: every trial checkpoints at each of them.
+    every = cfg.scheduler.perturbation_interval if population else cfg.train.checkpoint_every
     setup = TrialSetup(
         base=spaces.base_hyperparameters(cfg),
         model=cfg.model["name"],
         metric=cfg.objective.metric,
         mode=cfg.objective.mode,
         max_epochs=cfg.scheduler.max_epochs,
-        report_epochs=schedulers.report_epochs(plan, cfg.scheduler.max_epochs, cfg.train.checkpoint_every),
-        checkpoint_every=cfg.train.checkpoint_every,
+        report_epochs=schedulers.report_epochs(plan, cfg.scheduler.max_epochs, every),
+        checkpoint_every=every,
         threads=cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)),
     )
     return search, plan, setup
@@ -188,7 +211,8 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     # Everything that can be wrong with the input is found before Ray starts or a file is written:
     # a bad table is reported in seconds, not after Ray's start and shutdown.
     dataset = data_mod.load(cfg)
-    search, plan, setup = prepare(cfg, dataset)
+    exp_dir = store.ray_dir() / sweep_id
+    search, plan, setup = prepare(cfg, dataset, str(store.root), sweep_id, str(exp_dir.resolve()))
     started_at = datetime.now(timezone.utc)
 
     dashboard, owned = None, False
@@ -199,6 +223,8 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
         echo(f"Sweep {sweep_id} of {cfg.study}: {search.n_trials} trials ({cfg.search.algorithm} search), "
              f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, "
              f"{dataset.n_rows} rows x {dataset.n_features} features ({dataset.task})")
+        if cfg.scheduler.name in schedulers.POPULATION:
+            echo(_population_line(cfg, search.space, search.n_trials))
         result = _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resume is not None,
                             verbose, progress_interval_s)
     finally:
@@ -260,7 +286,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                 storage_path=str(ray_dir.resolve()),
                 verbose=0 if not verbose else 1,
                 callbacks=[writer, progress],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=0),
                 log_to_file=not verbose,
             ),
@@ -277,6 +303,10 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     trials = trials[trials["sweep_id"] == sweep_id] if len(trials) else trials
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     finished = len(trials) >= n_trials and grid.num_terminated + grid.num_errors >= len(grid)
+    if finished and cfg.scheduler.name in schedulers.POPULATION:
+        from orchestrator.pbt import cleanup
+
+        cleanup(exp_dir)  # the checkpoint copies its exploits restored from
     searched = space.searched
     result = SweepResult(cfg.study, sweep_id, store, finished, metric=cfg.objective.metric,
                          counts=counts, searched=searched, space_ranges=space.ranges(),
@@ -303,6 +333,20 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
         why = f": {errors.iloc[0]}" if len(errors) else ""
         raise SweepFailed(f"sweep {sweep_id}: no trial produced a usable result{why}")
     return result
+
+
+def _population_line(cfg, space, population: int) -> str:
+    from orchestrator.pbt import mutable_knobs
+
+    s = cfg.scheduler
+    mutable = mutable_knobs(space)
+    fixed = [k for k in space.searched if k not in mutable]
+    what = (f"every {s.perturbation_interval} epochs the bottom {s.quantile_fraction:.0%} copy the top "
+            f"{s.quantile_fraction:.0%} and perturb {', '.join(mutable) or '(no knob)'}"
+            + (f"; {', '.join(fixed)} fixed per trial" if fixed else ""))
+    if population <= 4:
+        return f"Babysitting a population of {population} with {s.name}: {what}."
+    return f"Population of {population} with {s.name}: {what}."
 
 
 _USER_PENDING = "TUNE_MAX_PENDING_TRIALS_PG" in os.environ  # a user's own setting wins

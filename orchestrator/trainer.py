@@ -140,6 +140,7 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
     checkpoint to resume from (its hyperparameters are replaced by ``config``'s).
     """
     hp = hyperparameters(config, setup.base)
+    generation = int(config.get("_generation", 0))  # exploits (population-based training) so far
     torch.set_num_threads(setup.threads)
     gen = seed_everything(int(hp["seed"]), bool(hp.get("deterministic")))
     dev = device()
@@ -169,6 +170,12 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
         gen.set_state(state["rng"]["gen"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
+
+    resumed: dict[str, float] = {}
+    if state is not None and len(x_val):
+        # The restored weights' own score, before any training: after an exploit (population-based
+        # training) it is the donor's, which shows that the weights came across.
+        resumed = {"resumed_val_loss": evaluate(model, x_val, y_val, data, loss_fn, "val", data.y_val_units)["val_loss"]}
 
     history: list[dict[str, Any]] = []
     status, reason = "completed", ""
@@ -208,7 +215,8 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
                        **evaluate(model, x_val, y_val, data, loss_fn, "val", data.y_val_units)}
         else:
             metrics = {"train_loss": train_loss, **{m: float("nan") for m in TASK_METRICS[data.task][1:]}}
-        metrics.update(lr=lr, batch_size=batch_size)
+        metrics.update(lr=lr, batch_size=batch_size, generation=generation, **resumed)
+        resumed = {}
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["epoch"] = epoch
         metrics["timestamp"] = time.time()  # wall clock: when this epoch's numbers were known
