@@ -93,8 +93,9 @@ def mlp(
         if batch_norm:
             blocks.append(nn.BatchNorm1d(width))
         blocks.append(ACTIVATIONS[activation]())
-        if dropout > 0:
-            blocks.append(nn.Dropout(float(dropout)))
+        # Always present (p = 0 is the identity): the module indices, and so a checkpoint's keys,
+        # stay the same when population-based training moves dropout to or from 0.
+        blocks.append(nn.Dropout(float(dropout)))
         width_in = width
     head = nn.Linear(width_in, n_outputs)
     nn.init.xavier_uniform_(head.weight)

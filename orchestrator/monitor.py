@@ -22,6 +22,11 @@ from orchestrator.searchers import STAGE_KEY
 from orchestrator.store import Store
 from orchestrator.trainer import METRIC_DIRECTIONS
 
+# Columns every metrics row has (null where they do not apply), so that every file of a sweep has
+# the same schema and a reader that takes the first file's schema (pandas) sees them all.
+METRIC_ROW = {"generation": 0, "resumed_val_loss": None}
+METRIC_TYPES = {"generation": pa.int64(), "epoch": pa.int64(), "batch_size": pa.int64(),
+                "resumed_val_loss": pa.float64(), "lr": pa.float64()}
 FLUSH_INTERVAL_S = 10.0
 FLUSH_ROWS = 5000
 
@@ -93,7 +98,7 @@ class StoreWriter(Callback):
             if key in self._seen_metrics:
                 continue
             self._seen_metrics.add(key)
-            self._metrics.append({"sweep_id": self.sweep_id, "trial_id": trial.trial_id,
+            self._metrics.append({"sweep_id": self.sweep_id, "trial_id": trial.trial_id, **METRIC_ROW,
                                   **{k: v for k, v in row.items() if k != "epoch_time_s"},
                                   "time_s": row.get("epoch_time_s")})
         if len(self._metrics) >= FLUSH_ROWS:
@@ -160,7 +165,7 @@ class StoreWriter(Callback):
         """Write buffered rows: one file per table, metrics first (a trial row implies its epochs)."""
         store = self.store
         if self._metrics:
-            store.append("metrics", self.study, self._metrics, self.sweep_id)
+            store.append("metrics", self.study, self._metrics, self.sweep_id, types=METRIC_TYPES)
             self._metrics = []
         if self._trials:
             store.append("trials", self.study, self._trials, self.sweep_id, types=self.config_types)

@@ -202,11 +202,14 @@ if PB2 is not None:
         """PB2 with orch's checkpoint keeping and exploit records; proposals kept inside each knob."""
 
         def _get_new_config(self, trial, trial_to_clone):
-            new, operations = super()._get_new_config(trial, trial_to_clone)
+            proposed, operations = super()._get_new_config(trial, trial_to_clone)
+            # The donor's config with PB2's proposals: the weights come from the donor, so its
+            # width and depth must come too.
+            new = dict(trial_to_clone.config)
             for name in self.mutable:
-                if name in new:
+                if name in proposed and name in new:
                     knob = self.space.knobs[name]
-                    new[name] = float(min(max(float(new[name]), knob.low), knob.high))
+                    new[name] = float(min(max(float(proposed[name]), knob.low), knob.high))
             new[GENERATION_KEY] = int(trial_to_clone.config.get(GENERATION_KEY, 0)) + 1
             return new, operations
 

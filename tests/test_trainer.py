@@ -93,7 +93,10 @@ def test_widths_list_wins_over_hidden_and_layers() -> None:
 def test_dropout_follows_every_hidden_layer() -> None:
     drops = [m for m in mlp(5, 2, layers=3, dropout=0.3).modules() if isinstance(m, nn.Dropout)]
     assert len(drops) == 3 and all(d.p == pytest.approx(0.3) for d in drops)
-    assert not any(isinstance(m, nn.Dropout) for m in mlp(5, 2, layers=3, dropout=0.0).modules())
+    # At 0 the modules stay (as identities), so the layer keys of a checkpoint do not depend on it.
+    off = mlp(5, 2, layers=3, dropout=0.0)
+    assert [m.p for m in off.modules() if isinstance(m, nn.Dropout)] == [0.0, 0.0, 0.0]
+    assert list(off.state_dict()) == list(mlp(5, 2, layers=3, dropout=0.4).state_dict())
 
 
 @pytest.mark.parametrize("name, cls", [("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU), ("gelu", nn.GELU),
