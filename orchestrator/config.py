@@ -126,6 +126,7 @@ class SearchConfig:
     stages: int = 1  # coarse-to-fine: each stage after the first zooms in on the best trials so far
     top_k: int | None = None  # trials a zoom keeps; default: the best 10% (at least 3)
     zoom_margin: float = 0.1  # a zoomed range is widened by this fraction of the full range on each side
+    time_budget_s: float | None = None  # stop the sweep after this long (running trials stop too)
 
 
 @dataclass
@@ -510,6 +511,7 @@ def validate(cfg: SweepConfig) -> None:
     _check_range("search.stages", q.stages, 1)
     _check_range("search.top_k", q.top_k, 1, allow_none=True)
     _check_range("search.zoom_margin", q.zoom_margin, 0, 1, lo_open=True)
+    _check_range("search.time_budget_s", q.time_budget_s, 0, None, lo_open=True, allow_none=True)
     if q.tiers is not None:
         from orchestrator.spaces import TIERS
 

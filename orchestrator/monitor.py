@@ -53,7 +53,9 @@ class StoreWriter(Callback):
 
     def __init__(self, store_root: str, study: str, sweep_id: str, base: dict[str, Any],
                  config_types: dict[str, pa.DataType], knobs: list[str] | tuple[str, ...] = (),
-                 flush_interval_s: float = FLUSH_INTERVAL_S):
+                 flush_interval_s: float = FLUSH_INTERVAL_S, time_budget_s: float | None = None):
+        self.time_budget_s = time_budget_s
+        self._t_setup: float | None = None
         self.store_root = store_root
         self.study = study
         self.sweep_id = sweep_id
@@ -84,6 +86,7 @@ class StoreWriter(Callback):
 
     # -- Tune hooks ------------------------------------------------------------------------------
     def setup(self, **info) -> None:
+        self._t_setup = time.monotonic()
         # On resume, rows written before the crash are in the store: never write them again.
         self._seen_metrics = self.store.existing_keys("metrics", self.study, self.sweep_id)
         self._seen_trials = self.store.existing_keys("trials", self.study, self.sweep_id)
@@ -115,6 +118,14 @@ class StoreWriter(Callback):
             self.flush()
 
     def on_experiment_end(self, trials, **info) -> None:
+        budget = self.time_budget_s
+        if budget and self._t_setup is not None and time.monotonic() - self._t_setup >= budget:
+            # The time budget stopped the trials still running: they are results too (a Ctrl-C
+            # leaves them out, so that --resume runs them on).
+            for trial in trials:
+                last = trial.last_result or {}
+                if last and trial.status != "ERROR":  # (_finish skips trials already written)
+                    self._finish(trial, reason=None if last.get("final") else "time budget")
         self.flush()
 
     def get_state(self) -> dict[str, Any] | None:
@@ -124,13 +135,13 @@ class StoreWriter(Callback):
         return None
 
     # -- rows --------------------------------------------------------------------------------------
-    def _finish(self, trial) -> None:
+    def _finish(self, trial, reason: str | None = None) -> None:
         key = (self.sweep_id, trial.trial_id)
         if key in self._seen_trials:
             return
         self._seen_trials.add(key)
         last = trial.last_result or {}
-        status, reason = trial_status(trial)
+        status, reason = ("stopped_early", reason) if reason else trial_status(trial)
         config = trial.config or {}
         hp = {**self.base, **{k: v for k, v in config.items() if not k.startswith("_")}}
         for knob in self.knobs:

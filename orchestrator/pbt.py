@@ -49,7 +49,7 @@ except ImportError as _err:  # pragma: no cover - both ship with orch's own depe
 
 log = logging.getLogger(__name__)
 
-GENERATION_KEY = "_generation"  # how many exploits a trial's weights have been through
+GENERATION_KEY = "_generation"  # how many times a trial has exploited another (its weights' branch)
 # Hyperparameters a trial can change between two epochs without its model or data changing shape.
 MUTABLE = ("lr", "weight_decay", "momentum", "nesterov", "beta1", "beta2", "eps", "dropout", "batch_size",
            "grad_clip", "label_smoothing", "huber_delta", "lr_gamma", "class_weights")
@@ -192,7 +192,7 @@ class OrchPBT(_KeepsExploits, PopulationBasedTraining):
                 factor = float(self.rng.choice(self._perturbation_factors))
                 new[name] = perturb(knob, donor[name], factor, self.rng)
                 operations[name] = f"* {factor}"
-        new[GENERATION_KEY] = int(donor.get(GENERATION_KEY, 0)) + 1
+        new[GENERATION_KEY] = int(trial.config.get(GENERATION_KEY, 0)) + 1  # this trial's exploits so far
         return new, operations
 
 
@@ -210,7 +210,7 @@ if PB2 is not None:
                 if name in proposed and name in new:
                     knob = self.space.knobs[name]
                     new[name] = float(min(max(float(proposed[name]), knob.low), knob.high))
-            new[GENERATION_KEY] = int(trial_to_clone.config.get(GENERATION_KEY, 0)) + 1
+            new[GENERATION_KEY] = int(trial.config.get(GENERATION_KEY, 0)) + 1
             return new, operations
 
 

@@ -189,7 +189,7 @@ def schedule(root: str | Path, trial_id: str, study: str | None = None,
         raise UserError(f"--schedule: no trial {trial_id!r} in {store.root}" + (f" (study {study})" if study else ""))
     row = rows.iloc[-1]
     exploits = _exploits(store, row["study"], row["sweep_id"])
-    by_trial = {tid: g.sort_values("generation") for tid, g in exploits.groupby("trial_id")}
+    by_trial = {tid: g.sort_values("timestamp") for tid, g in exploits.groupby("trial_id")}
     sweeps = store.sweeps(row["study"]) if store.files("sweeps", row["study"]) else pd.DataFrame()
     sweep = sweeps[sweeps["sweep_id"] == row["sweep_id"]] if len(sweeps) else sweeps
     if len(sweep) and isinstance(sweep.iloc[0].get("search_space"), str):
@@ -206,21 +206,20 @@ def schedule(root: str | Path, trial_id: str, study: str | None = None,
         r = all_rows.loc[tid]
         return {c[7:]: _plain(r[c]) for c in config_cols if not _missing(r[c])}
 
-    def generation_at(tid: str, when) -> int:
+    def walk(tid: str, before, last: int, depth: int = 0) -> list[dict[str, Any]]:
+        """The segments of ``tid``'s weights up to epoch ``last``, as they stood at time ``before``."""
         own = by_trial.get(tid)
-        return int((own["timestamp"] < when).sum()) if own is not None else 0
-
-    def walk(tid: str, generation: int, last: int, depth: int = 0) -> list[dict[str, Any]]:
-        own = by_trial.get(tid)
-        if generation == 0 or own is None or depth > 1000:
+        if own is not None and before is not None:
+            own = own[own["timestamp"] < before]
+        if own is None or own.empty or depth > 1000:
             return [{"epochs": [1, last], "trial": tid, "config": initial(tid)}]
-        e = own[own["generation"] == generation].iloc[-1]
+        e = own.sort_values("timestamp").iloc[-1]  # the exploit this branch started with
         start = int(e["donor_epoch"]) + 1
-        before = walk(e["donor_trial_id"], generation_at(e["donor_trial_id"], e["timestamp"]), start - 1, depth + 1)
+        earlier = walk(e["donor_trial_id"], e["timestamp"], start - 1, depth + 1)
         config = {k: v for k, v in json.loads(e["new_config"]).items() if k in knobs}
-        return before + [{"epochs": [start, last], "trial": tid, "config": config}]
+        return earlier + [{"epochs": [start, last], "trial": tid, "config": config}]
 
-    return row, walk(trial_id, int(row.get("generation", 0) or 0), int(row["epochs"]))
+    return row, walk(trial_id, None, int(row["epochs"]))
 
 
 def _missing(v: Any) -> bool:

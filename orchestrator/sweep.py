@@ -64,6 +64,7 @@ class SweepResult:
     stages: list[dict[str, Any]] | None = None  # coarse-to-fine: each stage's trials and ranges
     collapsed: int = 0  # trials whose model ended predicting (nearly) a constant
     all_collapsed: bool = False  # every usable trial collapsed: no best
+    budget_hit: bool = False  # search.time_budget_s ended the sweep
 
 
 def new_sweep_id(now: datetime | None = None) -> str:
@@ -263,7 +264,8 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     if not _USER_PENDING:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, 2 * _trial_slots(cfg)))
     progress = Progress(n_trials, cfg.objective.metric, cfg.objective.mode, progress_interval_s)
-    writer = StoreWriter(str(store.root), cfg.study, sweep_id, setup.base, _column_types(cfg), list(space))
+    writer = StoreWriter(str(store.root), cfg.study, sweep_id, setup.base, _column_types(cfg), list(space),
+                         time_budget_s=cfg.search.time_budget_s)
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -277,6 +279,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                 scheduler=plan.scheduler,
                 search_alg=search_alg,
                 num_samples=n_trials,
+                time_budget_s=cfg.search.time_budget_s,
                 reuse_actors=True,
                 trial_name_creator=lambda t: t.trial_id,
                 trial_dirname_creator=lambda t: t.trial_id,
@@ -291,6 +294,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                 log_to_file=not verbose,
             ),
         )
+    t_fit = time.monotonic()
     grid = tuner.fit()
     # Callbacks restored from Tune's state are copies: read the counts from the store instead.
     for cb in tuner._local_tuner.get_run_config().callbacks or []:
@@ -303,12 +307,17 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     trials = trials[trials["sweep_id"] == sweep_id] if len(trials) else trials
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     finished = len(trials) >= n_trials and grid.num_terminated + grid.num_errors >= len(grid)
+    budget = cfg.search.time_budget_s
+    if not finished and budget and time.monotonic() - t_fit >= budget:
+        finished = budget_hit = True  # the time budget ended it (a Ctrl-C comes before): its trials are the result
+    else:
+        budget_hit = False
     if finished and cfg.scheduler.name in schedulers.POPULATION:
         from orchestrator.pbt import cleanup
 
         cleanup(exp_dir)  # the checkpoint copies its exploits restored from
     searched = space.searched
-    result = SweepResult(cfg.study, sweep_id, store, finished, metric=cfg.objective.metric,
+    result = SweepResult(cfg.study, sweep_id, store, finished, metric=cfg.objective.metric, budget_hit=budget_hit,
                          counts=counts, searched=searched, space_ranges=space.ranges(),
                          stages=searchers.read_stages(exp_dir) if cfg.search.stages > 1 else None)
     ok = trials[trials["status"].isin(["completed", "stopped_early"])] if len(trials) else trials
@@ -426,7 +435,8 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
         echo(f"Sweep {result.sweep_id} interrupted after {result.elapsed_s:.0f}s ({counts or 'no trials finished'}).")
         echo(f"Resume it with: orch sweep {result.config_path} --resume {result.sweep_id}")
     else:
-        echo(f"Sweep {result.sweep_id} finished in {result.elapsed_s:.0f}s: {counts}.")
+        why = " (its time budget ran out)" if result.budget_hit else ""
+        echo(f"Sweep {result.sweep_id} finished in {result.elapsed_s:.0f}s{why}: {counts}.")
     if result.all_collapsed:
         echo(f"No best trial: all {result.collapsed} trials that finished collapsed to a constant output "
              f"(one class for nearly every input, or predictions with almost no spread). "
