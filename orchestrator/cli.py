@@ -151,6 +151,76 @@ def best(study: str, store: str | None, sweep_id: str | None) -> None:
     click.echo(results_mod.best_yaml(_store_root(store), study, sweep_id), nl=False)
 
 
+@main.command()
+@click.argument("studies", nargs=-1)
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--all", "all_studies", is_flag=True, help="Every study in the store.")
+@click.option("--dry-run", is_flag=True, help="Decide and print; train nothing (no drift check, no re-tune).")
+@click.option("--now", default=None, metavar="ISO-TIME", help="Decide as if it were this time (UTC unless a zone is given).")
+@click.option("--no-drift", is_flag=True, help="Skip the drift check (re-training the best config on today's data).")
+@click.option("--address", default=None, help="Ray cluster the re-tune sweeps run on.")
+@click.option("--every", default=None, metavar="CRON", help='Run as a service: re-tune at every time of this cron expression ("0 3 * * 1").')
+@click.option("--install-cron", default=None, metavar="CRON", help="Add a crontab line that runs this re-tune at CRON.")
+@click.option("--uninstall-cron", is_flag=True, help="Remove this store's re-tune line from the crontab.")
+@click.option("--print-cron", default=None, metavar="CRON", help="Print the crontab line instead of installing it.")
+def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_run: bool, now: str | None,
+           no_drift: bool, address: str | None, every: str | None, install_cron: str | None,
+           uninstall_cron: bool, print_cron: str | None) -> None:
+    """Find stale studies in the store and re-tune them, warm-started from their best configs.
+
+    STUDIES may include retune.KEY=VALUE overrides of the studies' policies
+    (retune.max_age_days=30 retune.drift_check=false ...).
+    """
+    from orchestrator import retune as retune_mod
+    from orchestrator import schedule
+
+    overrides = [a for a in studies if "=" in a]
+    studies = tuple(a for a in studies if "=" not in a)
+    policy = retune_mod.parse_policy(overrides)
+    root = _store_root(store).resolve()
+    retune_mod.parse_now(now)  # checked first: a bad --now is an error even for --every
+
+    def job() -> int:
+        with schedule.exclusive(root) as mine:
+            if not mine:
+                click.echo(schedule.busy_message(root))
+                return 0
+            return retune_mod.run(root, list(studies), all_studies=all_studies, now=retune_mod.parse_now(now),
+                                  dry_run=dry_run, drift=not no_drift, address=address, echo=click.echo,
+                                  policy=policy)
+
+    scheduling = [o for o, v in (("--every", every), ("--install-cron", install_cron),
+                                 ("--uninstall-cron", uninstall_cron), ("--print-cron", print_cron)) if v]
+    if len(scheduling) > 1:
+        raise UserError(f"{scheduling[0]} and {scheduling[1]} do not go together")
+    if not studies and not all_studies and not uninstall_cron:
+        raise UserError("name the studies to re-tune, or give --all")
+    argv = [*studies, *overrides, *(["--all"] if all_studies else []), "--store", str(root),
+            *(["--dry-run"] if dry_run else []), *(["--no-drift"] if no_drift else []),
+            *(["--address", address] if address else [])]
+    if install_cron or print_cron:
+        expr = install_cron or print_cron
+        root.mkdir(parents=True, exist_ok=True)
+        line = schedule.cron_line(expr, workdir=Path.cwd(), argv=argv, log_file=root / "retune.log",
+                                  env=dict(os.environ), store_root=root,
+                                  option="--print-cron" if print_cron else "--install-cron")
+        if print_cron:
+            click.echo(line)
+            return
+        schedule.install_cron(line, schedule.marker(root))
+        click.echo(f"installed in the crontab:\n{line}")
+        if not schedule.cron_running():
+            click.echo("orch: warning: no cron daemon is running on this machine; the line runs once one is", err=True)
+        return
+    if uninstall_cron:
+        removed = schedule.uninstall_cron(schedule.marker(root))
+        click.echo("removed the crontab line of this store" if removed else "no crontab line of this store to remove")
+        return
+    if every:
+        sys.exit(schedule.run_every(every, job, echo=click.echo))
+    sys.exit(job())
+
+
 @main.command(name="lr-find")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
@@ -175,6 +245,46 @@ def lr_find(config: Path, overrides: tuple[str, ...], out: Path | None, write: P
     result = lrfind.run(cfg, min_lr, max_lr, steps, out or store_root(cfg, None) / lrfind.OUT_DIR, write,
                         str(config))
     click.echo(lrfind.report(result), nl=False)
+
+
+@main.group(name="store")
+def store_group() -> None:
+    """Maintain the results store: merge small files, check every file."""
+
+
+@store_group.command()
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--study", default=None, help="Only this study.")
+@click.option("--table", default=None, help="Only this table (sweeps, trials, metrics, ...).")
+@click.option("--max-rows", default=1_000_000, show_default=True, help="Most rows per merged file.")
+def compact(store: str | None, study: str | None, table: str | None, max_rows: int) -> None:
+    """Merge the small files of each table and study into one file.
+
+    Atomic for orch's readers, which see either the old files or the merged one; keeps every row.
+    Other Parquet readers (DuckDB, pandas) should not read the store while it runs. Exits 1 when a
+    partition could not be compacted (a file that cannot be read: see orch store verify).
+    """
+    from orchestrator import store_admin
+
+    report = store_admin.compact(_store_root(store), study=study, table=table, max_rows=max_rows)
+    click.echo(report.text(), nl=False)
+    if report.errors:
+        sys.exit(1)
+
+
+@store_group.command()
+@click.option("--store", default=None, help=STORE_HELP)
+def verify(store: str | None) -> None:
+    """Read every Parquet file of the store; report unreadable, temporary and stray files.
+
+    Exits 1 when a file cannot be read, 0 otherwise.
+    """
+    from orchestrator import store_admin
+
+    report = store_admin.verify(_store_root(store), echo=lambda m: click.echo(f"orch: {m}", err=True))
+    click.echo(report.text(), nl=False)
+    if report.unreadable:
+        sys.exit(1)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m orchestrator`

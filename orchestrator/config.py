@@ -151,9 +151,14 @@ class StoreConfig:
 
 @dataclass
 class RetuneConfig:
-    max_age_days: float = 90.0
-    on_data_change: bool = True
-    drift_tolerance: float = 0.02
+    max_age_days: float = 90.0  # stale when the last sweep is older than this
+    on_data_change: bool = True  # stale when the data's fingerprint changed
+    drift_check: bool = True  # re-train the best config on today's data (one trial) and compare
+    drift_tolerance: float = 0.02  # stale when that is worse than the recorded best by this (relative)
+    drift_floor: float | None = None  # ... or worse than this absolute value of the objective
+    on_code_change: bool = False  # stale when the model or trainer code changed
+    num_samples: int | None = None  # trials of a re-tune sweep; default: the study's own
+    top_k: int = 5  # previous best configs that go first, and that the space is zoomed around
 
 
 @dataclass
@@ -307,6 +312,8 @@ def to_yaml(cfg: SweepConfig) -> str:
     data["search_space"] = load_space(cfg) or None
     data.pop("base", None)
     data.pop("source_file", None)
+    if cfg.data.path:  # absolute, so that the text works from any directory (re-tunes from cron)
+        data["data"]["path"] = str(resolve_path(cfg, cfg.data.path).resolve())
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -531,6 +538,8 @@ def validate(cfg: SweepConfig) -> None:
         _fail("store.path", "a directory is required", cfg.store.path)
     _check_range("retune.max_age_days", cfg.retune.max_age_days, 0, None, lo_open=True)
     _check_range("retune.drift_tolerance", cfg.retune.drift_tolerance, 0)
+    _check_range("retune.num_samples", cfg.retune.num_samples, 1, allow_none=True)
+    _check_range("retune.top_k", cfg.retune.top_k, 1)
 
     from orchestrator import spaces
 

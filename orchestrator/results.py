@@ -112,14 +112,46 @@ def best_trial(root: str | Path, study: str, sweep_id: str | None = None) -> tup
     sweeps = sweeps.dropna(subset=["best_trial_id", "best_value"])
     if sweeps.empty:
         raise UserError(f"study {study!r}: no sweep produced a usable trial")
-    mode = sweeps["mode"].iloc[0]
-    sweeps = sweeps.sort_values("best_value", ascending=(mode == "min"), kind="stable")
-    s = sweeps.iloc[0]
+    s = sweeps.iloc[0] if sweep_id is not None else _promoted(sweeps)
     trials = store.trials(study)
     match = trials[(trials["sweep_id"] == s["sweep_id"]) & (trials["trial_id"] == s["best_trial_id"])]
     if match.empty:
         raise UserError(f"study {study!r}: best trial {s['best_trial_id']} of sweep {s['sweep_id']} is missing from the trials table")
     return s, match.iloc[0]
+
+
+def _promoted(sweeps: pd.DataFrame) -> pd.Series:
+    """The study's current best sweep: the newest promoted one (a re-tune that did not beat the
+    best is not promoted); for sweeps recorded before promotion existed, the best value."""
+    if "promoted" in sweeps.columns and sweeps["promoted"].fillna(False).astype(bool).any():
+        promoted = sweeps[sweeps["promoted"].fillna(False).astype(bool)]
+        return promoted.sort_values("ended_at", kind="stable").iloc[-1]
+    mode = sweeps["mode"].iloc[0]
+    return sweeps.sort_values("best_value", ascending=(mode == "min"), kind="stable").iloc[0]
+
+
+def current_best(root: str | Path, study: str) -> pd.Series | None:
+    """The sweeps row of the study's current best, or None when it has none yet."""
+    store = Store(root)
+    if not store.files("sweeps", study):
+        return None
+    sweeps = store.sweeps(study).dropna(subset=["best_trial_id", "best_value"])
+    return _promoted(sweeps) if len(sweeps) else None
+
+
+def write_best_file(root: str | Path, study: str) -> Path:
+    """``<store>/best/<study>.yaml``: the current best config, for other programs (atomic)."""
+    import os
+    import tempfile
+
+    text = best_yaml(root, study)
+    path = Path(root) / "best" / f"{study}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
 
 
 def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:

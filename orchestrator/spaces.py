@@ -159,6 +159,22 @@ class Knob:
         scale = {"linear": "", "log": " (log)", "log1m": " (log 1-x)"}[self.scale]
         return f"{_short(lo)}..{_short(hi)}" + (" (powers of 2)" if self.dist == "pow2" else scale)
 
+    def spec(self) -> dict[str, Any]:
+        """The knob as a search-space entry (what :func:`parse_knob` reads back)."""
+        if self.dist in ("fixed", "choice"):
+            out: dict[str, Any] = {self.dist: self.values[0] if self.dist == "fixed" else list(self.values)}
+        else:
+            out = {self.dist: self.bounds()}
+            if self.dist == "int" and self.log:
+                out["log"] = True
+        if self.tier is not None:
+            out["tier"] = self.tier
+        if self.has_default and self.contains(self.default):
+            out["default"] = self.default
+        if self.when:
+            out["when"] = {parent: list(allowed) for parent, allowed in self.when}
+        return out
+
     def bounds(self) -> list[Any]:
         """The knob's range as stored (for the sweeps table): [low, high] or the choices."""
         if self.numeric:

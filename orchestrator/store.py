@@ -11,34 +11,51 @@ Rules: only the driver writes; rows arrive in batches; each batch is one new fil
 hidden temporary name, flushed to disk and renamed into place, so readers never see half a file and
 a crash leaves what was there intact. Files are never rewritten. Any Parquet reader can read a
 table directory; :meth:`Store.read` also unifies the columns of files written by different sweeps.
+
+Compaction (``orch store compact``, :mod:`orchestrator.store_admin`) replaces the small files of a
+partition by merged ``compacted-*.parquet`` files. A partition's ``_compacted.json`` names, for
+each compaction in progress, the merged files and the files they supersede; orch's readers
+(:meth:`Store.files`) read the merged files only once all of them are in place, and then skip the
+superseded ones, so they never see a row twice or miss one while a compaction publishes.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from orchestrator.errors import StoreError
 
-TABLES = ("sweeps", "trials", "metrics", "exploits")
+TABLES = ("sweeps", "trials", "metrics", "exploits", "decisions")
 # Row identity per table: the store never holds two rows with the same key.
 KEYS = {
     "sweeps": ("study", "sweep_id"),
     "trials": ("study", "sweep_id", "trial_id"),
     "metrics": ("study", "sweep_id", "trial_id", "generation", "epoch"),
     "exploits": ("study", "sweep_id", "trial_id", "generation"),
+    "decisions": ("study", "decided_at"),
 }
 # A key column missing from older files (written before it existed) reads as this value.
 KEY_DEFAULTS = {"generation": 0}
 TMP_SUFFIX = ".tmp"
+# Compaction: merged files are named compacted-<stamp>-<uuid>-<part>.parquet, and each partition
+# may hold a manifest of the compactions being published (see the module docstring).
+MERGED_PREFIX = "compacted-"
+MANIFEST = "_compacted.json"
+_LIST_ATTEMPTS = 100  # a partition listed while a compaction publishes is listed again
+_READ_ATTEMPTS = 20  # a file deleted by a compaction between listing and reading: read again
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 # Declared column types; other columns are typed from their values.
@@ -163,35 +180,74 @@ class Store:
         return final
 
     # -- reading ----------------------------------------------------------------------------------
-    def files(self, table: str, study: str | None = None) -> list[Path]:
-        d = self.table_dir(table, study)
-        if not d.is_dir():
+    def partitions(self, table: str) -> list[Path]:
+        """The ``study=<name>`` directories of a table, sorted."""
+        d = self.table_dir(table)
+        try:
+            with os.scandir(d) as entries:
+                return sorted(d / e.name for e in entries if e.name.startswith("study=") and e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        pattern = "*.parquet" if study is not None else "study=*/*.parquet"
-        return sorted(p for p in d.glob(pattern) if not p.name.startswith((".", "_")))
+
+    def files(self, table: str, study: str | None = None) -> list[Path]:
+        """The files a reader reads now: per partition, files a finished compaction superseded
+        (and merged files not yet all in place) left out; merged files first, then by name."""
+        if study is not None:
+            return partition_files(self.table_dir(table, study))
+        return [f for p in self.partitions(table) for f in partition_files(p)]
 
     def read(self, table: str, study: str | None = None, columns: Iterable[str] | None = None) -> pd.DataFrame:
-        """One table as a DataFrame (columns unified across files), optionally for one study."""
-        files = self.files(table, study)
-        if not files:
-            return pd.DataFrame(columns=list(KEYS[table]))
+        """One table as a DataFrame (columns unified across files), optionally for one study.
+
+        ``columns`` reads only those columns from the files (and the key, for de-duplication).
+        """
+        self.table_dir(table)  # an unknown table is a StoreError
+        keys = KEYS[table]
+        want = None if columns is None else list(dict.fromkeys(c for c in (*columns, *keys) if c != "study"))
+        for attempt in range(_READ_ATTEMPTS):
+            files = self.files(table, study)
+            if not files:
+                return pd.DataFrame(columns=list(keys))
+            try:
+                tables = [_read_file(f, want) for f in files]
+                break
+            except FileNotFoundError:  # a compaction replaced it after the listing: list again
+                time.sleep(0.01 * attempt)
+            except (OSError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+                raise StoreError(f"cannot read {self.table_dir(table)}: {err}") from None
+        else:
+            raise StoreError(f"cannot read {self.table_dir(table)}: its files kept changing")
         try:
-            tables = _untyped_nulls([pq.read_table(f) for f in files])
-            arrow = pa.concat_tables(tables, promote_options="permissive")
-        except (OSError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            arrow = pa.concat_tables(_untyped_nulls(tables), promote_options="permissive")
+            arrow = fill_key_defaults(arrow, keys)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
             raise StoreError(f"cannot read {self.table_dir(table)}: {err}") from None
-        # The study lives in the partition directory name, as Hive partitioning has it.
-        studies = [f.parent.name.split("=", 1)[1] for f in files]
-        counts = [t.num_rows for t in tables]
+        # Rows of one key are de-duplicated within a partition (the study is part of every key),
+        # the first row read wins. A partition that is one compaction's output is unique already.
+        key_cols = [k for k in keys if k != "study" and k in arrow.column_names]
+        keep: list[np.ndarray] = []
+        studies: list[str] = []
+        counts: list[int] = []
+        start = 0
+        for part, group in _by_partition(files, tables):
+            n = sum(t.num_rows for t in group)
+            index = np.arange(start, start + n)
+            if n and not _one_compaction(part):
+                first = first_of_each_key(arrow.slice(start, n), key_cols)
+                if first is not None:
+                    index = first + start
+            keep.append(index)
+            # The study lives in the partition directory name, as Hive partitioning has it.
+            studies.append(part[0].parent.name.split("=", 1)[1])
+            counts.append(len(index))
+            start += n
+        if sum(counts) != arrow.num_rows:
+            arrow = arrow.take(pa.array(np.concatenate(keep)))
         df = arrow.to_pandas()
-        df.insert(0, "study", [s for s, n in zip(studies, counts, strict=True) for _ in range(n)])
-        for col, default in KEY_DEFAULTS.items():
-            if col in KEYS[table]:
-                df[col] = df[col].fillna(default).astype("int64") if col in df.columns else default
-        df = df.drop_duplicates(subset=[k for k in KEYS[table] if k in df.columns], keep="first")
+        df.insert(0, "study", np.repeat(np.array(studies, dtype=object), counts))
         if columns is not None:
             df = df[[c for c in columns if c in df.columns]]
-        return df.reset_index(drop=True)
+        return df
 
     def sweeps(self, study: str | None = None) -> pd.DataFrame:
         df = self.read("sweeps", study)
@@ -207,18 +263,160 @@ class Store:
 
     def existing_keys(self, table: str, study: str, sweep_id: str) -> set[tuple]:
         """Keys of the rows already stored for one sweep (resume uses this to never write twice)."""
-        files = [f for f in self.files(table, study) if f.name.startswith(f"{sweep_id}-")]
-        if not files:
-            return set()
         key_cols = [k for k in KEYS[table] if k != "study"]
-        keys: set[tuple] = set()
-        for f in files:
-            present = set(pq.read_schema(f).names)
-            t = pq.read_table(f, columns=[c for c in key_cols if c in present])
-            columns = [t.column(c).to_pylist() if c in present else [KEY_DEFAULTS.get(c)] * t.num_rows
-                       for c in key_cols]
-            keys.update(zip(*columns, strict=True))
-        return keys
+        for attempt in range(_READ_ATTEMPTS):
+            # A sweep's own files start with its id; merged files hold rows of any sweep.
+            files = [f for f in self.files(table, study)
+                     if f.name.startswith((f"{sweep_id}-", MERGED_PREFIX))]
+            keys: set[tuple] = set()
+            try:
+                for f in files:
+                    t = _read_file(f, key_cols)
+                    if f.name.startswith(MERGED_PREFIX) and "sweep_id" in t.column_names:
+                        t = t.filter(pc.equal(t["sweep_id"], sweep_id))
+                    columns = [t.column(c).to_pylist() if c in t.column_names else [KEY_DEFAULTS.get(c)] * t.num_rows
+                               for c in key_cols]
+                    keys.update(zip(*columns, strict=True))
+                return keys
+            except FileNotFoundError:
+                time.sleep(0.01 * attempt)
+        raise StoreError(f"cannot read {self.table_dir(table, study)}: its files kept changing")
+
+
+# -- partitions, compaction manifests ---------------------------------------------------------------
+
+
+def merged_group(name: str) -> str | None:
+    """The compaction a merged file came from (its name without the part number), else None."""
+    return name.rsplit("-", 1)[0] if name.startswith(MERGED_PREFIX) else None
+
+
+def _read_order(name: str) -> tuple[int, str]:
+    # Merged files hold rows written before any file that is still on its own: they come first,
+    # so that de-duplication keeps the row written first.
+    return (0 if name.startswith(MERGED_PREFIX) else 1, name)
+
+
+def parquet_names(directory: Path) -> list[str]:
+    """Names of the visible Parquet files of a directory (temporary and private names left out)."""
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(e.name for e in entries
+                          if e.name.endswith(".parquet") and not e.name.startswith((".", "_")))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def read_manifest(directory: Path) -> list[dict[str, list[str]]] | None:
+    """The compactions being published in a partition (``[{"merged": [...], "superseded": [...]}]``),
+    or None when no compaction ever ran there."""
+    path = directory / MANIFEST
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise StoreError(f"cannot read {path}: {err}") from None
+    try:
+        entries = json.loads(text)["replacements"]
+        return [{"merged": [str(n) for n in e["merged"]], "superseded": [str(n) for n in e["superseded"]]}
+                for e in entries]
+    except (ValueError, KeyError, TypeError) as err:
+        raise StoreError(f"cannot read {path}: not a compaction manifest ({type(err).__name__}: {err})") from None
+
+
+def live_names(names: list[str], manifest: list[dict[str, list[str]]] | None) -> list[str]:
+    """Of a partition's file names, those a reader reads: a compaction's merged files replace the
+    files they supersede once every merged file is in place; until then they are not read."""
+    if not manifest:
+        return list(names)
+    present = set(names)
+    skip: set[str] = set()
+    for entry in manifest:
+        published = all(n in present for n in entry["merged"])
+        skip.update(entry["superseded"] if published else entry["merged"])
+    return [n for n in names if n not in skip]
+
+
+def partition_files(directory: Path) -> list[Path]:
+    """The files of one partition a reader reads now, in read order.
+
+    A compactor writes the manifest before its merged files appear and deletes the superseded
+    files before it clears the manifest, so a listing read with the manifest that follows it is
+    consistent, provided the listing did not change meanwhile (checked by listing again).
+    Without a manifest no compaction ever ran there, and one listing is enough.
+    """
+    for _ in range(_LIST_ATTEMPTS):
+        names = parquet_names(directory)
+        manifest = read_manifest(directory)
+        if manifest is not None and parquet_names(directory) != names:
+            continue  # a compaction published meanwhile
+        return [directory / n for n in sorted(live_names(names, manifest), key=_read_order)]
+    raise StoreError(f"cannot list {directory}: it kept changing")
+
+
+def _read_file(path: Path, columns: list[str] | None) -> pa.Table:
+    with pq.ParquetFile(path) as f:
+        # Arrow's threads cost more than they save on the small files that appends write.
+        threads = f.metadata.num_rows >= 100_000
+        if columns is None:
+            return f.read(use_threads=threads)
+        present = set(f.schema_arrow.names)
+        wanted = [c for c in columns if c in present]
+        if wanted:
+            return f.read(columns=wanted, use_threads=threads)
+        # None of the columns: keep the row count (an untyped column of nulls).
+        return pa.table({columns[0]: pa.nulls(f.metadata.num_rows)})
+
+
+def _by_partition(files: list[Path], tables: list[pa.Table]):
+    """(files, tables) of each partition, in order (files() lists partitions one after another)."""
+    out: list[tuple[list[Path], list[pa.Table]]] = []
+    for f, t in zip(files, tables, strict=True):
+        if out and out[-1][0][0].parent == f.parent:
+            out[-1][0].append(f)
+            out[-1][1].append(t)
+        else:
+            out.append(([f], [t]))
+    return out
+
+
+def _one_compaction(files: list[Path]) -> bool:
+    """Whether these files are all the output of one compaction (whose rows are unique by key)."""
+    groups = {merged_group(f.name) for f in files}
+    return len(groups) == 1 and None not in groups
+
+
+def fill_key_defaults(arrow: pa.Table, keys: Iterable[str], add_missing: bool = True) -> pa.Table:
+    """A key column missing from older files reads as its default (``KEY_DEFAULTS``); missing
+    from every file, it is added (``add_missing``)."""
+    for col, default in KEY_DEFAULTS.items():
+        if col not in keys:
+            continue
+        if col in arrow.column_names:
+            i = arrow.column_names.index(col)
+            filled = pc.fill_null(arrow[col], pa.scalar(default).cast(arrow[col].type)) \
+                if not pa.types.is_null(arrow[col].type) else pa.array(np.full(arrow.num_rows, default))
+            arrow = arrow.set_column(i, col, pc.cast(filled, pa.int64(), safe=False))
+        elif add_missing:
+            arrow = arrow.append_column(col, pa.array(np.full(arrow.num_rows, default, dtype=np.int64)))
+    return arrow
+
+
+def first_of_each_key(arrow: pa.Table, key_cols: list[str]) -> np.ndarray | None:
+    """Sorted indices of the first row of each key, or None when every key is unique already."""
+    n = arrow.num_rows
+    if not key_cols or n < 2:
+        return None
+    cols = {}
+    for i, c in enumerate(key_cols):
+        col = arrow[c]
+        cols[f"k{i}"] = col.cast(pa.string()) if pa.types.is_null(col.type) else col
+    grouped = pa.table({**cols, "i": pa.array(np.arange(n))}).group_by(list(cols), use_threads=False) \
+        .aggregate([("i", "min")])
+    if grouped.num_rows == n:
+        return None
+    return np.sort(grouped["i_min"].to_numpy())
 
 
 def _untyped_nulls(tables: list[pa.Table]) -> list[pa.Table]:
@@ -229,15 +427,15 @@ def _untyped_nulls(tables: list[pa.Table]) -> list[pa.Table]:
     """
     typed: dict[str, pa.DataType] = {}
     for t in tables:
-        for f, col in zip(t.schema, t.columns, strict=True):
-            if col.null_count < len(col):
-                typed.setdefault(f.name, f.type)
+        for i, name in enumerate(t.column_names):
+            if name not in typed and t.column(i).null_count < t.num_rows:
+                typed[name] = t.schema.types[i]
     out = []
     for t in tables:
-        for i, (f, col) in enumerate(zip(t.schema, t.columns, strict=True)):
-            want = typed.get(f.name)
-            if want is not None and f.type != want and col.null_count == len(col):
-                t = t.set_column(i, pa.field(f.name, want), pa.nulls(len(col), type=want))
+        for i, (name, have) in enumerate(zip(t.column_names, t.schema.types, strict=True)):
+            want = typed.get(name)
+            if want is not None and have != want and t.column(i).null_count == t.num_rows:
+                t = t.set_column(i, pa.field(name, want), pa.nulls(t.num_rows, type=want))
         out.append(t)
     return out
 

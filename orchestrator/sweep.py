@@ -65,6 +65,8 @@ class SweepResult:
     collapsed: int = 0  # trials whose model ended predicting (nearly) a constant
     all_collapsed: bool = False  # every usable trial collapsed: no best
     budget_hit: bool = False  # search.time_budget_s ended the sweep
+    promoted: bool = False  # its best became the study's best
+    reference: float | None = None  # the value it had to beat
 
 
 def new_sweep_id(now: datetime | None = None) -> str:
@@ -192,8 +194,13 @@ def data_variants(cfg, dataset, space):
 
 def run(cfg, *, store: Store | None = None, address: str | None = None, resume: str | None = None,
         verbose: bool = False, progress_interval_s: float | None = None,
-        echo: Callable[[str], None] = print) -> SweepResult:
+        echo: Callable[[str], None] = print, reason: str = "manual", parent_sweep_id: str | None = None,
+        reference: float | None = None) -> SweepResult:
     """Run (or resume) the sweep described by ``cfg`` and record it in the store.
+
+    ``reason`` and ``parent_sweep_id`` are the sweep's lineage (a re-tune names why and what it
+    re-tunes); the sweep is promoted (``orch best`` returns it) when its best beats ``reference``,
+    else the study's current best value.
 
     Raises:
         UserError: bad data, a metric the task does not report, nothing to resume.
@@ -238,7 +245,7 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     result.config_path = _shown_path(cfg.source_file) if cfg.source_file else "CONFIG"
     result.elapsed_s = time.monotonic() - t_start
     if result.finished:
-        _write_sweep_row(cfg, store, sweep_id, dataset, result, started_at)
+        _write_sweep_row(cfg, store, sweep_id, dataset, result, started_at, reason, parent_sweep_id, reference)
     return result
 
 
@@ -404,14 +411,30 @@ def _column_types(cfg) -> dict[str, Any]:
     return types
 
 
-def _write_sweep_row(cfg, store: Store, sweep_id: str, dataset, result: SweepResult, started_at) -> None:
+def _write_sweep_row(cfg, store: Store, sweep_id: str, dataset, result: SweepResult, started_at,
+                     reason: str = "manual", parent_sweep_id: str | None = None,
+                     reference: float | None = None) -> None:
+    from orchestrator import results as results_mod
+
+    current = results_mod.current_best(store.root, cfg.study)
+    if reference is None and current is not None:
+        reference = float(current["best_value"])
+    # Promoted only on a real improvement (a re-run of the same config that matches the best to the
+    # last bit of float noise is not one).
+    margin = 1e-9 * max(abs(reference), 1.0) if reference is not None else 0.0
+    better = result.best_value is not None and (
+        reference is None or (result.best_value < reference - margin if cfg.objective.mode == "min"
+                              else result.best_value > reference + margin))
+    result.promoted = bool(better)
+    result.reference = reference
     store.append("sweeps", cfg.study, [{
         "sweep_id": sweep_id,
-        "reason": "manual",
-        "parent_sweep_id": None,
+        "reason": reason,
+        "parent_sweep_id": parent_sweep_id,
         "scheduler": cfg.scheduler.name,
         "searcher": cfg.search.algorithm,
         "config_yaml": config_mod.to_yaml(cfg),
+        "config_path": cfg.source_file,
         "started_at": started_at,
         "ended_at": datetime.now(timezone.utc),
         "num_trials": sum(result.counts.values()),
@@ -419,11 +442,29 @@ def _write_sweep_row(cfg, store: Store, sweep_id: str, dataset, result: SweepRes
         "metric": cfg.objective.metric,
         "mode": cfg.objective.mode,
         "best_value": result.best_value,
+        "promoted": bool(better),
         "data_fingerprint": dataset.fingerprint,
+        "code_version": code_version(cfg),
         "search_space": json.dumps(result.space_ranges, default=str),
         "stages": json.dumps(result.stages, default=str) if result.stages else None,
         "orch_version": __version__,
     }], sweep_id)
+    if better:
+        results_mod.write_best_file(store.root, cfg.study)
+
+
+def code_version(cfg) -> str:
+    """A hash of the code a trial runs: the trainer's modules and the model's."""
+    import hashlib
+    import inspect
+
+    from models import registry
+    from orchestrator import losses, optim, trainer
+
+    h = hashlib.sha256()
+    for module in (trainer, losses, optim, data_mod, inspect.getmodule(registry.get(cfg.model["name"]))):
+        h.update(inspect.getsource(module).encode())
+    return h.hexdigest()[:12]
 
 
 def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> None:

@@ -139,7 +139,8 @@ def test_dedupe_by_key(tmp_path: Path) -> None:
     m = s.metrics("a").sort_values("epoch")
     assert m["epoch"].tolist() == [1, 2, 3]
     assert m["val_loss"].tolist() == [1.0, 0.5, 9.0]
-    assert s.existing_keys("metrics", "a", "s1") == {("s1", "t1", 1), ("s1", "t1", 2), ("s1", "t1", 3)}
+    # (sweep, trial, generation, epoch): rows written before generations existed are generation 0
+    assert s.existing_keys("metrics", "a", "s1") == {("s1", "t1", 0, 1), ("s1", "t1", 0, 2), ("s1", "t1", 0, 3)}
 
 
 def test_schema_evolution(tmp_path: Path) -> None:
@@ -329,3 +330,47 @@ def test_duckdb_reads_evolved_schema_by_name(tmp_path: Path) -> None:
     """)
     assert got["best_val_loss"].tolist() == [0.5, 0.25]
     assert math.isnan(got["best_val_r2"][0]) and got["best_val_r2"][1] == 0.9
+
+
+def test_a_knob_added_later_keeps_old_rows_readable(tmp_path: Path) -> None:
+    # The search space of a study gains a knob: old rows have no such column, new rows do. And an
+    # integer knob later holds a missing value (a conditional knob) and then a float. The sweep
+    # driver declares the config columns' types from the space, as here.
+    root = tmp_path / "store"
+    s = Store(root)
+    hidden = {"config.hidden": pa.int64()}
+    s.append("trials", "a", trial_rows("s1", 3), "s1", types=hidden)
+    s.append("trials", "a", [{**r, "config.new_knob": 0.5 * i} for i, r in enumerate(trial_rows("s2", 2))], "s2",
+             types=hidden)
+    s.append("trials", "a", [{**r, "config.hidden": None} for r in trial_rows("s3", 1)], "s3", types=hidden)
+    s.append("trials", "a", [{**r, "config.hidden": 48.5, "config.new_knob": 2.0} for r in trial_rows("s4", 1)], "s4",
+             types=hidden)
+    assert pq.read_schema(s.files("trials")[2]).field("config.hidden").type == pa.int64()
+    assert pq.read_schema(s.files("trials")[3]).field("config.hidden").type == pa.float64()
+
+    df = s.trials().set_index(["sweep_id", "trial_id"]).sort_index()
+    assert len(df) == 7
+    assert df["config.new_knob"].isna().tolist() == [True] * 3 + [False] * 2 + [True, False]
+    assert df.loc[("s2", "t0001"), "config.new_knob"] == 0.5
+    assert pd.api.types.is_float_dtype(df["config.hidden"])
+    assert df["config.hidden"].tolist()[:5] == [32.0, 64.0, 96.0, 32.0, 64.0]
+    assert math.isnan(df.loc[("s3", "t0000"), "config.hidden"]) and df.loc[("s4", "t0000"), "config.hidden"] == 48.5
+    assert s.read("trials", columns=["trial_id", "config.new_knob"])["config.new_knob"].notna().sum() == 3
+
+    got = duck(f"""
+        select sweep_id, trial_id, "config.new_knob" as knob, "config.hidden" as hidden
+        from read_parquet('{root}/trials/**/*.parquet', hive_partitioning = true, union_by_name = true)
+        order by sweep_id, trial_id
+    """)
+    assert len(got) == 7 and got["knob"].notna().sum() == 3
+    assert got["hidden"].tolist()[:5] == [32.0, 64.0, 96.0, 32.0, 64.0] and got["hidden"].iloc[6] == 48.5
+
+    # pyarrow.dataset takes the first file's schema unless given one: give it the files' union.
+    import pyarrow.dataset as ds
+
+    files = [str(f) for f in s.files("trials")]
+    unified = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    table = ds.dataset(files, format="parquet", schema=unified).to_table()
+    assert table.num_rows == 7 and table.column("config.new_knob").null_count == 4
+    assert table.schema.field("config.hidden").type == pa.float64()
+    assert sorted(table.column("config.hidden").to_pylist(), key=str)[:2] == [32.0, 32.0]

@@ -1,0 +1,323 @@
+"""Re-tune stale studies: read the store, decide what is stale, re-tune it warm-started.
+
+A study is **stale** when any rule of its config's ``retune:`` section fires:
+
+- ``stale_age``: its last sweep ended more than ``max_age_days`` ago;
+- ``data_changed``: the data's fingerprint today differs from the one its best was trained on
+  (``on_data_change``);
+- ``drift``: the current best config, re-trained on today's data (one trial, the same epochs),
+  scores worse than the recorded best by more than ``drift_tolerance`` (relative), or worse than
+  ``drift_floor`` (``drift_check``; skipped by ``--dry-run``, which trains nothing);
+- ``code_changed``: the trainer's or the model's code differs from the last sweep's
+  (``on_code_change``, off by default).
+
+Every decision is a row of the store's ``decisions`` table with its evidence (ages,
+fingerprints, the two scores). A stale study gets a re-tune sweep: its previous top configs go in
+first (``points_to_evaluate``), the space is zoomed around them (the coarse-to-fine rule), and the
+sweep row records ``reason`` and ``parent_sweep_id``. The re-tune is promoted (``orch best``, and
+``<store>/best/<study>.yaml``) only when it beats the current best.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.errors import UserError
+from orchestrator.store import Store
+
+REASONS = ("data_changed", "drift", "code_changed", "stale_age")  # the sweep's reason: the first that fired
+
+
+@dataclass
+class Decision:
+    study: str
+    verdict: str  # stale | fresh | error
+    reasons: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    last_tuned: datetime | None = None
+    cfg: Any = None  # the study's config, as its last sweep ran it
+    best: pd.Series | None = None  # the current best's sweeps row
+    error: str = ""
+
+    @property
+    def reason(self) -> str:
+        return next((r for r in REASONS if r in self.reasons), "")
+
+
+def parse_policy(overrides: list[str]) -> dict[str, Any]:
+    """``retune.KEY=VALUE`` overrides of every study's ``retune:`` policy, checked."""
+    import yaml
+
+    from orchestrator import config as config_mod
+
+    fields = {f.name for f in dataclasses.fields(config_mod.RetuneConfig)}
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        name = key.removeprefix("retune.")
+        if not key.startswith("retune.") or name not in fields:
+            raise UserError(f"override {item!r}: only retune.KEY=VALUE, KEY one of {', '.join(sorted(fields))}"
+                            f"{config_mod.did_you_mean(name, sorted(fields))}")
+        out[name] = yaml.safe_load(raw)
+    try:
+        policy = dataclasses.replace(config_mod.RetuneConfig(), **out)
+        for name, value in out.items():
+            if isinstance(getattr(config_mod.RetuneConfig(), name), bool) and not isinstance(value, bool):
+                raise ValueError(f"retune.{name}: must be true or false (got {value!r})")
+        probe = config_mod.SweepConfig(study="probe", retune=policy)
+        config_mod._check_range("retune.max_age_days", probe.retune.max_age_days, 0, None, lo_open=True)
+        config_mod._check_range("retune.drift_tolerance", probe.retune.drift_tolerance, 0)
+        config_mod._check_range("retune.top_k", probe.retune.top_k, 1)
+        config_mod._check_range("retune.num_samples", probe.retune.num_samples, 1, allow_none=True)
+    except (TypeError, ValueError) as err:
+        raise UserError(str(err)) from None
+    return out
+
+
+def parse_now(text: str | None) -> datetime:
+    """``--now``: an ISO time (UTC when it has no zone); default: the clock."""
+    if not text:
+        return datetime.now(timezone.utc)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--now: not an ISO time such as 2026-11-23T03:00:00Z (got {text!r})") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def studies(store: Store) -> list[str]:
+    return sorted(store.sweeps()["study"].astype(str).unique()) if store.files("sweeps") else []
+
+
+def _config(row: pd.Series):
+    from orchestrator import config as config_mod
+
+    cfg = config_mod.from_yaml(row["config_yaml"])
+    path = row.get("config_path")
+    if isinstance(path, str) and path:
+        cfg.source_file = path
+    return cfg
+
+
+def _worse(score: float, best: float, mode: str) -> float:
+    """How much worse ``score`` is than ``best``, relative to it (negative: better)."""
+    diff = (score - best) if mode == "min" else (best - score)
+    return diff / max(abs(best), 1e-12)
+
+
+def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
+           policy: dict[str, Any] | None = None) -> Decision:
+    """Whether ``study`` is stale at ``now``, with the evidence (``policy`` overrides its ``retune:``)."""
+    from orchestrator import data as data_mod
+    from orchestrator import results
+
+    sweeps = store.sweeps(study)
+    if sweeps.empty:
+        return Decision(study, "error", error=f"no finished sweep of {study}")
+    last = sweeps.sort_values("ended_at", kind="stable").iloc[-1]
+    best = results.current_best(store.root, study)
+    d = Decision(study, "fresh", last_tuned=pd.Timestamp(last["ended_at"]).to_pydatetime(), best=best)
+    d.cfg = cfg = _config(last)
+    if policy:
+        cfg.retune = dataclasses.replace(cfg.retune, **policy)
+    policy = cfg.retune
+    age = (now - d.last_tuned).total_seconds() / 86400.0
+    d.evidence.update(last_sweep_id=last["sweep_id"], age_days=round(age, 3), max_age_days=policy.max_age_days)
+    if age > policy.max_age_days:
+        d.reasons.append("stale_age")
+    if best is None:
+        d.reasons.append("stale_age") if "stale_age" not in d.reasons else None
+        d.evidence["best"] = None
+        d.verdict = "stale"
+        return d
+    d.evidence.update(best_sweep_id=best["sweep_id"], best_value=float(best["best_value"]), metric=best["metric"])
+
+    try:
+        dataset = data_mod.load(cfg)
+    except Exception as err:  # a data file that went missing: say so, decide nothing
+        d.verdict, d.error = "error", f"cannot load the data: {str(err).splitlines()[0]}"
+        return d
+    d.evidence.update(fingerprint_then=best.get("data_fingerprint"), fingerprint_now=dataset.fingerprint)
+    if policy.on_data_change and best.get("data_fingerprint") != dataset.fingerprint:
+        d.reasons.append("data_changed")
+
+    if policy.on_code_change:
+        from orchestrator.sweep import code_version
+
+        now_code, then_code = code_version(cfg), last.get("code_version")
+        d.evidence.update(code_then=then_code, code_now=now_code)
+        if then_code and then_code != now_code:
+            d.reasons.append("code_changed")
+
+    if policy.drift_check and drift:
+        score = rescore(store, best, cfg, dataset)
+        worse = _worse(score, float(best["best_value"]), best["mode"])
+        d.evidence.update(rescored=score, worse_by=round(worse, 6), drift_tolerance=policy.drift_tolerance,
+                          drift_floor=policy.drift_floor)
+        floor_hit = policy.drift_floor is not None and (
+            score > policy.drift_floor if best["mode"] == "min" else score < policy.drift_floor)
+        if not math.isfinite(score) or worse > policy.drift_tolerance or floor_hit:
+            d.reasons.append("drift")
+    elif policy.drift_check:
+        d.evidence["rescored"] = "not checked"
+    d.verdict = "stale" if d.reasons else "fresh"
+    return d
+
+
+def best_point(store: Store, best: pd.Series, cfg) -> dict[str, Any]:
+    """The current best trial's searched knobs."""
+    return top_points(store, best, cfg, 1)[0]
+
+
+def top_points(store: Store, best: pd.Series, cfg, k: int) -> list[dict[str, Any]]:
+    """The ``k`` best trials of the best sweep, as points of its space (searched knobs only)."""
+    from orchestrator import spaces
+
+    trials = store.trials(best.get("study", cfg.study))
+    trials = trials[trials["sweep_id"] == best["sweep_id"]]
+    ok = trials[trials["status"].isin(["completed", "stopped_early"])]
+    if "collapsed" in ok.columns:
+        ok = ok[~ok["collapsed"].fillna(False).astype(bool)]
+    col = f"best_{best['metric']}"
+    ok = ok.dropna(subset=[col]).sort_values(col, ascending=best["mode"] == "min", kind="stable")
+    first = ok[ok["trial_id"] == best["best_trial_id"]]
+    ok = pd.concat([first, ok[ok["trial_id"] != best["best_trial_id"]]]).head(k)
+    searched = spaces.compile_space(cfg).searched
+    points = []
+    for _, row in ok.iterrows():
+        point = {}
+        for name in searched:
+            v = row.get(f"config.{name}")
+            if v is None or (isinstance(v, float) and v != v):
+                continue
+            v = v.item() if hasattr(v, "item") else v
+            if isinstance(v, str) and v[:1] in "[{":
+                v = json.loads(v)
+            point[name] = v
+        points.append(point)
+    return points
+
+
+def rescore(store: Store, best: pd.Series, cfg, dataset) -> float:
+    """The current best config re-trained on today's data: one trial, its full epochs, no Ray."""
+    from orchestrator import sweep as sweep_mod
+    from orchestrator.trainer import run_trial
+
+    point = best_point(store, best, _config(best))
+    _, _, setup = sweep_mod.prepare(cfg, dataset)
+    setup = dataclasses.replace(setup, report_epochs=frozenset({setup.max_epochs}))
+    result = run_trial(point, sweep_mod.data_variants(cfg, dataset, _space(cfg)), setup, lambda r, c: None)
+    value = (result.get("best") or {}).get(best["metric"], float("nan"))
+    return float(value) if value is not None else float("nan")
+
+
+def _space(cfg):
+    from orchestrator import spaces
+
+    return spaces.compile_space(cfg)
+
+
+def warm_config(store: Store, d: Decision):
+    """The re-tune sweep's config: the previous top configs first, the space zoomed around them."""
+    from orchestrator import config as config_mod
+    from orchestrator import spaces
+
+    cfg = d.cfg
+    if d.best is None:
+        return cfg
+    top = top_points(store, d.best, _config(d.best), cfg.retune.top_k)
+    space = spaces.compile_space(cfg)
+    zoomed = space.zoom(top, cfg.search.zoom_margin)
+    new = dataclasses.replace(
+        cfg,
+        search_space={name: knob.spec() for name, knob in zoomed.knobs.items()},
+        search=dataclasses.replace(cfg.search, points_to_evaluate=[space.complete(p) for p in top], stages=1,
+                                   num_samples=max(cfg.retune.num_samples or cfg.search.num_samples, len(top))),
+    )
+    config_mod.validate(new)
+    return new
+
+
+def record(store: Store, d: Decision, now: datetime, sweep_id: str | None = None, promoted: bool | None = None,
+           outcome: str = "") -> None:
+    store.append("decisions", d.study, [{
+        "decided_at": now,
+        "verdict": d.verdict,
+        "reason": d.reason or None,
+        "reasons": json.dumps(d.reasons),
+        "evidence": json.dumps(d.evidence, default=str),
+        "error": d.error or None,
+        "retune_sweep_id": sweep_id,
+        "promoted": promoted,
+        "outcome": outcome or None,
+    }], sweep_id or f"decision-{now:%Y%m%dT%H%M%S}")
+
+
+def _fmt_time(t: datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M") if t else "-"
+
+
+def table(decisions: list[Decision]) -> str:
+    rows = [("study", "last tuned", "verdict", "reason")]
+    for d in decisions:
+        why = ", ".join(d.reasons) if d.reasons else (d.error or "-")
+        if d.verdict == "fresh":
+            why = f"age {d.evidence.get('age_days', 0):.1f}d of {d.evidence.get('max_age_days', 0):g}"
+            if isinstance(d.evidence.get("rescored"), float):
+                why += f", rescored {d.evidence['rescored']:.4g} vs {d.evidence.get('best_value', float('nan')):.4g}"
+        rows.append((d.study, _fmt_time(d.last_tuned), d.verdict, why))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
+
+
+def run(store_root: str | Path, names: list[str], *, all_studies: bool, now: datetime, dry_run: bool,
+        drift: bool = True, address: str | None = None, echo: Callable[[str], None] = print,
+        policy: dict[str, Any] | None = None) -> int:
+    """Decide for every named study (or all), re-tune the stale ones. Returns the exit status."""
+    from orchestrator import sweep as sweep_mod
+
+    store = Store(store_root)
+    known = studies(store)
+    if not names and not all_studies:
+        raise UserError("name the studies to re-tune, or give --all")
+    chosen = known if all_studies else names
+    missing = [s for s in chosen if s not in known]
+    if missing:
+        raise UserError(f"no study {missing[0]!r} in {store.root}; studies: {', '.join(known) or '(none)'}")
+    decisions = [decide(store, s, now, drift=drift and not dry_run, policy=policy) for s in chosen]
+    echo(table(decisions).rstrip())
+    status = 0
+    for d in decisions:
+        if d.verdict != "stale" or dry_run:
+            record(store, d, now, outcome="dry run" if dry_run and d.verdict == "stale" else "")
+            status = max(status, 1 if d.verdict == "error" else 0)
+            continue
+        cfg = warm_config(store, d)
+        echo(f"\nRe-tuning {d.study} ({', '.join(d.reasons)}): {cfg.search.num_samples} trials, the previous "
+             f"{len(cfg.search.points_to_evaluate or [])} best first, space zoomed around them")
+        reference = d.evidence.get("rescored") if isinstance(d.evidence.get("rescored"), float) else None
+        result = sweep_mod.run(cfg, store=store, address=address, echo=echo, reason=d.reason or "stale_age",
+                               parent_sweep_id=d.best["sweep_id"] if d.best is not None else None,
+                               reference=reference)
+        if not result.finished:
+            record(store, d, now, result.sweep_id, False, "interrupted")
+            return 130
+        ref = result.reference
+        if result.promoted:
+            outcome = (f"promoted: {result.metric} {result.best_value:.6g} beats "
+                       f"{'nothing' if ref is None else f'{ref:.6g}'}; {store.root / 'best' / (d.study + '.yaml')}")
+        else:
+            best = "no usable trial" if result.best_value is None else f"{result.best_value:.6g}"
+            outcome = f"kept the current best ({ref:.6g}); the re-tune reached {best}"
+        echo(f"{d.study}: {outcome}")
+        record(store, d, now, result.sweep_id, result.promoted, outcome)
+    return status

@@ -1,0 +1,497 @@
+"""Scheduling of ``orch retune``: cron expressions, the crontab line, the service loop, the store lock.
+
+Real components throughout: the system's ``crontab`` command on the real user crontab (saved and
+restored around the test), ``sh`` running the generated line, subprocesses stopped by SIGTERM and
+SIGKILL. No Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from orchestrator import schedule
+from orchestrator.errors import UserError
+from orchestrator.schedule import (
+    busy_message,
+    check_expression,
+    cron_line,
+    exclusive,
+    install_cron,
+    marker,
+    next_times,
+    retune_args,
+    run_every,
+    uninstall_cron,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+CRONTAB = shutil.which("crontab")
+
+
+# --------------------------------------------------------------------------- expressions
+
+
+def test_next_times_of_five_six_field_and_nickname_expressions():
+    start = datetime(2025, 3, 14, 10, 7, 30)
+    assert next_times("*/15 * * * *", start, 3) == [
+        datetime(2025, 3, 14, 10, 15), datetime(2025, 3, 14, 10, 30), datetime(2025, 3, 14, 10, 45)]
+    assert next_times("0 3 * * mon-fri", start, 2) == [
+        datetime(2025, 3, 17, 3, 0), datetime(2025, 3, 18, 3, 0)]  # the 14th is a Friday
+    # Six fields: seconds first.
+    assert next_times("*/20 * * * * *", start, 3) == [
+        datetime(2025, 3, 14, 10, 7, 40), datetime(2025, 3, 14, 10, 8), datetime(2025, 3, 14, 10, 8, 20)]
+    assert next_times("@daily", start, 1) == [datetime(2025, 3, 15)]
+    assert next_times("  0   3 * *   *  ", start, 1) == [datetime(2025, 3, 15, 3)]
+    # Strictly after start, in start's timezone.
+    aware = datetime(2025, 3, 14, 10, 15).astimezone()
+    (first,) = next_times("*/15 * * * *", aware, 1)
+    assert first == aware + timedelta(minutes=15) and first.tzinfo is not None
+    for good in ("0 3 * * *", "*/5 1-5,7 1 jan,jul sun", "0 0 * * 7", "@hourly", "*/2 * * * * *"):
+        check_expression(good)
+    check_expression("@weekly", "--install-cron", seconds=False)
+
+
+@pytest.mark.parametrize(("expr", "option", "why"), [
+    ("61 * * * *", "--every", "minute field '61'"),
+    ("0 25 * * *", "--install-cron", "hour field '25'"),
+    ("0 0 * * 8", "--every", "day-of-week field '8'"),
+    ("0 0 * * funday", "--every", "day-of-week field 'funday'"),
+    ("70 * * * * *", "--every", "second field '70'"),
+    ("*/0 * * * *", "--every", "minute field '*/0'"),
+    ("0 0 L * *", "--every", "day-of-month field 'L'"),
+    ("0 3 * *", "--every", "4 fields"),
+    ("0 0 1 1 * 2030 x", "--every", "7 fields"),
+    ("*/10 * * * * *", "--install-cron", "6 fields"),  # cron starts jobs on the minute
+    ("0 0 30 2 *", "--install-cron", "never fires"),
+    ("@reboot", "--install-cron", "@reboot"),
+    ("@fortnightly", "--every", "nickname"),
+    ("", "--every", "empty"),
+    ("every day", "--every", "2 fields"),
+])
+def test_bad_expression_is_a_one_line_user_error_naming_the_option(expr, option, why):
+    seconds = option == "--every"  # a crontab line has no seconds field
+    with pytest.raises(UserError) as info:
+        check_expression(expr, option, seconds=seconds)
+    message = str(info.value)
+    assert message.startswith(f"{option} {expr!r}: ") and why in message
+    assert "\n" not in message and info.value.exit_code == 2
+    with pytest.raises(UserError):
+        next_times(expr, datetime(2025, 1, 1), 1, option=option, seconds=seconds)
+
+
+# --------------------------------------------------------------------------- the crontab line
+
+
+def test_retune_args_drop_the_scheduling_options_only():
+    args = ["study-a", "retune.max_age_days=30", "--every", "*/5 * * * *", "--store=s",
+            "--install-cron=0 3 * * *", "--uninstall-cron", "--print-cron", "@daily", "-v",
+            "--", "--every"]
+    assert retune_args(args) == ["study-a", "retune.max_age_days=30", "--store=s", "-v", "--", "--every"]
+    exe = schedule.orch_executable()
+    assert exe == str(Path(sys.executable).parent / "orch") and os.path.isabs(exe)
+
+
+def test_marker_is_per_absolute_store_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = marker(Path("results"))
+    assert a == marker(tmp_path / "results") and a.startswith("orch-retune:")
+    assert a != marker(tmp_path / "other") and " " not in a
+
+
+def _command_of(line: str, store: Path) -> str:
+    """What cron hands to ``sh -c``: the text after the time fields (5, or 1 nickname), ``\\%`` as ``%``."""
+    end = f" # {marker(store)}"
+    assert line.endswith(end)
+    command = line.split(None, 1 if line.startswith("@") else 5)[-1][: -len(end)]
+    return command.replace("\\%", "%")
+
+
+def _cron_env(tmp_path: Path) -> dict[str, str]:
+    """The bare environment cron starts a job with."""
+    return {"HOME": str(tmp_path), "LOGNAME": "root", "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin"}
+
+
+def test_cron_line_runs_as_a_shell_command_in_cron_bare_environment(tmp_path):
+    workdir = tmp_path / "work dir"
+    workdir.mkdir()
+    log = tmp_path / "logs" / "retune's log.txt"
+    log.parent.mkdir()
+    store = tmp_path / "my store"
+    env = {"PATH": "/opt/nothing:/usr/bin:/bin", "ORCH_STORE": str(store), "RAY_TEST_FLAG": "50% 'on'",
+           "HOME": "/root", "SOME_SECRET": "not carried"}
+    job = textwrap.dedent("""
+        import os, sys
+        print("cwd", os.getcwd())
+        print("args", sys.argv[1:])
+        print("store", os.environ["ORCH_STORE"])
+        print("ray", os.environ["RAY_TEST_FLAG"])
+        print("secret", os.environ.get("SOME_SECRET"))
+        print("path0", os.environ["PATH"].split(":")[0])
+        sys.stdout.flush()
+        print("to stderr", file=sys.stderr)
+    """)
+    script = tmp_path / "job script.py"
+    script.write_text(job)
+    argv = [str(script), "a b", "it's 100%", "$HOME", "`false`"]
+    line = cron_line("*/5 * * * *", workdir=workdir, argv=argv, log_file=log, env=env, store_root=store,
+                     command=[PY])
+    assert "\n" not in line and line.startswith("*/5 * * * * ")
+    assert "%" not in line.replace("\\%", "")  # every % escaped for cron
+    assert "SOME_SECRET" not in line and "HOME=" not in line
+
+    for _ in range(2):
+        proc = subprocess.run(["sh", "-c", _command_of(line, store)], env=_cron_env(tmp_path),
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
+    out = log.read_text().splitlines()
+    once = [
+        f"cwd {workdir}",
+        "args ['a b', \"it's 100%\", '$HOME', '`false`']",
+        f"store {store}",
+        "ray 50% 'on'",
+        "secret None",
+        f"path0 {Path(PY).parent}",
+        "to stderr",
+    ]
+    assert out == once + once  # appended, not overwritten; stderr too
+
+
+def test_cron_line_runs_the_orch_executable(tmp_path):
+    orch = schedule.orch_executable()
+    log = tmp_path / "retune.log"
+    kwargs = {"workdir": tmp_path, "log_file": log, "env": dict(os.environ), "store_root": tmp_path}
+    # By default: this interpreter's orch, retune, the arguments.
+    line = cron_line("0 3 * * *", argv=["study a", "--store", str(tmp_path)], **kwargs)
+    assert f" {orch} retune 'study a' --store {tmp_path}) >> " in line
+    line = cron_line("@hourly", argv=["--version"], command=[orch], **kwargs)
+    proc = subprocess.run(["sh", "-c", _command_of(line, tmp_path)], env=_cron_env(tmp_path), timeout=60)
+    assert proc.returncode == 0
+    assert "orch, version" in log.read_text()
+
+
+def test_cron_line_refuses_seconds_and_line_breaks(tmp_path):
+    kwargs = {"workdir": tmp_path, "log_file": tmp_path / "log", "env": {}, "store_root": tmp_path}
+    with pytest.raises(UserError, match="^--install-cron '\\* \\* \\* \\* \\* \\*': 6 fields"):
+        cron_line("* * * * * *", argv=[], **kwargs)
+    with pytest.raises(UserError, match="^--print-cron '\\*/5 \\* \\* \\* \\* \\*': 6 fields"):
+        cron_line("*/5 * * * * *", argv=[], option="--print-cron", **kwargs)
+    with pytest.raises(UserError, match="^--install-cron: .*line break"):
+        cron_line("@daily", argv=["two\nlines"], **kwargs)
+
+
+def test_missing_crontab_command_is_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match=r"^--install-cron needs the crontab command.*install cron"):
+        install_cron("* * * * * true # orch-retune:abc", "orch-retune:abc")
+    with pytest.raises(UserError, match=r"^--uninstall-cron needs the crontab command"):
+        uninstall_cron("orch-retune:abc")
+
+
+@contextlib.contextmanager
+def _saved_crontab():
+    """The user's crontab as it was, put back afterwards (or removed if there was none)."""
+    with FileLock(os.path.join("/tmp", f"orch-test-crontab-{os.getuid()}.lock"), timeout=120):
+        before = subprocess.run([CRONTAB, "-l"], capture_output=True)
+        had = before.returncode == 0
+        try:
+            yield
+        finally:
+            if had:
+                subprocess.run([CRONTAB, "-"], input=before.stdout, check=True)
+            else:
+                subprocess.run([CRONTAB, "-r"], capture_output=True)
+
+
+def _crontab_l() -> bytes:
+    proc = subprocess.run([CRONTAB, "-l"], capture_output=True)
+    return proc.stdout if proc.returncode == 0 else b""
+
+
+@pytest.mark.skipif(CRONTAB is None, reason="the crontab command is not installed (apt-get install cron)")
+def test_install_and_uninstall_in_the_real_crontab(tmp_path):
+    others = (b"# a line of somebody else's, kept as it is\n"
+              b"MAILTO=\"\"\n"
+              b"17 4 * * *  echo \"unrelated  \\% thing\" >/dev/null   \n"
+              b"@daily true # orch-retune:0000000000000  (a near miss)\n"
+              b"0 1 * * * true # orch-retune:0000\n")
+    store, other_store = tmp_path / "store", tmp_path / "other"
+    mark, other_mark = marker(store), marker(other_store)
+
+    def line(expr: str, store: Path) -> str:
+        return cron_line(expr, workdir=tmp_path, argv=["study-a", "--store", str(store)],
+                         log_file=store / "retune.log", env=dict(os.environ), store_root=store)
+
+    with _saved_crontab():
+        # No crontab at all to begin with.
+        subprocess.run([CRONTAB, "-r"], capture_output=True)
+        assert install_cron(line("0 3 * * *", store), mark) is False
+        assert _crontab_l() == line("0 3 * * *", store).encode() + b"\n"
+        assert uninstall_cron(mark) is True and _crontab_l() == b""
+
+        # Somebody's table.
+        subprocess.run([CRONTAB, "-"], input=others, check=True)
+        kept = _crontab_l()
+        assert kept.rstrip(b"\n") == others.rstrip(b"\n")
+
+        first = line("0 3 * * *", store)
+        assert install_cron(first, mark) is False
+        table = _crontab_l()
+        assert table.startswith(kept.rstrip(b"\n") + b"\n")
+        assert table.splitlines().count(first.encode()) == 1
+        assert table.count(f"# {mark}".encode()) == 1
+
+        # Again, with another schedule: replaced, not added.
+        second = line("*/30 * * * *", store)
+        assert install_cron(second, mark) is True
+        table = _crontab_l()
+        assert table.count(f"# {mark}".encode()) == 1 and first.encode() not in table
+        assert table.splitlines().count(second.encode()) == 1
+        for other in others.splitlines():
+            assert table.splitlines().count(other) == 1
+
+        # Another store's line lives beside it and outlives its removal.
+        third = line("@hourly", other_store)
+        install_cron(third, other_mark)
+        assert uninstall_cron(mark) is True
+        table = _crontab_l()
+        assert f"# {mark}".encode() not in table and third.encode() in table
+        assert uninstall_cron(mark) is False
+        assert uninstall_cron(other_mark) is True
+        assert _crontab_l().rstrip(b"\n") == others.rstrip(b"\n")
+
+
+# --------------------------------------------------------------------------- the service loop
+
+
+class FakeClock:
+    """now() and sleep() for run_every without waiting."""
+
+    def __init__(self, start: datetime) -> None:
+        self.t = start
+        self.slept = 0.0
+
+    def now(self) -> datetime:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        assert 0 < seconds <= schedule.SLICE_S
+        self.t += timedelta(seconds=seconds)
+        self.slept += seconds
+
+
+def test_run_every_sleeps_until_each_time_and_survives_failing_jobs():
+    clock = FakeClock(datetime(2025, 1, 1, 9, 58, 30))
+    outcomes = iter([RuntimeError("boom\nsecond line"), 3, 0, None])
+    ran: list[datetime] = []
+    said: list[str] = []
+
+    def job() -> int:
+        ran.append(clock.now())
+        clock.t += timedelta(seconds=5)  # the job takes 5 s
+        out = next(outcomes)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    status = run_every("*/1 * * * *", job, now=clock.now, sleep=clock.sleep, max_runs=4, echo=said.append)
+    assert status == 0
+    assert ran == [datetime(2025, 1, 1, 9, 59), datetime(2025, 1, 1, 10, 0),
+                   datetime(2025, 1, 1, 10, 1), datetime(2025, 1, 1, 10, 2)]
+    assert clock.slept == pytest.approx(30 + 3 * 55)
+    assert sum("next run at" in s for s in said) == 4
+    assert "orch retune: next run at 2025-01-01 09:59:00" in said[0]
+    assert "orch retune: run 1 failed: RuntimeError: boom" in said
+    assert "orch retune: run 2 exited with status 3" in said
+    assert said.count("orch retune: run 3 finished") == 1 and said[-1] == "orch retune: run 4 finished"
+
+
+def test_run_every_skips_the_times_a_long_job_overran():
+    clock = FakeClock(datetime(2025, 1, 1, 0, 0, 0))
+    ran: list[datetime] = []
+
+    def job() -> int:
+        ran.append(clock.now())
+        clock.t += timedelta(minutes=25)
+        return 0
+
+    run_every("*/10 * * * *", job, now=clock.now, sleep=clock.sleep, max_runs=2, echo=lambda s: None)
+    assert ran == [datetime(2025, 1, 1, 0, 10), datetime(2025, 1, 1, 0, 40)]
+
+
+def test_run_every_in_real_time_with_a_seconds_field():
+    times: list[float] = []
+    t0 = time.monotonic()
+    assert run_every("* * * * * *", lambda: times.append(time.time()) or 0, max_runs=2,
+                     echo=lambda s: None) == 0
+    assert len(times) == 2 and time.monotonic() - t0 < 3
+    assert int(times[1]) > int(times[0])  # on two different seconds
+    assert all(t - int(t) < 0.75 for t in times)  # near the start of the second
+
+
+def test_run_every_a_computed_expression_a_few_seconds_away():
+    now = datetime.now()
+    target = now + timedelta(seconds=2)
+    expr = f"{target.second} {target.minute} {target.hour} {target.day} {target.month} *"
+    said: list[str] = []
+    ran: list[datetime] = []
+    run_every(expr, lambda: ran.append(datetime.now()) or 0, max_runs=1, echo=said.append)
+    assert len(ran) == 1 and timedelta(0) <= ran[0] - target.replace(microsecond=0) < timedelta(seconds=1)
+    assert said[0].startswith(f"orch retune: next run at {target:%Y-%m-%d %H:%M:%S}")
+
+
+SERVICE = textwrap.dedent("""
+    import sys, time
+    from orchestrator.schedule import run_every
+
+    def job():
+        print("job started", flush=True)
+        if sys.argv[2] == "long":
+            time.sleep(60)
+        return 0
+
+    sys.exit(run_every(sys.argv[1], job))
+""")
+
+
+def _start_service(expr: str, job: str) -> subprocess.Popen:
+    return subprocess.Popen([PY, "-c", SERVICE, expr, job], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+
+def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 15) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return seen
+    proc.kill()
+    pytest.fail(f"no {text!r} from the service: {seen}")
+
+
+@pytest.mark.parametrize(("expr", "job", "ready", "sig", "why"), [
+    ("0 0 1 1 *", "short", "next run at", signal.SIGTERM, "SIGTERM"),  # asleep till new year
+    ("* * * * * *", "long", "job started", signal.SIGTERM, "SIGTERM"),  # in the middle of a job
+    ("0 0 1 1 *", "short", "next run at", signal.SIGINT, "Ctrl-C"),
+])
+def test_service_stops_promptly_and_cleanly_on_sigterm(expr, job, ready, sig, why):
+    proc = _start_service(expr, job)
+    try:
+        _wait_for(proc, ready)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert elapsed < 2, elapsed
+    assert f"orch retune: stopped by {why}" in out and "Traceback" not in out
+
+
+# --------------------------------------------------------------------------- one retune per store
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from orchestrator.schedule import busy_message, exclusive
+
+    root, start, hold = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+    while time.time() < start:
+        time.sleep(0.005)
+    with exclusive(root) as got:
+        print(got, flush=True)
+        if got:
+            time.sleep(hold)
+        else:
+            print(busy_message(root), flush=True)
+""")
+
+
+def _holder(root: Path, start: float, hold: float) -> subprocess.Popen:
+    return subprocess.Popen([PY, "-c", HOLD, str(root), str(start), str(hold)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def test_two_processes_at_once_exactly_one_gets_the_store(tmp_path):
+    root = tmp_path / "store"
+    start = time.time() + 1.0  # both are up and waiting by then
+    procs = [_holder(root, start, 2.0) for _ in range(2)]
+    outs = [p.communicate(timeout=30) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    firsts = [o.splitlines()[0] for o, _ in outs]
+    assert sorted(firsts) == ["False", "True"], outs
+    winner = procs[firsts.index("True")].pid
+    loser_out = outs[firsts.index("False")][0]
+    assert f"another orch retune is running on {root} (pid {winner}, since " in loser_out
+    assert loser_out.rstrip().endswith("; nothing to do")
+    assert not (root / schedule.HOLDER_NAME).exists()  # the winner cleaned up
+    with exclusive(root) as got:
+        assert got is True
+
+
+def test_a_sigkilled_holders_lock_is_taken_over(tmp_path):
+    root = tmp_path / "store"
+    proc = _holder(root, 0, 120)
+    try:
+        assert proc.stdout.readline().strip() == "True"
+        with exclusive(root) as got:
+            assert got is False
+        assert f"(pid {proc.pid}, since " in busy_message(root)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stale = json.loads((root / schedule.HOLDER_NAME).read_text())
+    assert stale["pid"] == proc.pid  # the dead holder could not clean up
+    assert busy_message(root) == f"another orch retune is running on {root}; nothing to do"
+    with exclusive(root) as got:
+        assert got is True
+        assert schedule.holder(root).pid == os.getpid()
+    assert not (root / schedule.HOLDER_NAME).exists()
+
+
+def test_a_stale_or_broken_holder_file_is_handled(tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (root / schedule.HOLDER_NAME).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename,
+                                                        "started": "long ago"}))
+    assert schedule.holder(root).alive() is False
+    with exclusive(root) as got:
+        assert got is True and schedule.holder(root).pid == os.getpid()
+
+    # Held by a live process whose file is garbage: busy, with no pid to show.
+    proc = _holder(root, 0, 120)
+    try:
+        assert proc.stdout.readline().strip() == "True"
+        (root / schedule.HOLDER_NAME).write_text("{not json")
+        assert schedule.holder(root) is None
+        with exclusive(root) as got:
+            assert got is False
+        assert busy_message(root) == f"another orch retune is running on {root}; nothing to do"
+    finally:
+        proc.kill()
+        proc.wait()
