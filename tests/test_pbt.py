@@ -185,6 +185,7 @@ def test_without_the_copies_the_same_sweep_loses_checkpoints(tmp_path: Path) -> 
     assert p.returncode in (0, 1)
 
 
+@pytest.mark.slow
 def test_pb2_runs_with_a_small_population(tmp_path: Path) -> None:
     store = tmp_path / "store"
     p = orch("sweep", PBT, *SMALL_PBT, "scheduler.name=pb2", "--store", store)

@@ -140,7 +140,12 @@ def test_dedupe_by_key(tmp_path: Path) -> None:
     assert m["epoch"].tolist() == [1, 2, 3]
     assert m["val_loss"].tolist() == [1.0, 0.5, 9.0]
     # (sweep, trial, generation, epoch): rows written before generations existed are generation 0
+    # ... and by generation (population-based training): files written without it read as 0.
     assert s.existing_keys("metrics", "a", "s1") == {("s1", "t1", 0, 1), ("s1", "t1", 0, 2), ("s1", "t1", 0, 3)}
+    s.append("metrics", "a", [{"sweep_id": "s1", "trial_id": "t1", "generation": 1, "epoch": 3, "val_loss": 2.0}], "s1")
+    m = s.metrics("a").sort_values(["generation", "epoch"])
+    assert list(zip(m["generation"], m["epoch"], strict=True)) == [(0, 1), (0, 2), (0, 3), (1, 3)]
+    assert ("s1", "t1", 1, 3) in s.existing_keys("metrics", "a", "s1")
 
 
 def test_schema_evolution(tmp_path: Path) -> None:
