@@ -117,7 +117,6 @@ def _worse(score: float, best: float, mode: str) -> float:
 def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
            policy: dict[str, Any] | None = None) -> Decision:
     """Whether ``study`` is stale at ``now``, with the evidence (``policy`` overrides its ``retune:``)."""
-    from orchestrator import data as data_mod
     from orchestrator import results
 
     sweeps = store.sweeps(study)
@@ -142,7 +141,7 @@ def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
     d.evidence.update(best_sweep_id=best["sweep_id"], best_value=float(best["best_value"]), metric=best["metric"])
 
     try:
-        dataset = data_mod.load(cfg)
+        dataset = _load_cached(cfg)
     except Exception as err:  # a data file that went missing: say so, decide nothing
         d.verdict, d.error = "error", f"cannot load the data: {str(err).splitlines()[0]}"
         return d
@@ -171,6 +170,26 @@ def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
         d.evidence["rescored"] = "not checked"
     d.verdict = "stale" if d.reasons else "fresh"
     return d
+
+
+_DATA_CACHE: dict[tuple, Any] = {}
+
+
+def _load_cached(cfg):
+    """The study's data, loaded once per data config (and file version) in this process: many
+    studies of one store often share a dataset."""
+    from orchestrator import data as data_mod
+    from orchestrator.config import resolve_path
+
+    d = cfg.data
+    stamp = None
+    if d.path:
+        p = resolve_path(cfg, d.path)
+        stamp = (str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else str(p)
+    key = (json.dumps(dataclasses.asdict(d), sort_keys=True, default=str), stamp)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = data_mod.load(cfg)
+    return _DATA_CACHE[key]
 
 
 def best_point(store: Store, best: pd.Series, cfg) -> dict[str, Any]:
