@@ -90,9 +90,19 @@ def trial_batch(rng: random.Random, sweep_id: str, first: int, n: int, epochs: i
     return metrics, trials
 
 
+def study_config() -> tuple[str, str]:
+    """A real sweep config (the default one) as the store records it, and its data's fingerprint:
+    what `orch retune` reads to decide."""
+    from orchestrator import config, data
+
+    cfg = config.load(ROOT / "conf" / "tabular.yaml", ["study=STUDY"])
+    return config.to_yaml(cfg), data.load(cfg).fingerprint
+
+
 def build(root: Path, studies: int, trials_per_study: int, epochs: int, batch_trials: int) -> list[float]:
     """Write the store; returns the seconds each batch's appends took (metrics, then trials)."""
     store = Store(root)
+    config_yaml, fingerprint = study_config()
     rng = random.Random(0)
     times = []
     for s in range(studies):
@@ -110,10 +120,10 @@ def build(root: Path, studies: int, trials_per_study: int, epochs: int, batch_tr
             best = min(best, *((r["best_val_loss"], r["trial_id"]) for r in trials))
         store.append("sweeps", study, [{
             "sweep_id": sweep_id, "reason": "manual", "parent_sweep_id": None, "scheduler": "asha",
-            "searcher": "random", "config_yaml": "study: " + study + "\n" + "x: 1\n" * 40,
-            "config_path": "conf/tabular.yaml", "started_at": started, "ended_at": started + timedelta(minutes=50),
+            "searcher": "random", "config_yaml": config_yaml.replace("STUDY", study),
+            "config_path": str(ROOT / "conf" / "tabular.yaml"), "started_at": started, "ended_at": started + timedelta(minutes=50),
             "num_trials": trials_per_study, "best_trial_id": best[1], "metric": "val_loss", "mode": "min",
-            "best_value": best[0], "promoted": True, "data_fingerprint": "0123456789abcdef",
+            "best_value": best[0], "promoted": True, "data_fingerprint": fingerprint,
             "code_version": "fedcba987654", "search_space": json.dumps({"lr": [1e-4, 0.1]}), "stages": None,
             "orch_version": "0.1.0"}], sweep_id)
     return times
@@ -143,6 +153,25 @@ def orch_results(root: Path) -> None:
         raise SystemExit(f"orch results failed: {p.stderr.strip()}")
 
 
+NOW = "2027-03-01T03:00:00+00:00"  # the sweeps are from Nov 2026: every study is stale by age
+
+
+def retune_decision(root: Path) -> list:
+    """What `orch retune --all --dry-run` decides (no training), recorded as it would be."""
+    from orchestrator import retune
+
+    out: list[str] = []
+    retune.run(root, [], all_studies=True, now=retune.parse_now(NOW), dry_run=True, echo=out.append)
+    return out
+
+
+def orch_retune(root: Path) -> None:
+    p = subprocess.run([ORCH, "retune", "--all", "--dry-run", "--now", NOW, "--store", str(root)],
+                       capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"orch retune failed: {p.stderr.strip()}")
+
+
 def queries(root: Path, repeats: int) -> tuple[dict[str, dict], dict[str, object]]:
     figures, answers = {}, {}
     for name, fn, n in (
@@ -151,6 +180,8 @@ def queries(root: Path, repeats: int) -> tuple[dict[str, dict], dict[str, object
         ("best per study (trials, 4 columns)", lambda: best_per_study(root), repeats),
         ("best per study (trials, all columns)", lambda: best_per_study(root, columns=False), repeats),
         ("read metrics (all rows, all columns)", lambda: Store(root).metrics(), max(1, repeats // 2)),
+        ("retune decision, all studies (in-process)", lambda: retune_decision(root), max(1, repeats // 2)),
+        ("orch retune --all --dry-run (subprocess)", lambda: orch_retune(root), max(1, repeats // 2)),
     ):
         median, times, out = timed(fn, n)
         figures[name] = {"median_s": median, "runs_s": times}

@@ -106,6 +106,7 @@ def test_data_change_rule_fires_on_a_changed_file(world) -> None:
     assert "fresh" in r.stdout
 
 
+@pytest.mark.slow
 def test_drift_rule_retrains_the_best_and_compares(world) -> None:
     store, csv, row = world
     # Same data: the best config re-trained scores what it scored (the same seed): no drift.
@@ -130,6 +131,7 @@ def test_drift_rule_retrains_the_best_and_compares(world) -> None:
     assert ev["rescored"] > ev["best_value"]
 
 
+@pytest.mark.slow
 def test_retune_warm_starts_records_lineage_and_promotes_only_on_improvement(world) -> None:
     store, _, row = world
     old_best = Store(store).trials(STUDY)
@@ -168,6 +170,7 @@ def test_retune_warm_starts_records_lineage_and_promotes_only_on_improvement(wor
     assert f"sweep {current['sweep_id']}" in orch("best", STUDY, "--store", store).stdout
 
 
+@pytest.mark.slow
 def test_two_retunes_at_once_only_one_works(world) -> None:
     store, _, row = world
     args = [ORCH, "retune", STUDY, "retune.num_samples=1", "retune.top_k=1", "--no-drift", "--store", str(store),
