@@ -495,3 +495,25 @@ def test_a_stale_or_broken_holder_file_is_handled(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(CRONTAB is None, reason="the crontab command is not installed (apt-get install cron)")
+def test_orch_retune_installs_and_uninstalls_its_cron_line(tmp_path):
+    """The command line a user types: the line lands in the real crontab, runs orch retune on this
+    store with the same arguments, and goes away again."""
+    from tests.conftest import orch
+
+    store = tmp_path / "store"
+    with _saved_crontab():
+        r = orch("retune", "--all", "--dry-run", "--store", store, "--install-cron", "0 3 * * 1")
+        assert r.returncode == 0, r.stderr
+        table = _crontab_l().decode()
+        ours = [ln for ln in table.splitlines() if "orch-retune:" in ln]
+        assert len(ours) == 1 and ours[0].startswith("0 3 * * 1 ")
+        assert " retune --all --store " in ours[0] and " --dry-run)" in ours[0] and str(store.resolve()) in ours[0]
+        assert "--install-cron" not in ours[0] and "retune.log" in ours[0]
+        printed = orch("retune", "--all", "--dry-run", "--store", store, "--print-cron", "0 3 * * 1")
+        assert printed.stdout.strip() == ours[0]
+        r = orch("retune", "--store", store, "--uninstall-cron")
+        assert r.returncode == 0 and "removed" in r.stdout
+        assert "orch-retune:" not in _crontab_l().decode()
