@@ -44,7 +44,9 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
     last_tuned: datetime | None = None
-    cfg: Any = None  # the study's config, as its last sweep ran it
+    cfg: Any = None  # the study's config, as its last sweep ran it (parsed when a re-tune needs it)
+    row: pd.Series | None = None  # its last sweep
+    overrides: dict[str, Any] = field(default_factory=dict)  # retune: policy from the command line
     best: pd.Series | None = None  # the current best's sweeps row
     error: str = ""
 
@@ -108,6 +110,34 @@ def _config(row: pd.Series):
     return cfg
 
 
+def _light(row: pd.Series, overrides: dict[str, Any]):
+    """The parts of a stored config a decision reads (study, data, model, retune): a plain YAML
+    read, not the full config's schema merge and checks, which cost more than the decision."""
+    import types
+
+    import yaml
+
+    from orchestrator import config as config_mod
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
+    raw = yaml.load(row["config_yaml"], Loader=loader) or {}
+    path = row.get("config_path")
+    return types.SimpleNamespace(
+        study=raw.get("study"), model=raw.get("model") or {"name": "mlp"},
+        data=config_mod.DataConfig(**(raw.get("data") or {})),
+        retune=dataclasses.replace(config_mod.RetuneConfig(**(raw.get("retune") or {})), **overrides),
+        source_file=path if isinstance(path, str) and path else None,
+    )
+
+
+def full_config(d: Decision):
+    """The study's whole config (as its last sweep ran), with the command line's policy."""
+    if d.cfg is None:
+        d.cfg = _config(d.row)
+        d.cfg.retune = dataclasses.replace(d.cfg.retune, **d.overrides)
+    return d.cfg
+
+
 def _worse(score: float, best: float, mode: str) -> float:
     """How much worse ``score`` is than ``best``, relative to it (negative: better)."""
     diff = (score - best) if mode == "min" else (best - score)
@@ -115,19 +145,20 @@ def _worse(score: float, best: float, mode: str) -> float:
 
 
 def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
-           policy: dict[str, Any] | None = None) -> Decision:
-    """Whether ``study`` is stale at ``now``, with the evidence (``policy`` overrides its ``retune:``)."""
+           policy: dict[str, Any] | None = None, sweeps: pd.DataFrame | None = None) -> Decision:
+    """Whether ``study`` is stale at ``now``, with the evidence (``policy`` overrides its ``retune:``;
+    ``sweeps``: the store's sweeps table, when the caller has read it already)."""
     from orchestrator import results
 
-    sweeps = store.sweeps(study)
+    sweeps = store.sweeps(study) if sweeps is None else sweeps[sweeps["study"].astype(str) == study]
     if sweeps.empty:
         return Decision(study, "error", error=f"no finished sweep of {study}")
     last = sweeps.sort_values("ended_at", kind="stable").iloc[-1]
-    best = results.current_best(store.root, study)
-    d = Decision(study, "fresh", last_tuned=pd.Timestamp(last["ended_at"]).to_pydatetime(), best=best)
-    d.cfg = cfg = _config(last)
-    if policy:
-        cfg.retune = dataclasses.replace(cfg.retune, **policy)
+    usable = sweeps.dropna(subset=["best_trial_id", "best_value"])
+    best = results._promoted(usable) if len(usable) else None
+    d = Decision(study, "fresh", last_tuned=pd.Timestamp(last["ended_at"]).to_pydatetime(), best=best,
+                 row=last, overrides=dict(policy or {}))
+    cfg = _light(last, d.overrides)
     policy = cfg.retune
     age = (now - d.last_tuned).total_seconds() / 86400.0
     d.evidence.update(last_sweep_id=last["sweep_id"], age_days=round(age, 3), max_age_days=policy.max_age_days)
@@ -158,7 +189,7 @@ def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
             d.reasons.append("code_changed")
 
     if policy.drift_check and drift:
-        score = rescore(store, best, cfg, dataset)
+        score = rescore(store, best, full_config(d), dataset)
         worse = _worse(score, float(best["best_value"]), best["mode"])
         d.evidence.update(rescored=score, worse_by=round(worse, 6), drift_tolerance=policy.drift_tolerance,
                           drift_floor=policy.drift_floor)
@@ -250,7 +281,7 @@ def warm_config(store: Store, d: Decision):
     from orchestrator import config as config_mod
     from orchestrator import spaces
 
-    cfg = d.cfg
+    cfg = full_config(d)
     if d.best is None:
         return cfg
     top = top_points(store, d.best, _config(d.best), cfg.retune.top_k)
@@ -312,7 +343,8 @@ def run(store_root: str | Path, names: list[str], *, all_studies: bool, now: dat
     missing = [s for s in chosen if s not in known]
     if missing:
         raise UserError(f"no study {missing[0]!r} in {store.root}; studies: {', '.join(known) or '(none)'}")
-    decisions = [decide(store, s, now, drift=drift and not dry_run, policy=policy) for s in chosen]
+    table_all = store.sweeps()  # read once for every study
+    decisions = [decide(store, s, now, drift=drift and not dry_run, policy=policy, sweeps=table_all) for s in chosen]
     echo(table(decisions).rstrip())
     status = 0
     for d in decisions:
