@@ -64,8 +64,9 @@ def main(debug: bool) -> None:
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[SWEEP_ID]",
               help="Continue an interrupted sweep: the newest unfinished one of this study, or SWEEP_ID.")
 @click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs and warnings.")
+@click.option("--sweep-id", default=None, hidden=True, help="The new sweep's id (orch submit names the job with it).")
 def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: str | None,
-          resume: str | None, verbose: bool) -> None:
+          resume: str | None, verbose: bool, sweep_id: str | None) -> None:
     """Run a sweep: orch sweep CONFIG [key=value ...]."""
     from orchestrator import config as config_mod
     from orchestrator.store import Store, store_root
@@ -73,13 +74,71 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
     cfg = config_mod.load(config, overrides)  # before importing torch and Ray: errors come at once
     from orchestrator import sweep as sweep_mod
 
+    if address:
+        from orchestrator.cluster import check_address
+
+        check_address(address)
     result = sweep_mod.run(cfg, store=Store(store_root(cfg, store)), address=address,
-                           resume=resume, verbose=verbose)
+                           resume=resume, verbose=verbose, sweep_id=sweep_id)
     sweep_mod.print_summary(result)
     if not result.finished:
         sys.exit(130)
     if result.all_collapsed:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--address", default=None, metavar="URL",
+              help="The cluster's dashboard (default: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265).")
+@click.option("--store", default=None, metavar="DIR",
+              help="Results store as the cluster sees it (default: $ORCH_STORE on the cluster).")
+@click.option("--follow", "-f", is_flag=True, help="Print the sweep's output until it ends; exit 1 unless it succeeded.")
+def submit(config: Path, overrides: tuple[str, ...], address: str | None, store: str | None, follow: bool) -> None:
+    """Run a sweep on a Ray cluster as a Ray Job: orch submit CONFIG [key=value ...].
+
+    The working directory (minus what .gitignore leaves out) is shipped to the cluster and
+    `orch sweep` runs there, under the job name orch:<study>:<sweep_id>. The laptop can then sleep.
+    """
+    from orchestrator import config as config_mod
+    from orchestrator import jobs
+
+    cfg = config_mod.load(config, overrides)  # a bad config fails here, not on the cluster
+    if _debug(click.get_current_context().find_root()):
+        os.environ["ORCH_DEBUG"] = "1"
+    job = jobs.submit(cfg, config, list(overrides), address, store)
+    click.echo(f"Submitted sweep {job.sweep_id} of {job.study} as Ray Job {job.name}")
+    click.echo(f"Dashboard: {job.url}/#/jobs/{job.name}")
+    click.echo(f"Progress:  orch status --address {job.url}")
+    if not follow:
+        return
+    status = jobs.follow(address, job.name, click.echo)
+    click.echo(f"Ray Job {job.name}: {status}")
+    if status != "SUCCEEDED":
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--address", default=None, metavar="URL",
+              help="Also list the sweeps running as Ray Jobs on the cluster with this dashboard "
+                   "(default: $RAY_API_SERVER_ADDRESS if set).")
+@click.option("--all", "show_all", is_flag=True, help="Also sweeps that ended or were interrupted.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def status(store: str | None, address: str | None, show_all: bool, fmt: str) -> None:
+    """List running sweeps and their progress: trials done, running, best so far."""
+    from orchestrator import jobs
+
+    root = _store_root(store)
+    local = jobs.local_sweeps(root, show_all)
+    address = address or jobs.default_address()
+    rows = jobs.merge(local, jobs.cluster_jobs(address, show_all)) if address else local
+    if not rows and fmt == "table":
+        where = f"in {root}" + (f" or on {address}" if address else "")
+        click.echo(f"no running sweeps {where}" + ("" if address else " (--address URL: a cluster's Ray Jobs)"))
+        return
+    click.echo(jobs.render(rows, fmt), nl=False)
 
 
 @main.command()

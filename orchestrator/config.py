@@ -137,11 +137,21 @@ class ResourcesConfig:
 
 @dataclass
 class RayConfig:
-    address: str | None = None  # None: start an embedded Ray on 127.0.0.1
+    address: str | None = None  # None: start an embedded Ray on 127.0.0.1 (or join $RAY_ADDRESS in a Ray Job)
     num_cpus: int | None = None  # embedded Ray only; default: all cores
     num_gpus: int | None = None
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
+    # One Ray actor trains many trials in turn (fast for many short trials), or each trial gets its
+    # own actor, named for it in the dashboard. Default: reuse on the embedded Ray, not on a cluster.
+    reuse_actors: bool | None = None
+
+
+@dataclass
+class FailureConfig:
+    # A trial whose worker or node is lost is restarted from its last checkpoint this many times.
+    # An exception raised by the training itself is not retried: it is recorded as an error.
+    max_retries: int = 2
 
 
 @dataclass
@@ -174,6 +184,7 @@ class SweepConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     retune: RetuneConfig = field(default_factory=RetuneConfig)
 
@@ -533,6 +544,11 @@ def validate(cfg: SweepConfig) -> None:
     _check_range("ray.num_cpus", cfg.ray.num_cpus, 1, allow_none=True)
     _check_range("ray.num_gpus", cfg.ray.num_gpus, 0, allow_none=True)
     _check_range("ray.dashboard_port", cfg.ray.dashboard_port, 1, 65535)
+    if cfg.ray.address is not None:
+        from orchestrator.cluster import check_address
+
+        check_address(cfg.ray.address, "ray.address")
+    _check_range("failure.max_retries", cfg.failure.max_retries, 0)
 
     if not cfg.store.path:
         _fail("store.path", "a directory is required", cfg.store.path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,7 +29,7 @@ from orchestrator.trainer import METRIC_DIRECTIONS
 METRIC_ROW = {"generation": 0, "resumed_val_loss": None}
 METRIC_TYPES = {"generation": pa.int64(), "epoch": pa.int64(), "batch_size": pa.int64(),
                 "resumed_val_loss": pa.float64(), "lr": pa.float64()}
-FLUSH_INTERVAL_S = 10.0
+FLUSH_INTERVAL_S = float(os.environ.get("ORCH_STORE_FLUSH_S", "10"))  # most seconds a row waits in the driver
 FLUSH_ROWS = 5000
 
 
@@ -168,7 +170,11 @@ class StoreWriter(Callback):
             "train_time_s": last.get("train_time_s"),
             "started_at": self._started.get(trial.trial_id),
             "ended_at": datetime.now(timezone.utc),
-            "node": last.get("hostname") or last.get("node_ip"),
+            "node": last.get("node_id") or last.get("hostname") or last.get("node_ip"),  # the Ray node
+            "host": last.get("hostname") or last.get("node_ip"),
+            "device": last.get("device"),
+            "gpu_ids": last.get("gpu_ids"),
+            "retries": int(getattr(trial, "num_failures", 0) or 0),  # restarts after a lost worker or node
         })
         self._trials.append(row)
 
@@ -267,3 +273,121 @@ class Progress(Callback):
         else:
             sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+
+STATUS_FILE = "orch_status.json"
+TRIAL_STATES = ("pending", "running", "paused", "completed", "stopped_early", "diverged", "error")
+
+
+class SweepStatus(Callback):
+    """What a running sweep is doing, for whoever watches from outside the driver.
+
+    - Ray metrics (``ray.util.metrics``, exported at every node's Prometheus endpoint with Ray's own,
+      prefixed ``ray_``): ``orch_trials{study, sweep_id, state}``, ``orch_trials_planned``,
+      ``orch_trial_results_total`` (a counter: its rate is results per second) and
+      ``orch_best_objective{metric}``. Ray's dashboard has no Tune view; these fill the gap in
+      Prometheus and Grafana.
+    - ``<experiment>/orch_status.json``, rewritten every few seconds, which ``orch status`` reads.
+    """
+
+    def __init__(self, study: str, sweep_id: str, total: int, metric: str, mode: str, status_file: str,
+                 info: dict[str, Any] | None = None, interval_s: float = 2.0):
+        self.study, self.sweep_id, self.total = study, sweep_id, total
+        self.metric, self.mode = metric, mode
+        self.status_file = status_file
+        self.info = dict(info or {})
+        self.interval_s = interval_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: tuple[float, str] | None = None
+        self.results = 0
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._last = 0.0
+        self._metrics: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("study", "sweep_id", "total", "metric", "mode", "status_file", "info", "interval_s")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"study": self.study, "sweep_id": self.sweep_id}
+
+    def setup(self, **info) -> None:
+        self._metrics = _ray_metrics()
+        if self._metrics:
+            self._metrics["planned"].set(self.total, tags=self.tags)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.results += 1
+        if self._metrics:
+            self._metrics["results"].inc(1, tags=self.tags)
+        value = (result.get("best") or {}).get(self.metric, result.get(self.metric))
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0]):
+                self.best = (float(value), trial.trial_id)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if time.monotonic() - self._last >= self.interval_s:
+            self.update(trials)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.update(trials, state="ended")
+
+    def counts(self, trials) -> dict[str, int]:
+        counts = dict.fromkeys(TRIAL_STATES, 0)
+        for t in trials:
+            if t.status in ("TERMINATED", "ERROR"):
+                counts[trial_status(t)[0]] = counts.get(trial_status(t)[0], 0) + 1
+            else:
+                counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
+        return counts
+
+    def update(self, trials, state: str = "running") -> None:
+        self._last = time.monotonic()
+        counts = self.counts(trials)
+        if self._metrics:
+            for name, n in counts.items():
+                self._metrics["trials"].set(n, tags={**self.tags, "state": name})
+            if self.best is not None:
+                self._metrics["best"].set(self.best[0], tags={**self.tags, "metric": self.metric})
+        done = sum(counts[k] for k in ("completed", "stopped_early", "diverged", "error"))
+        status = {
+            "study": self.study, "sweep_id": self.sweep_id, "state": state, "trials": self.total,
+            "done": done, "counts": counts, "results": self.results, "metric": self.metric,
+            "mode": self.mode, "best": self.best[0] if self.best else None,
+            "best_trial_id": self.best[1] if self.best else None, "started_at": self.started_at,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(), "pid": os.getpid(), **self.info,
+        }
+        path = Path(self.status_file)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(status, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # progress is a courtesy: never stop a sweep over it
+
+
+def _ray_metrics() -> dict[str, Any] | None:
+    """orch's metrics in Ray's metrics system, or None where it cannot record them."""
+    try:
+        from ray.util.metrics import Counter, Gauge
+
+        keys = ("study", "sweep_id")
+        return {
+            "trials": Gauge("orch_trials", description="Trials of an orch sweep by state.",
+                            tag_keys=(*keys, "state")),
+            "planned": Gauge("orch_trials_planned", description="Trials an orch sweep will run.", tag_keys=keys),
+            "results": Counter("orch_trial_results", description="Results reported by the trials of an orch sweep.",
+                               tag_keys=keys),
+            "best": Gauge("orch_best_objective", description="Best value of the objective so far in an orch sweep.",
+                          tag_keys=(*keys, "metric")),
+        }
+    except Exception:  # noqa: BLE001 - metrics are optional; the sweep is not
+        return None

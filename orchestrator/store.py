@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Iterable
@@ -69,6 +70,12 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "train_time_s": pa.float64(), "node": pa.string(), "stop_reason": pa.string(),
     "num_trials": pa.int64(), "dashboard_url": pa.string(),
 }
+
+
+def new_sweep_id(now: datetime | None = None) -> str:
+    """A sweep's id: its start time (UTC), sortable, and 4 random hex digits."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 def now() -> datetime:

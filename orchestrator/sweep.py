@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import secrets
 import sys
 import time
 import warnings
@@ -32,7 +31,7 @@ from orchestrator import config as config_mod
 from orchestrator import data as data_mod
 from orchestrator.errors import SweepFailed, UserError
 from orchestrator.losses import check_task
-from orchestrator.store import Store, store_root
+from orchestrator.store import Store, new_sweep_id, store_root
 from orchestrator.trainer import (
     DIAGNOSTICS,
     METRIC_DIRECTIONS,
@@ -69,16 +68,37 @@ class SweepResult:
     reference: float | None = None  # the value it had to beat
 
 
-def new_sweep_id(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
-    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
 # -- Ray ---------------------------------------------------------------------------------------------
 
 
+def ray_address(cfg, address: str | None) -> str | None:
+    """The cluster to join: ``--address``, else ``ray.address``, else the Ray Job's own (RAY_ADDRESS).
+
+    None means an embedded Ray of this process.
+    """
+    from orchestrator.cluster import check_address
+
+    if address:
+        check_address(address, "--address")
+        return address
+    if cfg.ray.address:
+        return cfg.ray.address
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env and not env.startswith(("http://", "https://")):  # (an http one is for `ray job submit`)
+        check_address(env, "RAY_ADDRESS")
+        return env
+    return None
+
+
 def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool]:
-    """Start an embedded Ray on 127.0.0.1 or connect to ``address``. Returns (dashboard URL, owned)."""
+    """Start an embedded Ray on 127.0.0.1 or join the cluster at ``address``. Returns (dashboard URL, owned).
+
+    ``address`` is a resolved one (see :func:`ray_address`).
+    """
+    from orchestrator import cluster
+
+    if address is None or address == "auto" or cluster.is_loopback(cluster.split_address(address)[0]):
+        cluster.keep_loopback()  # a loopback cluster stays on loopback
     import ray
 
     if ray.is_initialized():
@@ -86,16 +106,37 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
     if not verbose:
         # Ray Tune's own progress tables and banners: orch prints its own progress line.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ retry warnings
         logging.getLogger("ray").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"ray\..*")
-    address = address or cfg.ray.address
     kwargs: dict[str, Any] = dict(
         log_to_driver=verbose,
         logging_level=logging.INFO if verbose else logging.ERROR,
         configure_logging=True,
     )
     if address:
-        ctx = ray.init(address=address, **kwargs)
+        if address != "auto":
+            cluster.reachable(address)
+        cluster.use_token()
+        cwd = os.getcwd()
+        try:
+            ctx = ray.init(address=address, **kwargs)
+        except ray.exceptions.AuthenticationError:
+            raise UserError(f"the Ray cluster at {address} refused this machine's token: set RAY_AUTH_TOKEN "
+                            "or RAY_AUTH_TOKEN_PATH to the cluster's token") from None
+        except ConnectionError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"cannot join the Ray cluster at {address}: {first} (is the address right, and is "
+                            "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH the cluster's token?)") from None
+        try:
+            os.getcwd()
+        except FileNotFoundError:
+            # In a Ray Job, joining the cluster can unpack the job's working directory afresh and
+            # leave this process in the deleted copy: back to the same path, now the new copy.
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
     else:
         ctx = ray.init(
             num_cpus=cfg.ray.num_cpus,
@@ -195,12 +236,12 @@ def data_variants(cfg, dataset, space):
 def run(cfg, *, store: Store | None = None, address: str | None = None, resume: str | None = None,
         verbose: bool = False, progress_interval_s: float | None = None,
         echo: Callable[[str], None] = print, reason: str = "manual", parent_sweep_id: str | None = None,
-        reference: float | None = None) -> SweepResult:
+        reference: float | None = None, sweep_id: str | None = None) -> SweepResult:
     """Run (or resume) the sweep described by ``cfg`` and record it in the store.
 
     ``reason`` and ``parent_sweep_id`` are the sweep's lineage (a re-tune names why and what it
     re-tunes); the sweep is promoted (``orch best`` returns it) when its best beats ``reference``,
-    else the study's current best value.
+    else the study's current best value. ``sweep_id``: the new sweep's id (``orch submit`` picks it).
 
     Raises:
         UserError: bad data, a metric the task does not report, nothing to resume.
@@ -214,27 +255,35 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
         cfg = dataclasses.replace(config_mod.from_yaml(saved.read_text()), source_file=cfg.source_file)
         echo(f"Resuming sweep {sweep_id} of {cfg.study} (config as saved when it started)")
     else:
-        sweep_id = new_sweep_id()
+        sweep_id = sweep_id or new_sweep_id()
+        if (store.ray_dir() / sweep_id).exists():
+            raise UserError(f"--sweep-id: sweep '{sweep_id}' already exists under {store.ray_dir()}")
 
     # Everything that can be wrong with the input is found before Ray starts or a file is written:
     # a bad table is reported in seconds, not after Ray's start and shutdown.
     dataset = data_mod.load(cfg)
+    # The space inline from here on: files are read before Ray starts (in a Ray Job, joining the
+    # cluster can replace the working directory the relative paths point into).
+    cfg = dataclasses.replace(cfg, search_space=spaces.load_space(cfg) or None)
     exp_dir = store.ray_dir() / sweep_id
     search, plan, setup = prepare(cfg, dataset, str(store.root), sweep_id, str(exp_dir.resolve()))
     started_at = datetime.now(timezone.utc)
 
     dashboard, owned = None, False
+    address = ray_address(cfg, address)
     try:
         dashboard, owned = start_ray(cfg, address, verbose)
         if dashboard:
             echo(f"Ray dashboard: {dashboard}")
+        if address:
+            echo(_cluster_line())
         echo(f"Sweep {sweep_id} of {cfg.study}: {search.n_trials} trials ({cfg.search.algorithm} search), "
              f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, "
              f"{dataset.n_rows} rows x {dataset.n_features} features ({dataset.task})")
         if cfg.scheduler.name in schedulers.POPULATION:
             echo(_population_line(cfg, search.space, search.n_trials))
         result = _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resume is not None,
-                            verbose, progress_interval_s)
+                            verbose, progress_interval_s, joined=address is not None, dashboard=dashboard)
     finally:
         if owned:
             import ray
@@ -249,10 +298,41 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     return result
 
 
-def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, verbose, progress_interval_s) -> SweepResult:
+def _cluster_line() -> str:
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    res = ray.cluster_resources()
+    gpus = f", {res['GPU']:g} GPUs" if res.get("GPU") else ""
+    return f"Ray cluster: {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {res.get('CPU', 0):g} CPUs{gpus}"
+
+
+def _trainable(cfg, sweep_id: str, base, per_trial_actors: bool):
+    """Tune's class for ``base`` (a function trainable), whose actors say which sweep they train.
+
+    The dashboard's actor list shows ``orch:<study>:<sweep_id>:<trial_id>``, or
+    ``orch:<study>:<sweep_id>`` where one actor trains several trials in turn.
+    """
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    name = f"orch:{cfg.study}:{sweep_id}"
+
+    class OrchTrial(wrap_function(base)):
+        _name = name
+
+        def __repr__(self) -> str:
+            trial = getattr(self, "trial_id", None) if per_trial_actors else None
+            return f"{name}:{trial}" if trial and trial != "default" else name
+
+    OrchTrial.__name__ = OrchTrial.__qualname__ = "OrchTrial"
+    return OrchTrial
+
+
+def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, verbose, progress_interval_s,
+               joined: bool = False, dashboard: str | None = None) -> SweepResult:
     from ray import tune
 
-    from orchestrator.monitor import Progress, StoreWriter
+    from orchestrator.monitor import STATUS_FILE, Progress, StoreWriter, SweepStatus
 
     ray_dir = store.ray_dir()
     exp_dir = ray_dir / sweep_id
@@ -260,8 +340,12 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     if not resuming:
         (exp_dir / SWEEP_CONFIG_FILE).write_text(config_mod.to_yaml(cfg))
 
+    # On a cluster each trial gets its own actor (named for it); on the embedded Ray many short
+    # trials share actors, which saves an actor start per trial.
+    reuse = cfg.ray.reuse_actors if cfg.ray.reuse_actors is not None else not joined
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, data=data_variants(cfg, dataset, search.space), setup=setup),
+        _trainable(cfg, sweep_id, tune.with_parameters(tune_trainable, data=data_variants(cfg, dataset, search.space),
+                                                        setup=setup), per_trial_actors=not reuse),
         {"cpu": cfg.resources.cpu_per_trial, "gpu": cfg.resources.gpu_per_trial},
     )
     space, n_trials = search.space, search.n_trials
@@ -273,6 +357,9 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     progress = Progress(n_trials, cfg.objective.metric, cfg.objective.mode, progress_interval_s)
     writer = StoreWriter(str(store.root), cfg.study, sweep_id, setup.base, _column_types(cfg), list(space),
                          time_budget_s=cfg.search.time_budget_s)
+    status = SweepStatus(cfg.study, sweep_id, n_trials, cfg.objective.metric, cfg.objective.mode,
+                         str(exp_dir / STATUS_FILE), info={"store": str(store.root.resolve()), "dashboard": dashboard,
+                                                           "cluster": joined, "job": os.environ.get("RAY_JOB_ID")})
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -287,7 +374,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                 search_alg=search_alg,
                 num_samples=n_trials,
                 time_budget_s=cfg.search.time_budget_s,
-                reuse_actors=True,
+                reuse_actors=reuse,
                 trial_name_creator=lambda t: t.trial_id,
                 trial_dirname_creator=lambda t: t.trial_id,
             ),
@@ -295,9 +382,9 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                 name=sweep_id,
                 storage_path=str(ray_dir.resolve()),
                 verbose=0 if not verbose else 1,
-                callbacks=[writer, progress],
+                callbacks=[writer, progress, status],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=cfg.failure.max_retries),
                 log_to_file=not verbose,
             ),
         )

@@ -132,18 +132,19 @@ def _tensor(a, dev: torch.device) -> torch.Tensor:
 
 
 def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
-              state: dict[str, Any] | None = None) -> dict[str, Any]:
+              state: dict[str, Any] | None = None, dev: torch.device | None = None) -> dict[str, Any]:
     """Train one configuration; return the final report.
 
     ``report(metrics, checkpoint_state)`` is called at the epochs the sweep asked for and at the
     end; ``metrics["history"]`` holds every epoch since the previous report. ``state`` is a
-    checkpoint to resume from (its hyperparameters are replaced by ``config``'s).
+    checkpoint to resume from (its hyperparameters are replaced by ``config``'s). ``dev``: where
+    to train (default: CUDA when this process sees a GPU).
     """
     hp = hyperparameters(config, setup.base)
     generation = int(config.get("_generation", 0))  # exploits (population-based training) so far
     torch.set_num_threads(setup.threads)
     gen = seed_everything(int(hp["seed"]), bool(hp.get("deterministic")))
-    dev = device()
+    dev = dev or device()
     direction = METRIC_DIRECTIONS.get(setup.metric, -1 if setup.mode == "min" else +1)
     parts = build(hp, data, setup.model, setup.max_epochs, direction, dev)
     data, model, optimizer, schedule, loss_fn = parts.data, parts.model, parts.optimizer, parts.schedule, parts.loss
@@ -287,8 +288,31 @@ def _result(metrics, history, best, best_epoch, setup, last, status, reason, ela
     return result
 
 
+def ray_device() -> tuple[torch.device, str]:
+    """The device Ray gave this trial, and the GPU ids it holds ("" for none).
+
+    A trial trains on CUDA when Ray gave it a GPU (Ray makes that GPU the only visible one), and on
+    the CPU otherwise, even on a machine with GPUs. A GPU that CUDA cannot use (a CPU build of
+    torch, or Ray's GPU resource declared on a machine without one) means the CPU too.
+    """
+    import ray
+
+    ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    if ids and torch.cuda.is_available():
+        return torch.device("cuda"), ids
+    return torch.device("cpu"), ids
+
+
 def tune_trainable(config: dict[str, Any], data=None, setup: TrialSetup | None = None) -> None:
-    """Ray Tune function trainable: ``tune.with_parameters(tune_trainable, data=..., setup=...)``."""
+    """Ray Tune function trainable: ``tune.with_parameters(tune_trainable, data=..., setup=...)``.
+
+    An exception raised by the training ends the trial as ``error`` with its message (a retry
+    would fail the same way); only a lost worker or node makes Tune retry it
+    (``failure.max_retries``), from its last checkpoint.
+    """
+    import traceback
+
+    import ray
     from ray import tune
 
     state = None
@@ -296,13 +320,29 @@ def tune_trainable(config: dict[str, Any], data=None, setup: TrialSetup | None =
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
+    dev, gpu_ids = ray_device()
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(dev), "gpu_ids": gpu_ids}
+    reporting = False
 
     def report(result: dict[str, Any], ckpt_state: dict[str, Any] | None) -> None:
+        nonlocal reporting
+        result.update(where)
+        reporting = True
         if ckpt_state is None:
             tune.report(result)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(ckpt_state, os.path.join(d, CHECKPOINT_FILE))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(ckpt_state, os.path.join(d, CHECKPOINT_FILE))
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+        reporting = False
 
-    run_trial(config, data, setup, report, state)
+    try:
+        run_trial(config, data, setup, report, state, dev)
+    except Exception as err:
+        if reporting:
+            raise  # Tune's own (a stop, a lost driver): not the training's
+        traceback.print_exc()
+        worst = float("inf") if setup.mode == "min" else float("-inf")
+        message = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+        tune.report({setup.metric: worst, "history": [], "best": {}, "final": True, "trial_status": "error",
+                     "stop_reason": message, "collapsed": False, **where})
