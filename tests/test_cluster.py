@@ -1,0 +1,325 @@
+"""orch on a Ray cluster: a head and worker nodes started by the repo's node scripts (the commands
+docker-compose.yml runs), all on 127.0.0.1, with token authentication on and a token of the test's own.
+
+The nodes run as process groups of their own; each test stops (or kills) only the nodes it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ORCH as ORCH_BIN
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+ORCH = [ORCH_BIN]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Node:
+    proc: subprocess.Popen
+    log: Path
+    metrics_port: int
+    node_id: str = ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    env: dict[str, str]
+    gcs: str
+    dashboard: str
+    store: Path
+    ray_tmp: Path  # short: Ray's socket paths must fit in 107 bytes
+    head: Node | None = None
+    workers: list[Node] = field(default_factory=list)
+
+    def node_env(self, **extra: str) -> dict[str, str]:
+        agent_ports = (f"--dashboard-agent-listen-port {free_port()} --dashboard-agent-grpc-port {free_port()} "
+                       f"--runtime-env-agent-port {free_port()} --node-manager-port {free_port()} "
+                       f"--object-manager-port {free_port()}")
+        return {**self.env, "ORCH_NODE_IP": "127.0.0.1", "ORCH_RAY_ARGS": agent_ports, **extra}
+
+    def start(self, script: str, name: str, **extra: str) -> Node:
+        metrics = free_port()
+        log = self.tmp / f"{name}.log"
+        env = self.node_env(ORCH_METRICS_PORT=str(metrics), ORCH_TEMP_DIR=str(self.ray_tmp / name), **extra)
+        if script == "ray-head":
+            env["ORCH_RAY_ARGS"] += f" --ray-client-server-port {free_port()}"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(DEPLOY / script)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        return Node(proc, log, metrics)
+
+    def api(self, path: str) -> dict:
+        request = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    @property
+    def token(self) -> str:
+        return Path(self.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+
+    def alive_nodes(self) -> list[dict]:
+        try:
+            nodes = self.api("/api/v0/nodes?limit=100")["data"]["result"]["result"]
+        except (OSError, KeyError, ValueError):
+            return []
+        return [n for n in nodes if n["state"] == "ALIVE"]
+
+    def add_worker(self, name: str, timeout_s: float = 60, **extra: str) -> Node:
+        before = {n["node_id"] for n in self.alive_nodes()}
+        node = self.start("ray-worker", name, ORCH_HEAD_ADDRESS=self.gcs, **extra)
+        self.workers.append(node)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            new = [n["node_id"] for n in self.alive_nodes() if n["node_id"] not in before]
+            if new:
+                node.node_id = new[0]
+                return node
+            if node.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        pytest.fail(f"worker node {name} did not join:\n{node.log.read_text()[-3000:]}")
+
+    def orch(self, *args: str, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen([*ORCH, *args], env=self.env, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    token = tmp / "ray_auth_token"
+    subprocess.run([str(DEPLOY / "make-token"), str(token)], check=True, capture_output=True,
+                   env={**os.environ, "ORCH_PYTHON": sys.executable})
+    store = tmp / "store"
+    gcs_port, dash_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ORCH_"))}
+    env.update(RAY_AUTH_TOKEN_PATH=str(token), ORCH_PYTHON=sys.executable, ORCH_STORE=str(store),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               ORCH_STORE_FLUSH_S="1", RAY_USAGE_STATS_ENABLED="0")
+    c = Cluster(tmp, env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", store,
+                Path(tempfile.mkdtemp(prefix="orch-ray-")))
+    c.head = c.start("ray-head", "head", ORCH_RAY_PORT=str(gcs_port), ORCH_DASHBOARD_PORT=str(dash_port),
+                     ORCH_NUM_CPUS="2")
+    try:
+        deadline = time.monotonic() + 90
+        while not c.alive_nodes():
+            if c.head.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the head did not start:\n{c.head.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        c.head.node_id = c.alive_nodes()[0]["node_id"]
+        yield c
+    finally:
+        for node in [*c.workers, c.head]:
+            node.stop()
+        shutil.rmtree(c.ray_tmp, ignore_errors=True)
+
+
+def wait_for(proc: subprocess.Popen, timeout_s: float) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout_s:.0f}s:\n{out[-4000:]}")
+    return out
+
+
+def trials_of(store: Path, sweep_id: str | None = None) -> pd.DataFrame:
+    if not (store / "trials").is_dir():
+        return pd.DataFrame()
+    try:
+        df = pd.read_parquet(store / "trials")
+    except (OSError, ValueError):
+        return pd.DataFrame()  # a file renamed into place while listing: read again next time
+    return df[df["sweep_id"] == sweep_id] if sweep_id and len(df) else df
+
+
+def sweep_id_of(out: str) -> str:
+    m = re.search(r"Sweep (\d{8}-\d{6}-[0-9a-f]{4}) of", out)
+    assert m, out
+    return m.group(1)
+
+
+def max_overlap(trials: pd.DataFrame) -> int:
+    events = sorted([(t, 1) for t in trials["started_at"]] + [(t, -1) for t in trials["ended_at"]])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+@pytest.mark.slow
+def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(cluster: Cluster) -> None:
+    worker = cluster.add_worker("w1", ORCH_NUM_CPUS="2")
+    store = cluster.tmp / "store-failover"
+    n, epochs = 10, 30
+    proc = cluster.orch("sweep", "conf/tabular.yaml", "--address", cluster.gcs, "--store", str(store),
+                        f"search.num_samples={n}", "scheduler.name=fifo", f"scheduler.max_epochs={epochs}",
+                        "train.checkpoint_every=2", "failure.max_retries=3")
+    # Kill the worker node once a trial has finished there (so the store shows both nodes) while
+    # others still run on it.
+    deadline = time.monotonic() + 180
+    while True:
+        trials = trials_of(store)
+        if len(trials) and (trials["node"] == worker.node_id).any():
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no trial finished on the worker node:\n{wait_for(proc, 10)[-4000:]}")
+        time.sleep(0.3)
+    done_before = len(trials)
+    worker.stop(signal.SIGKILL)
+    out = wait_for(proc, 300)
+    assert proc.returncode == 0, out[-4000:]
+    sweep_id = sweep_id_of(out)
+    assert "Ray cluster: 2 nodes, 4 CPUs" in out
+
+    trials = trials_of(store, sweep_id)
+    assert done_before < n, "the sweep ended before the node was lost: nothing was tested"
+    assert len(trials) == n and trials["trial_id"].is_unique, trials[["trial_id", "status", "node"]]
+    assert set(trials["status"]) == {"completed"}, trials[["trial_id", "status", "stop_reason"]]
+    assert (trials["epochs"] == epochs).all()
+    assert {worker.node_id, cluster.head.node_id} <= set(trials["node"])
+    retried = trials[trials["retries"] > 0]
+    assert len(retried), "no trial was running on the lost node"
+    assert set(retried["node"]) == {cluster.head.node_id}  # finished where a node was left
+    # Every epoch of every trial is in the store exactly once, the retried ones included.
+    metrics = pd.read_parquet(store / "metrics")
+    metrics = metrics[metrics["sweep_id"] == sweep_id]
+    per_trial = metrics.groupby("trial_id")["epoch"].agg(["count", "nunique", "max"])
+    assert (per_trial["count"] == epochs).all() and (per_trial["nunique"] == epochs).all(), per_trial
+
+
+@pytest.mark.slow
+def test_gpu_trials_run_on_gpu_nodes_only_four_to_a_gpu_at_a_quarter(cluster: Cluster) -> None:
+    # Ray's GPU resource, declared on a node without one: Ray schedules by it, and a trial that
+    # Ray gave a GPU CUDA cannot use trains on the CPU.
+    gpu_node = cluster.add_worker("gpu", ORCH_NUM_CPUS="8", ORCH_NUM_GPUS="1")
+    store = cluster.tmp / "store-gpu"
+    proc = cluster.orch("sweep", "conf/tabular.yaml", "--address", cluster.gcs, "--store", str(store),
+                        "search.num_samples=8", "scheduler.name=fifo", "scheduler.max_epochs=40",
+                        "resources.gpu_per_trial=0.25")
+    out = wait_for(proc, 300)
+    assert proc.returncode == 0, out[-4000:]
+    trials = trials_of(store, sweep_id_of(out))
+    assert len(trials) == 8
+    assert set(trials["node"]) == {gpu_node.node_id}, "a GPU trial ran on a node without a GPU"
+    assert set(trials["gpu_ids"]) == {"0"}
+    assert set(trials["device"]) == {"cuda" if _cuda() else "cpu"}
+    # 8 CPUs would run 8 trials at once (10 with the head's): the quarter GPU allows 4.
+    assert max_overlap(trials) == 4
+    gpu_node.stop()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_submit_runs_the_sweep_as_a_named_ray_job_and_exports_metrics(cluster: Cluster) -> None:
+    proc = cluster.orch("submit", "conf/tabular.yaml", "search.num_samples=6", "scheduler.name=fifo",
+                        "scheduler.max_epochs=25", "--address", cluster.dashboard)
+    out = wait_for(proc, 120)
+    assert proc.returncode == 0, out
+    m = re.search(r"as Ray Job (orch:tabular-digits:(\S+))", out)
+    assert m, out
+    name, sweep_id = m.group(1), m.group(2)
+
+    # Ray's Prometheus endpoint carries orch's metrics, labelled with the study, while it runs.
+    seen: set[str] = set()
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and len(seen) < 3:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.head.metrics_port}/metrics", timeout=10).read().decode()
+        for line in text.splitlines():
+            if line.startswith("ray_orch_") and 'study="tabular-digits"' in line and f'sweep_id="{sweep_id}"' in line:
+                seen.add(line.split("{")[0])
+        job = cluster.api(f"/api/jobs/{name}")
+        if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(2)
+    assert {"ray_orch_trials", "ray_orch_trials_planned", "ray_orch_trial_results_total"} <= seen, seen
+
+    # The Jobs API (with the token) knows it by its name, with orch's metadata.
+    deadline = time.monotonic() + 150
+    while (job := cluster.api(f"/api/jobs/{name}"))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() < deadline, job
+        time.sleep(1)
+    assert job["status"] == "SUCCEEDED", job.get("message")
+    assert job["metadata"]["job_name"] == name
+    assert job["metadata"]["orch_sweep_id"] == sweep_id
+    assert job["metadata"]["orch_config"] == "conf/tabular.yaml"
+    listed = [j for j in cluster.api("/api/jobs/") if j.get("submission_id") == name]
+    assert len(listed) == 1
+
+    # Its rows are in the cluster's store ($ORCH_STORE of the head).
+    trials = trials_of(cluster.store, sweep_id)
+    assert len(trials) == 6
+    sweeps = pd.read_parquet(cluster.store / "sweeps")
+    assert sweep_id in set(sweeps["sweep_id"])
+
+    # orch status lists it, from the Jobs API.
+    status = subprocess.run([*ORCH, "status", "--all", "--address", cluster.dashboard, "--store",
+                             str(cluster.tmp / "empty")], env=cluster.env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    row = next(line for line in status.stdout.splitlines() if sweep_id in line)
+    assert "succeeded" in row and "6/6" in row and "val_loss" in row
+
+
+def test_submit_with_a_wrong_token_is_one_line_and_exit_2(cluster: Cluster) -> None:
+    env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
+    res = subprocess.run([*ORCH, "submit", "conf/tabular.yaml", "--address", cluster.dashboard], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("orch: error: the Ray dashboard at")
+    assert "refused this token" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_sweep_with_a_wrong_token_is_one_line_and_exit_2(cluster: Cluster) -> None:
+    env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
+    res = subprocess.run([*ORCH, "sweep", "conf/tabular.yaml", "--address", cluster.gcs, "--store",
+                          str(cluster.tmp / "nothing")], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"orch: error: cannot join the Ray cluster at {cluster.gcs}") and "token" in last
+    assert "Traceback" not in res.stderr
+    assert not (cluster.tmp / "nothing").exists()  # nothing half-written
