@@ -49,7 +49,7 @@ class Node:
             return
         try:
             os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
         if self.proc.poll() is None:
@@ -254,6 +254,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.slow
 def test_submit_runs_the_sweep_as_a_named_ray_job_and_exports_metrics(cluster: Cluster) -> None:
     proc = cluster.orch("submit", "conf/tabular.yaml", "search.num_samples=6", "scheduler.name=fifo",
                         "scheduler.max_epochs=25", "--address", cluster.dashboard)
@@ -313,6 +314,7 @@ def test_submit_with_a_wrong_token_is_one_line_and_exit_2(cluster: Cluster) -> N
     assert "refused this token" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_sweep_with_a_wrong_token_is_one_line_and_exit_2(cluster: Cluster) -> None:
     env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
     res = subprocess.run([*ORCH, "sweep", "conf/tabular.yaml", "--address", cluster.gcs, "--store",
