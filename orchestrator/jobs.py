@@ -23,6 +23,7 @@ from orchestrator import cluster
 from orchestrator.errors import OrchError, UserError
 
 JOB_PREFIX = "orch:"
+STATUS_FILE = "orch_status.json"  # in each sweep's experiment directory, rewritten while it runs
 STALE_AFTER_S = 60.0  # a status file not rewritten for this long: its driver is gone
 PROGRESS = re.compile(r"\[(?P<elapsed>[\d:]+)\] trials (?P<done>\d+)/(?P<total>\d+) done \| (?P<running>\d+) running"
                       r"(?:.*?best (?P<metric>\S+) (?P<best>\S+))?")
@@ -142,8 +143,6 @@ class Running:
 
 def local_sweeps(store_root: Path, show_all: bool = False, now: datetime | None = None) -> list[Running]:
     """Sweeps whose drivers write to this store, from their status files (newest first)."""
-    from orchestrator.monitor import STATUS_FILE
-
     now = now or datetime.now(timezone.utc)
     ray_dir = Path(store_root) / "_ray"
     rows = []

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 from ray.tune import Callback
 
+from orchestrator.jobs import STATUS_FILE
 from orchestrator.searchers import STAGE_KEY
 from orchestrator.store import Store
 from orchestrator.trainer import METRIC_DIRECTIONS
@@ -275,7 +276,6 @@ class Progress(Callback):
         sys.stdout.flush()
 
 
-STATUS_FILE = "orch_status.json"
 TRIAL_STATES = ("pending", "running", "paused", "completed", "stopped_early", "diverged", "error")
 
 

@@ -245,6 +245,11 @@ def test_gpu_trials_run_on_gpu_nodes_only_four_to_a_gpu_at_a_quarter(cluster: Cl
     assert set(trials["device"]) == {"cuda" if _cuda() else "cpu"}
     # 8 CPUs would run 8 trials at once (10 with the head's): the quarter GPU allows 4.
     assert max_overlap(trials) == 4
+    # Each trial had its own actor, named for its study, sweep and trial in the dashboard.
+    actors = cluster.api("/api/v0/actors?limit=1000&detail=1")["data"]["result"]["result"]
+    names = {a.get("repr_name") for a in actors if a.get("class_name") == "OrchTrial"}
+    sweep_id = trials["sweep_id"].iloc[0]
+    assert {f"orch:tabular-digits:{sweep_id}:{t}" for t in trials["trial_id"]} <= names, sorted(names)[:5]
     gpu_node.stop()
 
 
@@ -276,7 +281,8 @@ def test_submit_runs_the_sweep_as_a_named_ray_job_and_exports_metrics(cluster: C
         if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(2)
-    assert {"ray_orch_trials", "ray_orch_trials_planned", "ray_orch_trial_results_total"} <= seen, seen
+    assert {"ray_orch_trials", "ray_orch_trials_planned", "ray_orch_trial_results_total",
+            "ray_orch_best_objective"} <= seen, seen
 
     # The Jobs API (with the token) knows it by its name, with orch's metadata.
     deadline = time.monotonic() + 150

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import jobs
-from orchestrator.monitor import STATUS_FILE, Progress
+from orchestrator.jobs import STATUS_FILE
+from orchestrator.monitor import Progress
 from tests.conftest import ROOT, orch
 
 DEPLOY = ROOT / "deploy"
