@@ -5,10 +5,10 @@ side in one run, each ``orch sweep`` a subprocess timed from launch:
 
 * ``embedded``: the default, an embedded Ray of 2 CPUs, trial actors reused;
 * ``embedded-own-actors``: the same with ``ray.reuse_actors=false`` (one actor per trial, as on a cluster);
-* ``cluster``: a head and a worker node of 1 CPU each, started by ``deploy/ray-head`` and
-  ``deploy/ray-worker`` on 127.0.0.1 (token auth on), the sweep joining with ``--address``
-  (one actor per trial, the cluster default);
-* ``cluster-reuse``: the same cluster with ``ray.reuse_actors=true``.
+* ``cluster-own-actors``: a head and a worker node of 1 CPU each, started by ``deploy/ray-head``
+  and ``deploy/ray-worker`` on 127.0.0.1 (token auth on), the sweep joining with ``--address``,
+  one actor per trial;
+* ``cluster``: the same cluster with actors reused (the default).
 
 The cluster's start-up is not in its figures (it is started once, before); the embedded Ray's is
 (it starts with every sweep), so the comparison is "a sweep on a running cluster" against "a
@@ -121,8 +121,8 @@ def main() -> None:
         ways = {
             "embedded": ["ray.num_cpus=2"],
             "embedded-own-actors": ["ray.num_cpus=2", "ray.reuse_actors=false"],
+            "cluster-own-actors": ["--address", f"127.0.0.1:{gcs}", "ray.reuse_actors=false"],
             "cluster": ["--address", f"127.0.0.1:{gcs}"],
-            "cluster-reuse": ["--address", f"127.0.0.1:{gcs}", "ray.reuse_actors=true"],
         }
         for repeat in range(2):
             for name, args in ways.items():

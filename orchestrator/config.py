@@ -142,9 +142,10 @@ class RayConfig:
     num_gpus: int | None = None
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
-    # One Ray actor trains many trials in turn (fast for many short trials), or each trial gets its
-    # own actor, named for it in the dashboard. Default: reuse on the embedded Ray, not on a cluster.
-    reuse_actors: bool | None = None
+    # One Ray actor trains many trials of a sweep in turn, or (false) each trial gets an actor of its
+    # own, named for it in the dashboard, for a new worker process per trial (about 3.7 s each on a
+    # 2-CPU machine, mostly importing torch: BENCHMARKS.md).
+    reuse_actors: bool = True
 
 
 @dataclass

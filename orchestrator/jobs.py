@@ -252,6 +252,15 @@ def _float(text: str) -> float | None:
         return None
 
 
+def current_job() -> str | None:
+    """The Ray Job name this process runs as (orch submit's ``orch:<study>:<sweep_id>``), if any."""
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "") or "{}")
+    except ValueError:
+        return None
+    return (config.get("metadata") or {}).get("job_name")
+
+
 def default_address() -> str | None:
     """The dashboard ``orch status`` asks when given no --address: $RAY_API_SERVER_ADDRESS, if set."""
     return os.environ.get("RAY_API_SERVER_ADDRESS") or None

@@ -332,6 +332,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                joined: bool = False, dashboard: str | None = None) -> SweepResult:
     from ray import tune
 
+    from orchestrator.jobs import current_job
     from orchestrator.monitor import STATUS_FILE, Progress, StoreWriter, SweepStatus
 
     ray_dir = store.ray_dir()
@@ -340,14 +341,12 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     if not resuming:
         (exp_dir / SWEEP_CONFIG_FILE).write_text(config_mod.to_yaml(cfg))
 
-    # On a cluster each trial gets its own actor (named for it); on the embedded Ray many short
-    # trials share actors, which saves an actor start per trial.
-    reuse = cfg.ray.reuse_actors if cfg.ray.reuse_actors is not None else not joined
-    trainable = tune.with_resources(
-        _trainable(cfg, sweep_id, tune.with_parameters(tune_trainable, data=data_variants(cfg, dataset, search.space),
-                                                        setup=setup), per_trial_actors=not reuse),
+    reuse = cfg.ray.reuse_actors
+    # Resources on the function, so that the actor class (the one the dashboard shows) stays OrchTrial.
+    trainable = _trainable(cfg, sweep_id, tune.with_resources(
+        tune.with_parameters(tune_trainable, data=data_variants(cfg, dataset, search.space), setup=setup),
         {"cpu": cfg.resources.cpu_per_trial, "gpu": cfg.resources.gpu_per_trial},
-    )
+    ), per_trial_actors=not reuse)
     space, n_trials = search.space, search.n_trials
     # Tune lets a custom searcher keep only one trial pending: each finished trial then waits for
     # the next to be created and placed. Keep enough pending to refill every free slot at once
@@ -359,7 +358,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                          time_budget_s=cfg.search.time_budget_s)
     status = SweepStatus(cfg.study, sweep_id, n_trials, cfg.objective.metric, cfg.objective.mode,
                          str(exp_dir / STATUS_FILE), info={"store": str(store.root.resolve()), "dashboard": dashboard,
-                                                           "cluster": joined, "job": os.environ.get("RAY_JOB_ID")})
+                                                           "cluster": joined, "job": current_job()})
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:

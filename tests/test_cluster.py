@@ -193,7 +193,7 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(cluster: Cluste
     n, epochs = 10, 30
     proc = cluster.orch("sweep", "conf/tabular.yaml", "--address", cluster.gcs, "--store", str(store),
                         f"search.num_samples={n}", "scheduler.name=fifo", f"scheduler.max_epochs={epochs}",
-                        "train.checkpoint_every=2", "failure.max_retries=3")
+                        "train.checkpoint_every=2", "failure.max_retries=3", "ray.reuse_actors=false")
     # Kill the worker node once a trial has finished there (so the store shows both nodes) while
     # others still run on it.
     deadline = time.monotonic() + 180
@@ -220,6 +220,10 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(cluster: Cluste
     retried = trials[trials["retries"] > 0]
     assert len(retried), "no trial was running on the lost node"
     assert set(retried["node"]) == {cluster.head.node_id}  # finished where a node was left
+    # Each trial had its own actor, named for its study, sweep and trial in the dashboard.
+    actors = cluster.api("/api/v0/actors?limit=1000&detail=1")["data"]["result"]["result"]
+    names = {a.get("repr_name") for a in actors if a.get("class_name") == "OrchTrial"}
+    assert {f"orch:tabular-digits:{sweep_id}:{t}" for t in trials["trial_id"]} <= names, sorted(names)[:5]
     # Every epoch of every trial is in the store exactly once, the retried ones included.
     metrics = pd.read_parquet(store / "metrics")
     metrics = metrics[metrics["sweep_id"] == sweep_id]
@@ -245,11 +249,11 @@ def test_gpu_trials_run_on_gpu_nodes_only_four_to_a_gpu_at_a_quarter(cluster: Cl
     assert set(trials["device"]) == {"cuda" if _cuda() else "cpu"}
     # 8 CPUs would run 8 trials at once (10 with the head's): the quarter GPU allows 4.
     assert max_overlap(trials) == 4
-    # Each trial had its own actor, named for its study, sweep and trial in the dashboard.
+    # Reused actors (the default) are named for their study and sweep in the dashboard.
     actors = cluster.api("/api/v0/actors?limit=1000&detail=1")["data"]["result"]["result"]
-    names = {a.get("repr_name") for a in actors if a.get("class_name") == "OrchTrial"}
     sweep_id = trials["sweep_id"].iloc[0]
-    assert {f"orch:tabular-digits:{sweep_id}:{t}" for t in trials["trial_id"]} <= names, sorted(names)[:5]
+    names = {a.get("repr_name") for a in actors if a.get("class_name") == "OrchTrial" and sweep_id in a.get("repr_name", "")}
+    assert names == {f"orch:tabular-digits:{sweep_id}"}, names
     gpu_node.stop()
 
 
