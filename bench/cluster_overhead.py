@@ -76,7 +76,7 @@ def alive_nodes(dashboard: str, token: str) -> int:
 
 def timed_sweep(config: Path, store: Path, env: dict, *args: str) -> float:
     t0 = time.perf_counter()
-    res = subprocess.run([ORCH, "sweep", str(config), "--store", str(store), *args], env=env, cwd=ROOT,
+    res = subprocess.run([ORCH, "sweep", str(config), "--store", str(store), "--no-report", *args], env=env, cwd=ROOT,
                          capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     if res.returncode != 0:

@@ -35,7 +35,7 @@ ORCH = str(Path(sys.executable).with_name("orch"))
 
 def sweep(config: str, store: Path, *overrides: str) -> float:
     t = time.monotonic()
-    p = subprocess.run([ORCH, "sweep", config, *overrides, "--store", str(store)], cwd=ROOT,
+    p = subprocess.run([ORCH, "sweep", config, *overrides, "--store", str(store), "--no-report"], cwd=ROOT,
                        capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"orch sweep {config} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")

@@ -72,7 +72,7 @@ def timed(cmd: list[str], log: Path) -> float:
 
 def run_orch(config: Path, store: Path, log: Path) -> float:
     orch = str(Path(sys.executable).with_name("orch"))
-    return timed([orch, "sweep", str(config), "--store", str(store)], log)
+    return timed([orch, "sweep", str(config), "--store", str(store), "--no-report"], log)
 
 
 def run_pool(config: Path, out: Path, log: Path) -> float:

@@ -105,7 +105,7 @@ def run_orch(dataset: str, method: str, directory: Path) -> dict:
     store = directory / "store"
     trials3 = 3 * int(os.environ.get("ORCH_TTQ_TRIALS", DATASETS[dataset]["trials"]))
     method_args = [a.format(trials3=trials3) for a in METHODS[method]]
-    args = [*ORCH, "sweep", str(CONFIG), *common_overrides(dataset, directory, study), *method_args,
+    args = [*ORCH, "sweep", str(CONFIG), "--no-report", *common_overrides(dataset, directory, study), *method_args,
             "--store", str(store)]
     t0 = time.time()
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)

@@ -65,8 +65,10 @@ def main(debug: bool) -> None:
               help="Continue an interrupted sweep: the newest unfinished one of this study, or SWEEP_ID.")
 @click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs and warnings.")
 @click.option("--sweep-id", default=None, hidden=True, help="The new sweep's id (orch submit names the job with it).")
+@click.option("--no-report", is_flag=True, default=lambda: os.environ.get("ORCH_NO_REPORT") == "1",
+              help="Do not write the sweep's report (orch report) at the end. Default from $ORCH_NO_REPORT=1.")
 def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: str | None,
-          resume: str | None, verbose: bool, sweep_id: str | None) -> None:
+          resume: str | None, verbose: bool, sweep_id: str | None, no_report: bool) -> None:
     """Run a sweep: orch sweep CONFIG [key=value ...]."""
     from orchestrator import config as config_mod
     from orchestrator.store import Store, store_root
@@ -81,10 +83,47 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
     result = sweep_mod.run(cfg, store=Store(store_root(cfg, store)), address=address,
                            resume=resume, verbose=verbose, sweep_id=sweep_id)
     sweep_mod.print_summary(result)
+    if result.finished and not no_report:
+        _write_report(result.store.root, result.study, result.sweep_id)
     if not result.finished:
         sys.exit(130)
     if result.all_collapsed:
         sys.exit(1)
+
+
+def _write_report(root: Path, study: str, sweep_id: str) -> None:
+    """The sweep's report, after its summary; a report that fails is a warning, not a failed sweep."""
+    from orchestrator import report as report_mod
+
+    try:
+        rep = report_mod.build(root, study, sweep_id)
+    except Exception as err:  # noqa: BLE001 - the sweep's results are in the store either way
+        click.echo(f"orch: warning: no report: {' '.join(str(err).split())[:300]} "
+                   f"(orch report {study} --sweep {sweep_id} retries)", err=True)
+        return
+    click.echo(f"Report: {rep.html}")
+
+
+@main.command()
+@click.argument("study")
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--sweep", "sweep_id", default=None, help="The sweep to report (default: the study's newest).")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the page and the plots (default: <store>/reports/<study>/<sweep_id>/).")
+def report(study: str, store: str | None, sweep_id: str | None, out: Path | None) -> None:
+    """What a sweep learned: an HTML page (self-contained, opens offline) and PNG plots.
+
+    Learning curves, the objective against each knob on its own scale, parallel coordinates of the
+    best trials, hyperparameter importance against the knobs' tiers, the study's re-tune history,
+    and a summary (best config and scores, trials by status, compute spent and saved).
+    """
+    from orchestrator import report as report_mod
+
+    rep = report_mod.build(_store_root(store), study, sweep_id, out)
+    click.echo(f"Report of sweep {rep.sweep_id} of {study}: {rep.html}")
+    click.echo("Plots: " + ", ".join(p.name for p in rep.pngs.values()))
+    for line in rep.suggestions:
+        click.echo(f"Suggestion: {line}")
 
 
 @main.command()

@@ -20,9 +20,13 @@ SMALL = ["study=test-iris", "ray.num_cpus=2", "scheduler.max_epochs=4", "schedul
 
 
 def orch(*args: str, cwd: Path | None = None, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the ``orch`` command line as a user would; returns the completed process (text)."""
+    """Run the ``orch`` command line as a user would; returns the completed process (text).
+
+    Sweeps skip their report (ORCH_NO_REPORT=1) unless ``env`` says otherwise: tests/test_report.py
+    checks reports; elsewhere they would only add seconds to every sweep.
+    """
     return subprocess.run([ORCH, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, "ORCH_NO_REPORT": "1", **(env or {})})
 
 
 def descendants(pid: int) -> list[int]:

@@ -132,7 +132,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ORCH_"))}
     env.update(RAY_AUTH_TOKEN_PATH=str(token), ORCH_PYTHON=sys.executable, ORCH_STORE=str(store),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               ORCH_STORE_FLUSH_S="1", RAY_USAGE_STATS_ENABLED="0")
+               ORCH_STORE_FLUSH_S="1", RAY_USAGE_STATS_ENABLED="0", ORCH_NO_REPORT="1")
     c = Cluster(tmp, env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", store,
                 Path(tempfile.mkdtemp(prefix="orch-ray-")))
     c.head = c.start("ray-head", "head", ORCH_RAY_PORT=str(gcs_port), ORCH_DASHBOARD_PORT=str(dash_port),
