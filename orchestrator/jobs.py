@@ -215,7 +215,7 @@ def render(rows: list[Running], fmt: str = "table") -> str:
         running = "-" if r.running is None else str(r.running)
         table.append((r.study, r.sweep_id, r.state, trials, running, best, r.elapsed or "-", r.where))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    return "".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in table)
+    return "".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in table)
 
 
 def merge(local: list[Running], remote: list[Running]) -> list[Running]:

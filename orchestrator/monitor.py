@@ -20,7 +20,6 @@ from typing import Any
 import pyarrow as pa
 from ray.tune import Callback
 
-from orchestrator.jobs import STATUS_FILE
 from orchestrator.searchers import STAGE_KEY
 from orchestrator.store import Store
 from orchestrator.trainer import METRIC_DIRECTIONS
@@ -328,9 +327,10 @@ class SweepStatus(Callback):
         if self._metrics:
             self._metrics["results"].inc(1, tags=self.tags)
         value = (result.get("best") or {}).get(self.metric, result.get(self.metric))
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            if self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0]):
-                self.best = (float(value), trial.trial_id)
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return
+        if self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0]):
+            self.best = (float(value), trial.trial_id)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if time.monotonic() - self._last >= self.interval_s:

@@ -179,7 +179,7 @@ def plot_curves(sw: _Sweep, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 4.8))
     m = sw.metrics
-    status = dict(zip(sw.trials["trial_id"], sw.trials["status"]))
+    status = dict(zip(sw.trials["trial_id"], sw.trials["status"], strict=True))
     best = sw.best_ids()
     top = sw.ranked()["trial_id"].head(1).tolist()
     shown = np.array([])
@@ -245,7 +245,7 @@ def plot_knobs(sw: _Sweep, path: Path) -> list[str]:
     rows = max(1, math.ceil(len(knobs) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(10, 2.9 * rows), squeeze=False)
     lim = _limits(y_all)
-    for ax, knob in zip(axes.flat, knobs):
+    for ax, knob in zip(list(axes.flat)[:len(knobs)], knobs, strict=True):
         col = f"config.{knob.name}"
         data = t[col] if col in t.columns else pd.Series([None] * len(t))
         is_best = t["trial_id"].isin(best).to_numpy()

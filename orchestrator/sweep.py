@@ -6,6 +6,7 @@ short trials that costs little more than the training itself (see BENCHMARKS.md)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -133,10 +134,8 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
         except FileNotFoundError:
             # In a Ray Job, joining the cluster can unpack the job's working directory afresh and
             # leave this process in the deleted copy: back to the same path, now the new copy.
-            try:
+            with contextlib.suppress(OSError):
                 os.chdir(cwd)
-            except OSError:
-                pass
     else:
         ctx = ray.init(
             num_cpus=cfg.ray.num_cpus,
@@ -332,8 +331,8 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                joined: bool = False, dashboard: str | None = None) -> SweepResult:
     from ray import tune
 
-    from orchestrator.jobs import current_job
-    from orchestrator.monitor import STATUS_FILE, Progress, StoreWriter, SweepStatus
+    from orchestrator.jobs import STATUS_FILE, current_job
+    from orchestrator.monitor import Progress, StoreWriter, SweepStatus
 
     ray_dir = store.ray_dir()
     exp_dir = ray_dir / sweep_id
