@@ -15,6 +15,8 @@ import click
 
 from orchestrator.errors import OrchError, UserError
 
+NO_REPORT = click.option("--no-report", is_flag=True, default=lambda: os.environ.get("ORCH_NO_REPORT") == "1",
+                         help="Do not write the report (orch report) after a sweep. Default from $ORCH_NO_REPORT=1.")
 STORE_HELP = "Results store directory (default: the config's store.path, else $ORCH_STORE, else results/)."
 
 
@@ -65,8 +67,7 @@ def main(debug: bool) -> None:
               help="Continue an interrupted sweep: the newest unfinished one of this study, or SWEEP_ID.")
 @click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs and warnings.")
 @click.option("--sweep-id", default=None, hidden=True, help="The new sweep's id (orch submit names the job with it).")
-@click.option("--no-report", is_flag=True, default=lambda: os.environ.get("ORCH_NO_REPORT") == "1",
-              help="Do not write the sweep's report (orch report) at the end. Default from $ORCH_NO_REPORT=1.")
+@NO_REPORT
 def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: str | None,
           resume: str | None, verbose: bool, sweep_id: str | None, no_report: bool) -> None:
     """Run a sweep: orch sweep CONFIG [key=value ...]."""
@@ -92,16 +93,12 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
 
 
 def _write_report(root: Path, study: str, sweep_id: str) -> None:
-    """The sweep's report, after its summary; a report that fails is a warning, not a failed sweep."""
     from orchestrator import report as report_mod
 
-    try:
-        rep = report_mod.build(root, study, sweep_id)
-    except Exception as err:  # noqa: BLE001 - the sweep's results are in the store either way
-        click.echo(f"orch: warning: no report: {' '.join(str(err).split())[:300]} "
-                   f"(orch report {study} --sweep {sweep_id} retries)", err=True)
-        return
-    click.echo(f"Report: {rep.html}")
+    def echo(line: str) -> None:
+        click.echo(line, err=line.startswith("orch: warning"))
+
+    report_mod.write_after_sweep(root, study, sweep_id, echo)
 
 
 @main.command()
@@ -261,9 +258,10 @@ def best(study: str, store: str | None, sweep_id: str | None) -> None:
 @click.option("--install-cron", default=None, metavar="CRON", help="Add a crontab line that runs this re-tune at CRON.")
 @click.option("--uninstall-cron", is_flag=True, help="Remove this store's re-tune line from the crontab.")
 @click.option("--print-cron", default=None, metavar="CRON", help="Print the crontab line instead of installing it.")
+@NO_REPORT
 def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_run: bool, now: str | None,
            no_drift: bool, address: str | None, every: str | None, install_cron: str | None,
-           uninstall_cron: bool, print_cron: str | None) -> None:
+           uninstall_cron: bool, print_cron: str | None, no_report: bool) -> None:
     """Find stale studies in the store and re-tune them, warm-started from their best configs.
 
     STUDIES may include retune.KEY=VALUE overrides of the studies' policies
@@ -285,7 +283,7 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
                 return 0
             return retune_mod.run(root, list(studies), all_studies=all_studies, now=retune_mod.parse_now(now),
                                   dry_run=dry_run, drift=not no_drift, address=address, echo=click.echo,
-                                  policy=policy)
+                                  policy=policy, report=not no_report)
 
     scheduling = [o for o, v in (("--every", every), ("--install-cron", install_cron),
                                  ("--uninstall-cron", uninstall_cron), ("--print-cron", print_cron)) if v]

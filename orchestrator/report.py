@@ -512,6 +512,19 @@ def build(store_root: Path, study: str, sweep_id: str | None = None, out: Path |
     return rep
 
 
+def write_after_sweep(store_root: Path, study: str, sweep_id: str, echo) -> Path | None:
+    """The report of a sweep that just finished, announced with ``echo``; a report that fails is a
+    warning (the sweep's results are in the store either way)."""
+    try:
+        rep = build(store_root, study, sweep_id)
+    except Exception as err:  # noqa: BLE001
+        echo(f"orch: warning: no report: {' '.join(str(err).split())[:300]} "
+             f"(orch report {study} --sweep {sweep_id} retries)")
+        return None
+    echo(f"Report: {rep.html}")
+    return rep.html
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'

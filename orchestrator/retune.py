@@ -331,8 +331,9 @@ def table(decisions: list[Decision]) -> str:
 
 def run(store_root: str | Path, names: list[str], *, all_studies: bool, now: datetime, dry_run: bool,
         drift: bool = True, address: str | None = None, echo: Callable[[str], None] = print,
-        policy: dict[str, Any] | None = None) -> int:
-    """Decide for every named study (or all), re-tune the stale ones. Returns the exit status."""
+        policy: dict[str, Any] | None = None, report: bool = True) -> int:
+    """Decide for every named study (or all), re-tune the stale ones (``report``: and write each
+    re-tune's report). Returns the exit status."""
     from orchestrator import sweep as sweep_mod
 
     store = Store(store_root)
@@ -371,4 +372,8 @@ def run(store_root: str | Path, names: list[str], *, all_studies: bool, now: dat
             outcome = f"kept the current best ({ref:.6g}); the re-tune reached {best}"
         echo(f"{d.study}: {outcome}")
         record(store, d, now, result.sweep_id, result.promoted, outcome)
+        if report:
+            from orchestrator.report import write_after_sweep
+
+            write_after_sweep(store.root, d.study, result.sweep_id, echo)
     return status
