@@ -478,7 +478,7 @@ def summary(sw: _Sweep) -> dict[str, Any]:
         config = {k: best.get(f"config.{k}") for k in sw.space.searched}
         scores = {c: best[c] for c in best.index
                   if (c.startswith("best_") or c.startswith("test_")) and pd.notna(best[c])
-                  and not isinstance(best[c], (bool, np.bool_))}
+                  and not isinstance(best[c], (bool, np.bool_)) and not c.endswith("collapsed")}
     return {"counts": counts, "spent_s": spent, "saved_s": saved, "best": best, "config": config, "scores": scores,
             "epochs_trained": int(pd.to_numeric(t.get("epochs"), errors="coerce").fillna(0).sum()) if len(t) else 0}
 
@@ -615,7 +615,7 @@ h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }}
 img {{ max-width: 100%; display: block; margin: .5em 0; }}
 table {{ border-collapse: collapse; margin: .4em 0; font-size: .9em; }}
 td, th {{ border: 1px solid #ddd; padding: .25em .6em; text-align: left; }}
-.summary {{ display: flex; gap: 2em; flex-wrap: wrap; }}
+.summary {{ display: grid; grid-template-columns: repeat(3, max-content); gap: 0 3em; }}
 .suggest li {{ color: #8a4b00; }}
 </style></head>
 <body>

@@ -18,7 +18,8 @@ from orchestrator import report as report_mod
 from orchestrator import spaces
 from tests.conftest import CONFIG, orch
 
-STUDY = "tabular-digits"
+STUDY = "test-report"
+SMALL = [f"study={STUDY}", "ray.num_cpus=2"]
 KNOBS = ["lr", "batch_size", "hidden", "layers", "dropout", "beta1", "beta2", "eps"]  # search_spaces/mlp_adam.yaml
 
 
@@ -26,11 +27,10 @@ KNOBS = ["lr", "batch_size", "hidden", "layers", "dropout", "beta1", "beta2", "e
 def swept(tmp_path_factory) -> tuple[Path, str, str]:
     """A store with two sweeps of the study; the second wrote its report itself (stdout returned)."""
     store = tmp_path_factory.mktemp("report") / "store"
-    first = orch("sweep", CONFIG, "search.num_samples=4", "scheduler.max_epochs=3", "ray.num_cpus=2",
-                 "--store", store)
+    first = orch("sweep", CONFIG, *SMALL, "search.num_samples=4", "scheduler.max_epochs=2", "--store", store)
     assert first.returncode == 0, first.stderr
-    second = orch("sweep", CONFIG, "search.num_samples=14", "scheduler.max_epochs=6", "ray.num_cpus=2",
-                  "search.seed=3", "--store", store, env={"ORCH_NO_REPORT": "0"})
+    second = orch("sweep", CONFIG, *SMALL, "search.num_samples=14", "scheduler.max_epochs=4",
+                  "scheduler.grace_period=1", "search.seed=3", "--store", store, env={"ORCH_NO_REPORT": "0"})
     assert second.returncode == 0, second.stderr
     sweep_id = re.search(r"Sweep (\S+) of", second.stdout).group(1)
     return store, sweep_id, second.stdout
