@@ -318,6 +318,7 @@ def test_submit_runs_the_sweep_as_a_named_ray_job_and_exports_metrics(cluster: C
     assert "succeeded" in row and "6/6" in row and "val_loss" in row
 
 
+@pytest.mark.slow
 def test_submit_with_a_wrong_token_is_one_line_and_exit_2(cluster: Cluster) -> None:
     env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
     res = subprocess.run([*ORCH, "submit", "conf/tabular.yaml", "--address", cluster.dashboard], env=env,

@@ -160,6 +160,7 @@ def _retention_sweep(store: Path, env: dict | None = None):
                 "scheduler.max_epochs=8", "train.keep_checkpoints=1", "--store", store, env=env)
 
 
+@pytest.mark.slow
 def test_retention_that_would_delete_an_exploited_checkpoint_is_harmless(tmp_path: Path) -> None:
     """Keep one checkpoint per trial and exploit every epoch: a donor's checkpoint is deleted by its
     next one, often before the trial that copies it restores. orch copies it first."""

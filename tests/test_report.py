@@ -68,6 +68,7 @@ class _Page(HTMLParser):
             self._cell.append(data)
 
 
+@pytest.mark.slow
 def test_sweep_writes_its_report_and_the_page_holds_every_plot(swept) -> None:
     store, sweep_id, stdout = swept
     m = re.search(r"^Report: (.+report\.html)$", stdout, re.M)
@@ -111,6 +112,7 @@ def test_sweep_writes_its_report_and_the_page_holds_every_plot(swept) -> None:
     assert text.count(sweep_id) >= 2 and len({s for s in pd.read_parquet(store / "sweeps")["sweep_id"]}) == 2
 
 
+@pytest.mark.slow
 def test_report_command_for_an_older_sweep_and_its_errors(swept, tmp_path: Path) -> None:
     store, sweep_id, _ = swept
     first = sorted(set(pd.read_parquet(store / "sweeps")["sweep_id"]) - {sweep_id})[0]
@@ -174,6 +176,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (Debian's chromium package) on this machine")
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(swept, tmp_path: Path) -> None:
     store, sweep_id, _ = swept
     page = store / "reports" / STUDY / sweep_id / "report.html"

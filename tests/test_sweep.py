@@ -103,6 +103,7 @@ def _wait_for_trials(store: Path, n: int, proc: subprocess.Popen, timeout: float
     pytest.fail(f"no {n} finished trials in the store after {timeout}s")
 
 
+@pytest.mark.slow
 def test_resume_after_driver_is_killed(store: Path, tmp_path: Path) -> None:
     args = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=12", "search.num_samples=8",
             "train.checkpoint_every=2", "model.hidden=32", "--store", str(store)]
@@ -206,6 +207,7 @@ def test_collapsed_trials_are_flagged_and_never_best(store: Path) -> None:
     assert (per_epoch["val_collapsed"] == 1.0).all() and len(per_epoch) == 4 * len(dead)
 
 
+@pytest.mark.slow
 def test_a_sweep_of_only_collapsed_trials_reports_no_best(store: Path) -> None:
     p = orch("sweep", CONFIG, *SMALL, "scheduler.name=fifo", "scheduler.max_epochs=2", "search.num_samples=2",
              "model.bias_init=-10", "--store", store)
