@@ -77,10 +77,6 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
     cfg = config_mod.load(config, overrides)  # before importing torch and Ray: errors come at once
     from orchestrator import sweep as sweep_mod
 
-    if address:
-        from orchestrator.cluster import check_address
-
-        check_address(address)
     result = sweep_mod.run(cfg, store=Store(store_root(cfg, store)), address=address,
                            resume=resume, verbose=verbose, sweep_id=sweep_id)
     sweep_mod.print_summary(result)

@@ -195,6 +195,18 @@ def _finite_or_none(v: Any) -> Any:
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+def best_so_far(best: tuple[float, str] | None, trial_id: str, result: dict[str, Any], metric: str,
+                mode: str) -> tuple[float, str] | None:
+    """(value, trial) of the best objective so far, given one more result: the trial's own best so
+    far (the number the store and the summary give), else this report's value."""
+    value = (result.get("best") or {}).get(metric, result.get(metric))
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        return best
+    if best is None or (value < best[0] if mode == "min" else value > best[0]):
+        return float(value), trial_id
+    return best
+
+
 class Progress(Callback):
     """One line of progress: trials done / running / stopped early, best so far, elapsed time."""
 
@@ -228,12 +240,7 @@ class Progress(Callback):
         self._t0 = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        # The trial's best so far (the same number the store and the summary give), else this report.
-        value = (result.get("best") or {}).get(self.metric, result.get(self.metric))
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
-            if better:
-                self.best = (float(value), trial.trial_id)
+        self.best = best_so_far(self.best, trial.trial_id, result, self.metric, self.mode)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         status, _ = trial_status(trial)
@@ -304,6 +311,7 @@ class SweepStatus(Callback):
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._last = 0.0
         self._metrics: dict[str, Any] | None = None
+        self._ended: dict[str, str] = {}  # trial id -> status of the trials that finished
 
     def __getstate__(self) -> dict[str, Any]:
         keep = ("study", "sweep_id", "total", "metric", "mode", "status_file", "info", "interval_s")
@@ -326,11 +334,7 @@ class SweepStatus(Callback):
         self.results += 1
         if self._metrics:
             self._metrics["results"].inc(1, tags=self.tags)
-        value = (result.get("best") or {}).get(self.metric, result.get(self.metric))
-        if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            return
-        if self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0]):
-            self.best = (float(value), trial.trial_id)
+        self.best = best_so_far(self.best, trial.trial_id, result, self.metric, self.mode)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if time.monotonic() - self._last >= self.interval_s:
@@ -343,9 +347,13 @@ class SweepStatus(Callback):
         counts = dict.fromkeys(TRIAL_STATES, 0)
         for t in trials:
             if t.status in ("TERMINATED", "ERROR"):
-                counts[trial_status(t)[0]] = counts.get(trial_status(t)[0], 0) + 1
+                # A finished trial's status is final: read it (for an error, from its file) once.
+                state = self._ended.get(t.trial_id)
+                if state is None:
+                    state = self._ended[t.trial_id] = trial_status(t)[0]
             else:
-                counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
+                state = t.status.lower()
+            counts[state] = counts.get(state, 0) + 1
         return counts
 
     def update(self, trials, state: str = "running") -> None:

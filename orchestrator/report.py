@@ -246,8 +246,7 @@ def plot_knobs(sw: _Sweep, path: Path) -> list[str]:
     fig, axes = plt.subplots(rows, cols, figsize=(10, 2.9 * rows), squeeze=False)
     lim = _limits(y_all)
     for ax, knob in zip(list(axes.flat)[:len(knobs)], knobs, strict=True):
-        col = f"config.{knob.name}"
-        data = t[col] if col in t.columns else pd.Series([None] * len(t))
+        data = _config(t, knob)
         is_best = t["trial_id"].isin(best).to_numpy()
         early = (t["status"] == "stopped_early").to_numpy()
         if knob.numeric:
@@ -297,16 +296,28 @@ def _log_axis(ax, knob: spaces.Knob) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _config(trials: pd.DataFrame, knob: spaces.Knob) -> pd.Series:
+    """The trials' values of ``knob`` (all missing where no trial carries it)."""
+    return trials.get(f"config.{knob.name}", pd.Series([None] * len(trials), index=trials.index))
+
+
+def _on_scale(knob: spaces.Knob, values: pd.Series) -> np.ndarray:
+    """Values on the scale the knob was sampled on: ``forward`` of a numeric knob, the position of a
+    choice; NaN where a trial has no (valid) value."""
+    if knob.numeric:
+        v = pd.to_numeric(values, errors="coerce").to_numpy(float)
+        return np.array([knob.forward(x) if np.isfinite(x) and knob.contains(x) else np.nan for x in v])
+    cats = [str(c) for c in knob.values]
+    return np.array([cats.index(str(v)) if str(v) in cats else np.nan for v in values], dtype=float)
+
+
 def _normalised(knob: spaces.Knob, values: pd.Series) -> np.ndarray:
+    """:func:`_on_scale`, mapped onto [0, 1] over the knob's whole range."""
+    u = _on_scale(knob, values)
     if knob.numeric:
         lo, hi = knob.interval()
-        v = pd.to_numeric(values, errors="coerce").to_numpy(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            u = np.array([knob.forward(x) if np.isfinite(x) and knob.contains(x) else np.nan for x in v])
         return (u - lo) / ((hi - lo) or 1.0)
-    cats = [str(c) for c in knob.values]
-    n = max(1, len(cats) - 1)
-    return np.array([cats.index(str(v)) / n if str(v) in cats else np.nan for v in values])
+    return u / max(1, len(knob.values) - 1)
 
 
 def plot_parallel(sw: _Sweep, path: Path) -> int:
@@ -316,7 +327,7 @@ def plot_parallel(sw: _Sweep, path: Path) -> int:
     knobs = [sw.space.knobs[k] for k in sw.space.searched]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * (len(knobs) + 1)), 4.2))
     if len(top) and knobs:
-        cols = [_normalised(k, top.get(f"config.{k.name}", pd.Series([None] * len(top)))) for k in knobs]
+        cols = [_normalised(k, _config(top, k)) for k in knobs]
         y = top[sw.objective].to_numpy(float)
         span = (y.max() - y.min()) or 1.0
         cols.append((y - y.min()) / span)
@@ -365,13 +376,7 @@ def importance(sw: _Sweep) -> tuple[list[Importance], float | None]:
         return [Importance(k.name, k.tier, float("nan"), 0) for k in knobs], None
     cols = []
     for k in knobs:
-        raw = t.get(f"config.{k.name}", pd.Series([None] * len(t), index=t.index))
-        if k.numeric:
-            v = pd.to_numeric(raw, errors="coerce").to_numpy(float)
-            u = np.array([k.forward(x) if np.isfinite(x) and k.contains(x) else np.nan for x in v])
-        else:
-            cats = [str(c) for c in k.values]
-            u = np.array([cats.index(str(x)) if str(x) in cats else np.nan for x in raw], dtype=float)
+        u = _on_scale(k, _config(t, k))
         fill = np.nanmedian(u) if np.isfinite(u).any() else 0.0
         cols.append(np.where(np.isfinite(u), u, fill))
     x = np.vstack(cols).T

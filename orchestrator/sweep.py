@@ -260,6 +260,7 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
 
     # Everything that can be wrong with the input is found before Ray starts or a file is written:
     # a bad table is reported in seconds, not after Ray's start and shutdown.
+    address = ray_address(cfg, address)
     dataset = data_mod.load(cfg)
     # The space inline from here on: files are read before Ray starts (in a Ray Job, joining the
     # cluster can replace the working directory the relative paths point into).
@@ -269,7 +270,6 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     started_at = datetime.now(timezone.utc)
 
     dashboard, owned = None, False
-    address = ray_address(cfg, address)
     try:
         dashboard, owned = start_ray(cfg, address, verbose)
         if dashboard:

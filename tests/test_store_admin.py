@@ -30,6 +30,14 @@ def trials(sweep_id: str, first: int, n: int, **extra) -> list[dict]:
              "started_at": T0 + timedelta(minutes=i), **extra} for i in range(first, first + n)]
 
 
+def batches_of_trials(root: Path, batches: int, size: int) -> Store:
+    """A store whose study "a" holds ``batches`` files of ``size`` trials each (sweep s1)."""
+    s = Store(root)
+    for i in range(batches):
+        s.append("trials", "a", trials("s1", size * i, size), "s1")
+    return s
+
+
 def metrics(sweep_id: str, trial_id: str, epochs: range, generation: bool = True) -> list[dict]:
     return [{"sweep_id": sweep_id, "trial_id": trial_id, "epoch": e, "val_loss": 1.0 / e, "lr": 0.01,
              **({"generation": 0} if generation else {})} for e in epochs]
@@ -135,9 +143,7 @@ def test_evolved_schema_reads_after_compaction_in_every_reader(tmp_path: Path) -
 
 def test_compaction_splits_into_files_of_max_rows(tmp_path: Path) -> None:
     root = tmp_path / "store"
-    s = Store(root)
-    for i in range(6):
-        s.append("trials", "a", trials("s1", 4 * i, 4), "s1")
+    s = batches_of_trials(root, 6, 4)
     before = s.trials()
     store_admin.compact(root, max_rows=10)
     names = sorted(p.name for p in (root / "trials" / "study=a").glob("*.parquet"))
@@ -266,9 +272,7 @@ def test_interrupted_after_publishing_reads_correctly_and_the_next_compaction_re
 
 def test_interrupted_before_every_merged_file_is_in_place_is_rolled_back(tmp_path: Path) -> None:
     root = tmp_path / "store"
-    s = Store(root)
-    for i in range(5):
-        s.append("trials", "a", trials("s1", 3 * i, 3), "s1")
+    s = batches_of_trials(root, 5, 3)
     before = s.trials()
     d = root / "trials" / "study=a"
     inputs = s.files("trials", "a")
