@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from orchestrator.errors import ConfigError
+from orchestrator.names import check_name, shown
 
 TASKS = ("classification", "regression")
 SCALERS = ("standard", "minmax", "quantile", "none")
@@ -33,7 +33,6 @@ CLIP_MODES = ("norm", "value")
 # that loading a config does not import Ray (a test keeps them equal).
 SCHEDULER_NAMES = ("asha", "fifo", "hyperband", "median", "pbt", "pb2")
 SEARCHER_NAMES = ("random", "tpe", "grid")
-STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -140,8 +139,11 @@ class RayConfig:
     address: str | None = None  # None: start an embedded Ray on 127.0.0.1 (or join $RAY_ADDRESS in a Ray Job)
     num_cpus: int | None = None  # embedded Ray only; default: all cores
     num_gpus: int | None = None
-    dashboard_host: str = "127.0.0.1"
+    dashboard_host: str = "127.0.0.1"  # an IP address; one other than loopback needs expose_dashboard
     dashboard_port: int = 8265
+    # The dashboard (and its Jobs API) on an address other than loopback is reachable from other
+    # machines: only when the user says so here (token authentication still applies).
+    expose_dashboard: bool = False
     # One Ray actor trains many trials of a sweep in turn, or (false) each trial gets an actor of its
     # own, named for it in the dashboard, for a new worker process per trial (about 3.7 s each on a
     # 2-CPU machine, mostly importing torch: BENCHMARKS.md).
@@ -344,7 +346,7 @@ def from_yaml(text: str) -> SweepConfig:
 
 
 def _fail(key: str, problem: str, value: Any) -> None:
-    raise ConfigError(f"{key}: {problem} (got {value!r})")
+    raise ConfigError(f"{key}: {problem} (got {shown(value)})")
 
 
 def _check_range(key: str, value: float | None, lo: float | None = None, hi: float | None = None,
@@ -436,6 +438,21 @@ def check_hyperparameter(key: str, name: str, value: Any, model: str | None = No
             _fail(key, "wrong type for this knob", value)
 
 
+def check_dashboard_host(host: Any, expose: bool, key: str = "ray.dashboard_host") -> None:
+    """The dashboard's bind address: an IP address (or localhost); loopback unless ``expose``."""
+    import ipaddress
+
+    if host == "localhost":
+        return
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        _fail(key, "must be an IP address such as 127.0.0.1 (or localhost)", host)
+    if not address.is_loopback and not expose:
+        _fail(key, "would expose the Ray dashboard and its Jobs API beyond this machine; set "
+              "ray.expose_dashboard: true to do that on purpose (clients still need the cluster's token)", host)
+
+
 def resolve_path(cfg: SweepConfig, value: str) -> Path:
     """A path from the config: relative to the working directory, else to the config's directory
     or the nearest of its parents that has it (so ``search_spaces/x.yaml`` works from anywhere)."""
@@ -455,8 +472,7 @@ def validate(cfg: SweepConfig) -> None:
 
     if cfg.study == "???" or not cfg.study:
         _fail("study", "a study name is required", cfg.study)
-    if not STUDY_NAME.match(cfg.study):
-        _fail("study", "use letters, digits, '_', '-' and '.' only", cfg.study)
+    check_name(cfg.study, "study", ConfigError)
 
     d = cfg.data
     if (d.source is None) == (d.path is None):
@@ -465,6 +481,8 @@ def validate(cfg: SweepConfig) -> None:
         data_mod.check_source(d.source)
     if d.path is not None:
         p = resolve_path(cfg, d.path)
+        if p.is_dir():
+            _fail("data.path", "is a directory; name a CSV or Parquet file", d.path)
         if not p.is_file():
             _fail("data.path", "file not found", d.path)
         if p.suffix.lower() not in data_mod.FILE_FORMATS:
@@ -545,6 +563,7 @@ def validate(cfg: SweepConfig) -> None:
     _check_range("ray.num_cpus", cfg.ray.num_cpus, 1, allow_none=True)
     _check_range("ray.num_gpus", cfg.ray.num_gpus, 0, allow_none=True)
     _check_range("ray.dashboard_port", cfg.ray.dashboard_port, 1, 65535)
+    check_dashboard_host(cfg.ray.dashboard_host, cfg.ray.expose_dashboard)
     if cfg.ray.address is not None:
         from orchestrator.cluster import check_address
 

@@ -35,6 +35,7 @@ from ray.tune import Checkpoint
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pbt import _PBTTrialState
 
+from orchestrator.names import inside
 from orchestrator.spaces import Knob, Space
 
 try:  # PB2's model: scikit-learn's Gaussian process and scipy's optimiser (the `pb2` extra)
@@ -130,7 +131,7 @@ class _KeepsExploits:
         source = next((c for c in candidates if c is not None and _exists(c)), None)
         if source is None or self.exp_dir is None or os.environ.get("ORCH_PBT_SHARE_CHECKPOINTS") == "1":
             return source  # (the switch is Tune's own behaviour: the negative control of the tests)
-        target = Path(self.exp_dir) / EXPLOIT_DIR / f"{trial.trial_id}-{self.exploits:05d}"
+        target = inside(self.exp_dir, Path(self.exp_dir) / EXPLOIT_DIR / f"{trial.trial_id}-{self.exploits:05d}")
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)

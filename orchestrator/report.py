@@ -33,6 +33,7 @@ import pandas as pd
 from orchestrator import config as config_mod
 from orchestrator import spaces
 from orchestrator.errors import UserError
+from orchestrator.names import check_name
 from orchestrator.store import Store
 
 REPORT_DIR = "reports"
@@ -493,8 +494,12 @@ def summary(sw: _Sweep) -> dict[str, Any]:
 
 def build(store_root: Path, study: str, sweep_id: str | None = None, out: Path | None = None) -> Report:
     """Write the report of ``sweep_id`` (default: the study's newest) under ``out``; return it."""
+    if sweep_id is not None:
+        check_name(sweep_id, "--sweep")
     sw = load(Path(store_root), study, sweep_id)
-    out = Path(out) if out else Path(store_root) / REPORT_DIR / study / sw.sweep_id
+    # The sweep id comes from the store's own rows: checked again before it becomes a path.
+    out = Path(out) if out else Store(store_root).path(REPORT_DIR, check_name(study, "study"),
+                                                        check_name(sw.sweep_id, "sweep id"))
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(study, sw.sweep_id, out / "report.html")
     rep.pngs["curves"] = out / "learning_curves.png"

@@ -12,6 +12,7 @@ import pyarrow as pa
 import yaml
 
 from orchestrator.errors import UserError
+from orchestrator.names import check_name
 from orchestrator.store import Store
 
 SWEEP_COLUMNS = ["study", "sweep_id", "ended_at", "trials", "scheduler", "searcher", "metric", "best_value",
@@ -145,7 +146,7 @@ def write_best_file(root: str | Path, study: str) -> Path:
     import tempfile
 
     text = best_yaml(root, study)
-    path = Path(root) / "best" / f"{study}.yaml"
+    path = Store(root).path("best", f"{check_name(study, 'study')}.yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:

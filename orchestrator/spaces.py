@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from orchestrator.errors import ConfigError
+from orchestrator.names import shown
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "pow2", "choice", "fixed", "log1m")
 KNOB_KEYS = (*DISTRIBUTIONS, "log", "tier", "default", "when")
@@ -191,6 +192,10 @@ def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
 def _pair(key: str, dist: str, value: Any) -> tuple[float, float]:
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
@@ -242,9 +247,12 @@ def parse_knob(name: str, spec: Any, key: str | None = None) -> Knob:
             raise ConfigError(f"{key}.int: bounds must be positive with log: true (got {value!r})")
         if dist == "pow2" and lo <= 0:
             raise ConfigError(f"{key}.pow2: bounds must be positive integers (got {value!r})")
+        if dist == "pow2" and not all(_is_power_of_two(int(v)) for v in (lo, hi)):
+            inner = [2 ** k for k in range(int(lo - 1).bit_length(), int(hi).bit_length())]
+            hint = f"; the powers of two inside are {inner[0]}..{inner[-1]}: write [{inner[0]}, {inner[-1]}]" \
+                if inner else ""
+            raise ConfigError(f"{key}.pow2: bounds must be powers of two (got {value!r}){hint}")
         knob = Knob(dist=dist, low=lo, high=hi, log=bool(spec.get("log", False)), **common)
-        if dist == "pow2" and not knob.powers():
-            raise ConfigError(f"{key}.pow2: no power of two lies in {value!r}")
     if knob.has_default and not knob.contains(knob.default):
         raise ConfigError(f"{key}.default: {knob.default!r} is outside the knob's range {knob.describe()}")
     return knob
@@ -468,14 +476,25 @@ def load_space(cfg) -> dict[str, Any]:
         from orchestrator.config import resolve_path
 
         path = resolve_path(cfg, spec)
+        if path.is_dir():
+            raise ConfigError(f"search_space: {shown(spec)} is a directory; name a YAML file")
         if not path.is_file():
-            raise ConfigError(f"search_space: file not found (got {spec!r})")
+            raise ConfigError(f"search_space: file not found (got {shown(spec)})")
+        # Errors name the file and the line, never its contents (it may be any file the user can read).
         try:
-            spec = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text()
+            spec = yaml.safe_load(text) or {}
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"search_space: cannot read {path}: {getattr(err, 'strerror', None) or type(err).__name__}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"search_space: invalid YAML in {spec}: {str(err).splitlines()[0]}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"search_space: {path}:{where} is not valid YAML") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"search_space: {path} holds a {type(spec).__name__}, not a mapping of knobs "
+                              "(knob: {distribution: ...})")
     if not isinstance(spec, dict):
-        raise ConfigError(f"search_space: expected a mapping of knobs or a file path (got {spec!r})")
+        raise ConfigError(f"search_space: expected a mapping of knobs or a file path (got {shown(spec)})")
     return spec
 
 

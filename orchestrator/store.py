@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import StoreError, UserError
+from orchestrator.names import check_name, inside
 
 TABLES = ("sweeps", "trials", "metrics", "exploits", "decisions")
 # Row identity per table: the store never holds two rows with the same key.
@@ -155,11 +156,36 @@ class Store:
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; valid: {', '.join(TABLES)}")
         d = self.root / table
-        return d / f"study={study}" if study is not None else d
+        return d / f"study={check_name(study, 'study')}" if study is not None else d
 
     def ray_dir(self) -> Path:
         """Where Ray Tune keeps experiment state (one sub-directory per sweep id)."""
         return self.root / "_ray"
+
+    def sweep_dir(self, sweep_id: str, key: str = "sweep id") -> Path:
+        """Ray Tune's experiment directory of one sweep (``<store>/_ray/<sweep_id>``), checked."""
+        return self.path("_ray", check_name(sweep_id, key))
+
+    def path(self, *parts: str) -> Path:
+        """``<store>/<parts...>``, checked to resolve inside the store (see :func:`names.inside`)."""
+        return inside(self.root, self.root.joinpath(*parts))
+
+    def check_writable(self) -> None:
+        """Raise a one-line UserError unless the store is (or can be made) a writable directory.
+
+        Run before a sweep starts Ray, so a bad ``--store`` costs seconds, not a Ray start-up.
+        """
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise UserError(f"store: {root} is a file, not a directory (--store, store.path or $ORCH_STORE)")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".orch-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise UserError(f"store: cannot write to {root}: {reason} (--store, store.path or $ORCH_STORE)") from None
 
     # -- writing ----------------------------------------------------------------------------------
     def append(self, table: str, study: str, rows: list[dict[str, Any]], sweep_id: str,
@@ -169,7 +195,8 @@ class Store:
             return None
         rows = [{k: v for k, v in r.items() if k != "study"} for r in rows]
         arrow = to_arrow(rows, types)
-        directory = self.table_dir(table, study)
+        directory = inside(self.root, self.table_dir(table, study))
+        check_name(sweep_id, "sweep id")
         directory.mkdir(parents=True, exist_ok=True)
         stamp = now().strftime("%Y%m%dT%H%M%S%f")
         final = directory / f"{sweep_id}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"

@@ -175,7 +175,7 @@ def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
     ray_dir = store.ray_dir()
     finished = set(store.sweeps(study)["sweep_id"]) if store.files("sweeps", study) else set()
     if sweep_id and sweep_id != "latest":
-        if not (ray_dir / sweep_id / SWEEP_CONFIG_FILE).is_file():
+        if not (store.sweep_dir(sweep_id, "--resume") / SWEEP_CONFIG_FILE).is_file():
             raise UserError(f"--resume: no sweep '{sweep_id}' under {ray_dir}")
         if sweep_id in finished:
             raise UserError(f"--resume: sweep '{sweep_id}' already finished; see `orch results --study {study}`")
@@ -250,22 +250,23 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
     store = store or Store(store_root(cfg))
     if resume:
         sweep_id = find_resumable(store, cfg.study, resume)
-        saved = store.ray_dir() / sweep_id / SWEEP_CONFIG_FILE
+        saved = store.sweep_dir(sweep_id) / SWEEP_CONFIG_FILE
         cfg = dataclasses.replace(config_mod.from_yaml(saved.read_text()), source_file=cfg.source_file)
         echo(f"Resuming sweep {sweep_id} of {cfg.study} (config as saved when it started)")
     else:
         sweep_id = sweep_id or new_sweep_id()
-        if (store.ray_dir() / sweep_id).exists():
+        if store.sweep_dir(sweep_id, "--sweep-id").exists():
             raise UserError(f"--sweep-id: sweep '{sweep_id}' already exists under {store.ray_dir()}")
 
     # Everything that can be wrong with the input is found before Ray starts or a file is written:
     # a bad table is reported in seconds, not after Ray's start and shutdown.
     address = ray_address(cfg, address)
+    store.check_writable()
     dataset = data_mod.load(cfg)
     # The space inline from here on: files are read before Ray starts (in a Ray Job, joining the
     # cluster can replace the working directory the relative paths point into).
     cfg = dataclasses.replace(cfg, search_space=spaces.load_space(cfg) or None)
-    exp_dir = store.ray_dir() / sweep_id
+    exp_dir = store.sweep_dir(sweep_id)
     search, plan, setup = prepare(cfg, dataset, str(store.root), sweep_id, str(exp_dir.resolve()))
     started_at = datetime.now(timezone.utc)
 
@@ -335,7 +336,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     from orchestrator.monitor import Progress, StoreWriter, SweepStatus
 
     ray_dir = store.ray_dir()
-    exp_dir = ray_dir / sweep_id
+    exp_dir = store.sweep_dir(sweep_id)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
         (exp_dir / SWEEP_CONFIG_FILE).write_text(config_mod.to_yaml(cfg))
@@ -568,7 +569,8 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
              f"(one class for nearly every input, or predictions with almost no spread). "
              f"Check the data and the model with: orch check {result.config_path}")
     elif result.collapsed:
-        echo(f"{result.collapsed} trials collapsed to a constant output (left out of the best).")
+        echo(f"{result.collapsed} trial{'s' if result.collapsed != 1 else ''} collapsed to a constant output "
+             "(left out of the best).")
     if result.best_trial_id:
         others = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.best_metrics.items()) if k != result.metric)
         echo(f"Best trial {result.best_trial_id}: {result.metric} {result.best_value:.6g}"
