@@ -96,6 +96,7 @@ def make_files(d: Path) -> Path:
     write_yaml(d / "lo_hi.yaml", {"dropout": {"uniform": [0.5, 0.1]}})
     write_yaml(d / "log_zero.yaml", {"lr": {"loguniform": [0, 0.1]}})
     write_yaml(d / "log1m.yaml", {"beta1": {"log1m": [0.5, 1.0]}})
+    write_yaml(d / "pow2.yaml", {"batch_size": {"pow2": [10, 100]}})
     write_yaml(d / "a.yaml", {"base": "b.yaml", "study": "cycle"})
     write_yaml(d / "b.yaml", {"base": "a.yaml"})
     # A table whose target has a single class.
@@ -156,6 +157,26 @@ CASES: dict[str, Callable[[Path], tuple[list[object], list[str]]]] = {
         [CONFIG, "scheduler.max_epochs"], ["'scheduler.max_epochs'", "key=value"]),
     "data_one_class": lambda d: (
         [d / "one_class.yaml"], ["data.target", "'label'", "single class"]),
+    # Names that become paths: one pattern and a length limit.
+    "study_too_long": lambda d: (
+        [CONFIG, "study=" + "s" * 300], ["study", "at most 100 characters", "(300 characters)"]),
+    "study_with_a_path": lambda d: (
+        [CONFIG, "study=../../elsewhere"], ["study", "'../../elsewhere'"]),
+    # A file a config names may be anywhere, but an error never prints its contents.
+    "search_space_not_a_space": lambda d: (
+        [CONFIG, "search_space=/etc/passwd"], ["search_space: /etc/passwd holds a str, not a mapping"]),
+    "search_space_directory": lambda d: (
+        [CONFIG, f"search_space={d}"], ["search_space", "is a directory"]),
+    "data_path_directory": lambda d: (
+        [CONFIG, "data.source=null", f"data.path={d}", "data.target=y"], ["data.path", "is a directory"]),
+    "pow2_bounds_not_powers": lambda d: (
+        [CONFIG, f"search_space={d / 'pow2.yaml'}"],
+        ["search_space.batch_size.pow2", "powers of two", "(got [10, 100])", "write [16, 64]"]),
+    # The dashboard stays on loopback unless the user says otherwise, explicitly.
+    "dashboard_on_every_interface": lambda d: (
+        [CONFIG, "ray.dashboard_host=0.0.0.0"], ["ray.dashboard_host", "'0.0.0.0'", "ray.expose_dashboard: true"]),
+    "dashboard_host_not_an_address": lambda d: (
+        [CONFIG, "ray.dashboard_host=evil host"], ["ray.dashboard_host", "'evil host'", "IP address"]),
 }
 
 
@@ -175,6 +196,23 @@ def test_user_error_is_one_line(case: str, files: Path) -> None:
 def test_user_error_is_one_line_subprocess(case: str, files: Path) -> None:
     args, fragments = CASES[case](files)
     assert_user_error(orch_subprocess("check", *args), *fragments)
+
+
+def test_errors_never_print_a_named_file(files: Path) -> None:
+    secret = files / "secret.txt"
+    secret.write_text("the password is hunter2\n" * 50)  # valid YAML (one string), not a space
+    for args in ([f"search_space={secret}"], ["data.source=null", f"data.path={secret}", "data.target=y"],
+                 [f"search_space={files / 'one_class.csv'}"]):
+        run = cli("check", CONFIG, *args)
+        assert run.code == 2, run.stderr + run.detail
+        assert "hunter2" not in run.stderr and "0.5,1" not in run.stderr and len(run.stderr) < 300, run.stderr
+
+
+def test_dashboard_beyond_loopback_only_when_asked() -> None:
+    ok = cli("check", "--config-only", CONFIG, "ray.dashboard_host=0.0.0.0", "ray.expose_dashboard=true")
+    assert ok.code == 0, ok.stderr + ok.detail
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert cli("check", "--config-only", CONFIG, f"ray.dashboard_host={host}").code == 0, host
 
 
 def test_config_error_names_key_and_value_in_process(files: Path) -> None:
