@@ -332,6 +332,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                joined: bool = False, dashboard: str | None = None) -> SweepResult:
     from ray import tune
 
+    from orchestrator import ray_adapter, state_guard
     from orchestrator.jobs import STATUS_FILE, current_job
     from orchestrator.monitor import Progress, StoreWriter, SweepStatus
 
@@ -359,7 +360,14 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     status = SweepStatus(cfg.study, sweep_id, n_trials, cfg.objective.metric, cfg.objective.mode,
                          str(exp_dir / STATUS_FILE), info={"store": str(store.root.resolve()), "dashboard": dashboard,
                                                            "cluster": joined, "job": current_job()})
-    if resuming and tune.Tuner.can_restore(str(exp_dir)):
+    # Restoring unpickles Tune's files of the store: only those this machine's key signed (see
+    # orchestrator/state_guard.py), checked before Tune reads any and again as it reads them.
+    key = state_guard.load_key(store.root)
+    own_files = (SWEEP_CONFIG_FILE, STATUS_FILE, searchers.STAGES_FILE,
+                 f"{searchers.STAGES_FILE}.tmp")
+    context = f"--resume: sweep {sweep_id}"
+    if resuming and ray_adapter.restorable(exp_dir):
+        state_guard.verify(exp_dir, key, sweep_id=sweep_id, context=context, exempt=own_files)
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
         search_alg = searchers.create(cfg, search, str(exp_dir))
@@ -387,8 +395,13 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
                 log_to_file=not verbose,
             ),
         )
+        ray_adapter.sign_tuner_state(exp_dir, key)
     t_fit = time.monotonic()
-    grid = tuner.fit()
+    try:
+        with ray_adapter.guarded(exp_dir, key, exempt=own_files, context=context):
+            grid = tuner.fit()
+    except ray_adapter.StateRejected as rejected:
+        raise rejected.error from None
     # Callbacks restored from Tune's state are copies: read the counts from the store instead.
     for cb in tuner._local_tuner.get_run_config().callbacks or []:
         if isinstance(cb, Progress):

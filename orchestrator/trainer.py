@@ -167,10 +167,7 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
         start_epoch = state["epoch"] + 1
         best, best_epoch, since_best = state["best"], state["best_epoch"], state["since_best"]
         first_loss = state.get("first_loss")
-        torch.set_rng_state(state["rng"]["torch"])
-        gen.set_state(state["rng"]["gen"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"], gen)
 
     resumed: dict[str, float] = {}
     if state is not None and len(x_val):
@@ -254,18 +251,91 @@ def run_trial(config: dict[str, Any], data, setup: TrialSetup, report: Report,
                 result["test"] = evaluate(model, x_test, y_test, data, loss_fn, "test", data.y_test_units)
             checkpoint = None
             if not last and (epoch % setup.checkpoint_every == 0 or setup.report_epochs is None):
+                # Tensors and plain values only: it is loaded with torch.load(weights_only=True).
                 checkpoint = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "schedule": schedule.state_dict(), "first_loss": first_loss,
-                    "best": best, "best_epoch": best_epoch, "since_best": since_best, "hp": hp,
-                    "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state(),
-                            "numpy": np.random.get_state(), "python": random.getstate()},
+                    "rng": rng_state(gen),
+                    **plain({"schedule": schedule.state_dict(), "first_loss": first_loss,
+                             "best": best, "best_epoch": best_epoch, "since_best": since_best,
+                             "hp": hp}),
                 }
             report(result, checkpoint)
             history = []
         if last:
             return result
     return _result(metrics, history, best, best_epoch, setup, True, status, reason, 0.0)
+
+
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
+    """Every random state a trial draws from, as tensors and plain values."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(), "gen": gen.get_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "python": [int(version), [int(k) for k in internal], gauss_next],
+    }
+
+
+def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["gen"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers, arrays as tensors, and containers rebuilt
+    from plain values: what ``torch.load(weights_only=True)`` reads back.
+
+    Raises:
+        TypeError: ``value`` holds something else (an object ``weights_only`` would refuse).
+    """
+    if isinstance(value, torch.Tensor) or value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):  # (an OrderedDict, such as a state_dict, stays one)
+        return type(value)((plain(k), plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    for kind in (bool, int, float, str):  # a subclass (an IntEnum): its plain value
+        if isinstance(value, kind):
+            return kind(value)
+    raise TypeError(f"a checkpoint holds only tensors and plain values, not {type(value).__name__}")
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A trial checkpoint written by :func:`tune_trainable`: tensors and plain values only.
+
+    Read with ``weights_only=True``: a file that holds anything else (a pickled object, which
+    could run code when loaded) is refused.
+
+    Raises:
+        CheckpointError: the file is not such a checkpoint.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise CheckpointError(f"refusing to load checkpoint {path}: not a checkpoint of tensors "
+                              f"and plain values ({first[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"refusing to load checkpoint {path}: not a checkpoint of this "
+                              "trainer")
+    return state
+
+
+class CheckpointError(Exception):
+    """A trial checkpoint that cannot (or must not) be loaded."""
 
 
 def _result(metrics, history, best, best_epoch, setup, last, status, reason, elapsed) -> dict[str, Any]:
@@ -306,20 +376,15 @@ def ray_device() -> tuple[torch.device, str]:
 def tune_trainable(config: dict[str, Any], data=None, setup: TrialSetup | None = None) -> None:
     """Ray Tune function trainable: ``tune.with_parameters(tune_trainable, data=..., setup=...)``.
 
-    An exception raised by the training ends the trial as ``error`` with its message (a retry
-    would fail the same way); only a lost worker or node makes Tune retry it
-    (``failure.max_retries``), from its last checkpoint.
+    An exception raised by the training, or a checkpoint refused by :func:`load_checkpoint`, ends
+    the trial as ``error`` with its message (a retry would fail the same way); only a lost worker
+    or node makes Tune retry it (``failure.max_retries``), from its last checkpoint.
     """
     import traceback
 
     import ray
     from ray import tune
 
-    state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
     dev, gpu_ids = ray_device()
     where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(dev), "gpu_ids": gpu_ids}
     reporting = False
@@ -337,6 +402,11 @@ def tune_trainable(config: dict[str, Any], data=None, setup: TrialSetup | None =
         reporting = False
 
     try:
+        state = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                state = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
         run_trial(config, data, setup, report, state, dev)
     except Exception as err:
         if reporting:

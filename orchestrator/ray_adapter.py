@@ -1,0 +1,195 @@
+"""orch's uses of Ray's private internals, in one place.
+
+Each patch and private name below says why orch needs it. They are written against Ray 2.60; on a
+Ray upgrade check each one (tests/test_security_state.py exercises them all). The patches are
+installed once per process and do nothing unless a sweep is running under :func:`guarded`.
+
+Signing Tune's experiment state (see :mod:`orchestrator.state_guard`):
+
+- ``TuneController.save_to_dir`` writes the experiment state, the searcher's and the callbacks'
+  into a local staging directory, which ``_ExperimentCheckpointManager`` then uploads to the
+  experiment directory in a background thread. orch waits for the previous upload, lets Tune
+  write, and signs the staging files before the upload starts: the experiment directory only
+  ever receives signed bytes, and a driver killed at any moment leaves them verifiable.
+- ``TuneController.resume`` reads the experiment state from the experiment directory, and
+  ``_ExperimentCheckpointManager.sync_down_experiment_state`` copies the other state files into
+  staging, from where Tune unpickles them: both are checked again at that moment, so a file
+  replaced after orch's first check (before ``Tuner.restore``) is refused too.
+- ``Trial.get_pickled_error`` unpickles a trial's ``error.pkl`` from the store when the result
+  grid is built: orch records errors in its own store and never needs the pickled exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import state_guard
+from orchestrator.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# ray.tune.impl.tuner_internal._TUNER_PKL (private): the Tuner's pickled state, written into the
+# experiment directory when a Tuner is created, and unpickled by Tuner.restore.
+TUNER_FILE = "tuner.pkl"
+# ray.tune.execution.tune_controller.TuneController.CKPT_FILE_TMPL: the experiment state Tune
+# saves as it runs; without one, there is nothing to restore.
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
+
+
+class StateRejected(BaseException):
+    """A check inside Tune's restore refused the state (``error`` says why).
+
+    A BaseException: Tune's controller catches every Exception its resume raises, logs it and
+    starts the experiment afresh, running every trial again.
+    """
+
+    def __init__(self, error: UserError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class _Guard:
+    exp_dir: Path  # resolved
+    sweep_id: str  # the experiment directory's own name
+    key: state_guard.StateKey
+    exempt: frozenset[str]
+    context: str
+
+    def check(self, directory: str | Path) -> None:
+        try:
+            state_guard.verify(directory, self.key, sweep_id=self.sweep_id,
+                               context=self.context, exempt=self.exempt,
+                               signatures_dir=self.exp_dir)
+        except UserError as err:
+            raise StateRejected(err) from None
+
+
+_active: _Guard | None = None
+_installed = False
+
+
+def restorable(exp_dir: str | Path) -> bool:
+    """Whether Tune saved an experiment state to restore in ``exp_dir``.
+
+    A ``tuner.pkl`` alone (the driver died between creating the Tuner and Tune's first save) is
+    not: the sweep starts afresh and that file is written again.
+    """
+    exp_dir = Path(exp_dir)
+    return (exp_dir / TUNER_FILE).is_file() and any(exp_dir.glob(EXPERIMENT_STATE_GLOB))
+
+
+def sign_tuner_state(exp_dir: str | Path, key: state_guard.StateKey) -> None:
+    """Sign the ``tuner.pkl`` a new Tuner just wrote into ``exp_dir`` (Tune writes it there
+    directly, not through the staging directory)."""
+    state_guard.sign(exp_dir, {TUNER_FILE: Path(exp_dir) / TUNER_FILE}, key)
+
+
+@contextlib.contextmanager
+def guarded(exp_dir: str | Path, key: state_guard.StateKey, *, exempt: Iterable[str] = (),
+            context: str = "") -> Iterator[None]:
+    """While inside, Tune's state for ``exp_dir`` is signed as Tune saves it, and checked as
+    Tune restores it.
+
+    Args:
+        exp_dir: the sweep's experiment directory.
+        key: this machine's state key.
+        exempt: orch's own files in ``exp_dir`` (Tune never reads them).
+        context: the start of a refusal's message.
+
+    Raises:
+        StateRejected: (from inside) Tune was about to read state that is not signed.
+    """
+    global _active
+    install()
+    previous = _active
+    _active = _Guard(Path(exp_dir).resolve(), Path(exp_dir).name, key, frozenset(exempt), context)
+    try:
+        yield
+    finally:
+        _active = previous
+
+
+def _guard_for(storage) -> _Guard | None:
+    """The active guard, when ``storage`` (Tune's StorageContext, private) is its experiment's."""
+    guard = _active
+    if guard is None:
+        return None
+    import pyarrow.fs
+
+    local = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+    if local and Path(storage.experiment_fs_path).resolve() == guard.exp_dir:
+        return guard
+    log.warning("Tune's experiment at %s is not the guarded one (%s): its state is not signed",
+                storage.experiment_fs_path, guard.exp_dir)
+    return None
+
+
+def _wait_for_upload(storage) -> None:
+    # StorageContext.syncer (private) uploads the staging directory in a background thread. Tune
+    # saves again while an upload still runs (it only skips the next upload): that upload could
+    # then copy bytes written after the last signatures. Waiting closes that window.
+    try:
+        storage.syncer.wait()
+    except Exception as err:  # noqa: BLE001 - Tune logs and goes on after a failed upload, as here
+        log.warning("the previous upload of the experiment state failed: %s", err)
+
+
+def install() -> None:
+    """Patch Ray Tune (once per process); inert while no sweep is :func:`guarded`."""
+    global _installed
+    if _installed:
+        return
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment.trial import Trial
+
+    save_to_dir = TuneController.save_to_dir
+    resume = TuneController.resume
+    sync_down = _ExperimentCheckpointManager.sync_down_experiment_state
+
+    # TuneController.save_to_dir (private): the one place Tune writes its experiment state, into
+    # the staging directory, right before _ExperimentCheckpointManager uploads it.
+    def signed_save_to_dir(self) -> None:
+        guard = _guard_for(self._storage)
+        if guard is None:
+            return save_to_dir(self)
+        _wait_for_upload(self._storage)
+        save_to_dir(self)
+        state_guard.sign_dir(self._storage.experiment_driver_staging_path, guard.exp_dir, guard.key,
+                             guard.exempt, guard.sweep_id)
+
+    # TuneController.resume (private): it reads experiment_state-*.json from the experiment
+    # directory (embedded cloudpickle) first; check the directory again right before.
+    def checked_resume(self, *args, **kwargs):
+        guard = _guard_for(self._storage)
+        if guard is not None:
+            guard.check(guard.exp_dir)
+        return resume(self, *args, **kwargs)
+
+    # _ExperimentCheckpointManager.sync_down_experiment_state (private): it copies every .json and
+    # .pkl file of the experiment directory into staging, from where Tune unpickles the searcher's
+    # and the callbacks' states: check those copies, the bytes Tune will read.
+    def checked_sync_down(self) -> None:
+        sync_down(self)
+        guard = _guard_for(self._storage)
+        staging = Path(self._storage.experiment_driver_staging_path)
+        if guard is not None and staging.is_dir():
+            guard.check(staging)
+
+    # Trial.get_pickled_error (public method, private use by ResultGrid): it unpickles the trial's
+    # error.pkl from the store, which anyone who can write the store could have replaced. Callers
+    # fall back to the text traceback (error.txt), which is all orch reads (its store records the
+    # error's message).
+    def no_pickled_error(self) -> None:
+        return None
+
+    TuneController.save_to_dir = signed_save_to_dir
+    TuneController.resume = checked_resume
+    _ExperimentCheckpointManager.sync_down_experiment_state = checked_sync_down
+    Trial.get_pickled_error = no_pickled_error
+    _installed = True
