@@ -132,6 +132,8 @@ class SearchConfig:
 class ResourcesConfig:
     cpu_per_trial: float = 1.0
     gpu_per_trial: float = 0.0
+    # On a cluster: how long a sweep waits for a node with the resources of one trial (it may scale up).
+    wait_s: float = 600.0
 
 
 @dataclass
@@ -560,6 +562,7 @@ def validate(cfg: SweepConfig) -> None:
     r = cfg.resources
     _check_range("resources.cpu_per_trial", r.cpu_per_trial, 0, None, lo_open=True)
     _check_range("resources.gpu_per_trial", r.gpu_per_trial, 0)
+    _check_range("resources.wait_s", r.wait_s, 0)
     _check_range("ray.num_cpus", cfg.ray.num_cpus, 1, allow_none=True)
     _check_range("ray.num_gpus", cfg.ray.num_gpus, 0, allow_none=True)
     _check_range("ray.dashboard_port", cfg.ray.dashboard_port, 1, 65535)
