@@ -171,7 +171,11 @@ def _free_port(host: str, port: int) -> int:
 
 
 def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
-    """The sweep id to resume: the one named, else the newest unfinished sweep of ``study``."""
+    """The sweep id to resume: the one named, else the newest unfinished sweep of ``study``.
+
+    Its Tune state, if any, must be signed by this machine's key (checked here, before Ray starts,
+    and again before Tune reads it).
+    """
     ray_dir = store.ray_dir()
     finished = set(store.sweeps(study)["sweep_id"]) if store.files("sweeps", study) else set()
     if sweep_id and sweep_id != "latest":
@@ -179,7 +183,7 @@ def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
             raise UserError(f"--resume: no sweep '{sweep_id}' under {ray_dir}")
         if sweep_id in finished:
             raise UserError(f"--resume: sweep '{sweep_id}' already finished; see `orch results --study {study}`")
-        return sweep_id
+        return _check_tune_state(store, sweep_id)
     candidates = []
     for d in sorted(ray_dir.glob("*/" + SWEEP_CONFIG_FILE)) if ray_dir.is_dir() else []:
         sid = d.parent.name
@@ -190,7 +194,30 @@ def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
             candidates.append(sid)
     if not candidates:
         raise UserError(f"--resume: no unfinished sweep of study '{study}' under {ray_dir}")
-    return sorted(candidates)[-1]
+    return _check_tune_state(store, sorted(candidates)[-1])
+
+
+def _own_files() -> tuple[str, ...]:
+    """orch's files in a sweep's experiment directory (Tune never reads them: not signed)."""
+    from orchestrator.jobs import STATUS_FILE
+
+    return SWEEP_CONFIG_FILE, STATUS_FILE, searchers.STAGES_FILE, f"{searchers.STAGES_FILE}.tmp"
+
+
+def _check_tune_state(store: Store, sweep_id: str, key=None) -> str:
+    """``sweep_id``, once the Tune state it would restore (if any) is found signed by ``key``
+    (default: this machine's; see orchestrator/state_guard.py).
+
+    Raises:
+        UserError: a state file that is not signed, or no signatures.
+    """
+    from orchestrator import ray_adapter, state_guard
+
+    exp_dir = store.ray_dir() / sweep_id
+    if ray_adapter.restorable(exp_dir):
+        state_guard.verify(exp_dir, key or state_guard.load_key(store.root), sweep_id=sweep_id,
+                           context=f"--resume: sweep {sweep_id}", exempt=_own_files())
+    return sweep_id
 
 
 def prepare(cfg, data, store_root: str | None = None, sweep_id: str = "",
@@ -363,11 +390,8 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     # Restoring unpickles Tune's files of the store: only those this machine's key signed (see
     # orchestrator/state_guard.py), checked before Tune reads any and again as it reads them.
     key = state_guard.load_key(store.root)
-    own_files = (SWEEP_CONFIG_FILE, STATUS_FILE, searchers.STAGES_FILE,
-                 f"{searchers.STAGES_FILE}.tmp")
-    context = f"--resume: sweep {sweep_id}"
     if resuming and ray_adapter.restorable(exp_dir):
-        state_guard.verify(exp_dir, key, sweep_id=sweep_id, context=context, exempt=own_files)
+        _check_tune_state(store, sweep_id, key)
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
         search_alg = searchers.create(cfg, search, str(exp_dir))
@@ -398,7 +422,8 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
         ray_adapter.sign_tuner_state(exp_dir, key)
     t_fit = time.monotonic()
     try:
-        with ray_adapter.guarded(exp_dir, key, exempt=own_files, context=context):
+        with ray_adapter.guarded(exp_dir, key, exempt=_own_files(),
+                                 context=f"--resume: sweep {sweep_id}"):
             grid = tuner.fit()
     except ray_adapter.StateRejected as rejected:
         raise rejected.error from None
