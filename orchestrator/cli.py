@@ -1,7 +1,8 @@
 """The ``orch`` command line: a table of commands, each parsing its arguments and calling one function.
 
 User errors (bad config, bad argument, missing file) print one line and exit 2; failures at run
-time exit 1. ``--debug`` (or ``ORCH_DEBUG=1``) shows the traceback.
+time exit 1; Ctrl-C exits 130 and SIGTERM 143, at any moment (orchestrator/stopping.py).
+``--debug`` (or ``ORCH_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -30,16 +31,19 @@ class OrchGroup(click.Group):
     """Turns orch's errors into one line and an exit status."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except OrchError as err:
-            if _debug(ctx):
-                traceback.print_exc()
-            click.echo(f"orch: error: {err}", err=True)
-            sys.exit(err.exit_code)
-        except KeyboardInterrupt:
-            click.echo("orch: interrupted", err=True)
-            sys.exit(130)
+        from orchestrator import stopping
+
+        with stopping.installed():  # SIGTERM: the same clean stop as Ctrl-C, at any moment (exit 143)
+            try:
+                return super().invoke(ctx)
+            except OrchError as err:
+                if _debug(ctx):
+                    traceback.print_exc()
+                click.echo(f"orch: error: {err}", err=True)
+                sys.exit(err.exit_code)
+            except KeyboardInterrupt:
+                click.echo(stopping.message(), err=True)
+                sys.exit(stopping.exit_code())
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -83,7 +87,10 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
     if result.finished and not no_report:
         _write_report(result.store.root, result.study, result.sweep_id)
     if not result.finished:
-        sys.exit(130)
+        from orchestrator import stopping
+
+        click.echo(stopping.message(), err=True)
+        sys.exit(stopping.exit_code())
     if result.all_collapsed:
         sys.exit(1)
 

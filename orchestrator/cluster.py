@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.errors import ConfigError, UserError
+from orchestrator.errors import ConfigError, SweepFailed, UserError
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
@@ -72,6 +74,26 @@ def keep_loopback() -> None:
 
     services.resolve_ip_for_localhost = resolve_keeping_loopback
     services._orch_keeps_loopback = True
+
+
+# Deadlines on Ray, in seconds. A cluster's GCS answers a new client in well under a second.
+CONNECT_TIMEOUT_S = 15.0  # a named cluster's first answer (ORCH_RAY_TIMEOUT_S)
+JOIN_TIMEOUT_S = 60.0  # ray.init joining a cluster that answered
+START_TIMEOUT_S = 120.0  # an embedded Ray's start (Ray's own waits inside are 60 s each)
+
+
+def connect_timeout_s() -> float:
+    """How long a named cluster has to answer: $ORCH_RAY_TIMEOUT_S, else :data:`CONNECT_TIMEOUT_S`."""
+    text = os.environ.get("ORCH_RAY_TIMEOUT_S", "").strip()
+    if not text:
+        return CONNECT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"ORCH_RAY_TIMEOUT_S: '{text}' is not a number of seconds above 0")
+    return value
 
 
 def reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -141,16 +163,85 @@ def dashboard_address(address: str | None) -> str:
     return address.rstrip("/")
 
 
+# -- resources for one trial ----------------------------------------------------------------------
+
+RESOURCE_POLL_S = 5.0  # how often a sweep waiting for a big enough node asks the cluster again
+
+
+def _amount(n: float, what: str) -> str:
+    return f"{n:g} {what}" + ("" if n == 1 else "s")
+
+
+def check_resources(cfg, joined: bool, echo: Callable[[str], None] = print,
+                    poll_s: float = RESOURCE_POLL_S) -> None:
+    """Stop a sweep whose trials no node of its Ray could ever run (Tune would wait forever).
+
+    On the embedded Ray: a user error naming the key, the value and what this machine's Ray has.
+    On a cluster (``joined``): wait up to ``resources.wait_s`` for a node with the CPUs and GPUs of
+    one trial to be alive (the cluster may scale up), asking every ``poll_s`` seconds.
+
+    Raises:
+        UserError: the embedded Ray is too small for one trial.
+        SweepFailed: no node of the cluster was big enough by the end of ``resources.wait_s``.
+    """
+    import ray
+
+    r = cfg.resources
+    if not joined:
+        have = ray.cluster_resources()
+        cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+        if r.cpu_per_trial > cpus:
+            why = "ray.num_cpus" if cfg.ray.num_cpus is not None else "its cores; ray.num_cpus sets it"
+            raise UserError(f"resources.cpu_per_trial: {_amount(r.cpu_per_trial, 'CPU')} per trial, but this "
+                            f"machine's Ray has {cpus:g} ({why})")
+        if r.gpu_per_trial > gpus:
+            why = ("ray.num_gpus" if cfg.ray.num_gpus is not None
+                   else "its GPUs" if gpus else "no GPU found; ray.num_gpus sets it")
+            raise UserError(f"resources.gpu_per_trial: {_amount(r.gpu_per_trial, 'GPU')} per trial, but this "
+                            f"machine's Ray has {gpus:g} ({why})")
+        return
+    need = f"{_amount(r.cpu_per_trial, 'CPU')} (resources.cpu_per_trial)"
+    if r.gpu_per_trial:
+        need += f" and {_amount(r.gpu_per_trial, 'GPU')} (resources.gpu_per_trial)"
+    t0 = time.monotonic()
+    waiting = False
+    while True:
+        nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+        if any(n.get("CPU", 0.0) >= r.cpu_per_trial and n.get("GPU", 0.0) >= r.gpu_per_trial for n in nodes):
+            if waiting:
+                echo(f"A node with {need} is alive after {time.monotonic() - t0:.0f}s.")
+            return
+        most = (f"{_amount(len(nodes), 'alive node')} with at most "
+                f"{_amount(max((n.get('CPU', 0.0) for n in nodes), default=0.0), 'CPU')} and "
+                f"{_amount(max((n.get('GPU', 0.0) for n in nodes), default=0.0), 'GPU')} each")
+        left = r.wait_s - (time.monotonic() - t0)
+        if left <= 0:
+            raise SweepFailed(f"no node of the Ray cluster has {need} for one trial after waiting "
+                              f"{r.wait_s:g}s (resources.wait_s): {most}")
+        if not waiting:
+            echo(f"No node of the Ray cluster has {need} for one trial ({most}); waiting up to "
+                 f"{r.wait_s:g}s (resources.wait_s) for one to join")
+            waiting = True
+        time.sleep(min(poll_s, left))
+
+
 # -- ray start, for the node scripts --------------------------------------------------------------
 
 
 def ray_start(argv: list[str]) -> None:
-    """``ray start ARGV`` with loopback addresses kept as given (see the module's docstring)."""
+    """``ray start ARGV`` with loopback addresses kept as given (see the module's docstring).
+
+    When the node stops (SIGTERM, Ctrl-C), the ``ray_current_cluster`` file it wrote goes with it
+    if it still names its cluster: a later ``ray.init()`` on this machine would wait on a dead one.
+    """
     keep_loopback()
     from ray.scripts.scripts import main as ray_main
 
+    from orchestrator import ray_adapter
+
     sys.argv = ["ray", "start", *argv]
-    ray_main()
+    with ray_adapter.forgetting_address_file():
+        ray_main()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,12 +17,17 @@ Signing Tune's experiment state (see :mod:`orchestrator.state_guard`):
   replaced after orch's first check (before ``Tuner.restore``) is refused too.
 - ``Trial.get_pickled_error`` unpickles a trial's ``error.pkl`` from the store when the result
   grid is built: orch records errors in its own store and never needs the pickled exception.
+
+Starting and joining Ray: Ray's reading of ``address="auto"``, a one-shot connection to a GCS that
+answers (or refuses the token) at once, and the address file ``ray start`` leaves behind (see the
+functions' comments).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +198,72 @@ def install() -> None:
     _ExperimentCheckpointManager.sync_down_experiment_state = checked_sync_down
     Trial.get_pickled_error = no_pickled_error
     _installed = True
+
+
+# -- starting and joining Ray (see orchestrator/sweep.py start_ray and the node scripts) -----------
+
+
+def resolve_auto() -> str:
+    """The cluster ``address="auto"`` means on this machine, as HOST:PORT.
+
+    Raises:
+        ConnectionError: no Ray cluster runs on this machine.
+    """
+    from ray._private import services
+
+    # services.canonicalize_bootstrap_address_or_die (private): Ray's own reading of "auto"
+    # ($RAY_ADDRESS, the address file of the latest `ray start`, a running GCS), so that orch can
+    # check that address before ray.init waits on it.
+    return services.canonicalize_bootstrap_address_or_die("auto")
+
+
+def probe_gcs(address: str) -> None:
+    """Connect to the GCS at ``address`` once, presenting this process's token.
+
+    Ray's own join (``ray.init``) retries a refused token for about 20 s and a GCS that does not
+    answer for minutes; this answers at once or blocks (call it inside :func:`stopping.native`
+    with a deadline).
+
+    Raises:
+        ray.exceptions.AuthenticationError: the cluster refused the token.
+        Exception: any other failure to connect (Ray raises several kinds).
+    """
+    # ray._raylet.GcsClient (private): the client ray.init itself creates first; constructing it
+    # fetches the cluster id, an authenticated call.
+    from ray._raylet import GcsClient
+
+    GcsClient(address=address)
+
+
+@contextlib.contextmanager
+def forgetting_address_file() -> Iterator[None]:
+    """Inside, ``ray start`` runs; at exit, the address file it wrote is removed if it still names
+    the address written (another node's file stays).
+
+    ``ray start`` records the cluster's address in ``<temp dir>/ray_current_cluster``, where every
+    later ``ray.init()`` without an address on this machine looks first: a node that stopped would
+    leave them waiting on a dead cluster. ``ray stop`` removes the default one; a stopped node does
+    not.
+    """
+    import ray._private.utils as ray_utils
+    from ray._common.utils import get_ray_address_file
+
+    # ray._private.utils.write_ray_address (private): what `ray start` calls, with the address and
+    # the temp directory, once the node is up.
+    write = ray_utils.write_ray_address
+    written: list[tuple[str, str | None]] = []
+
+    def recording_write(ray_address: str, temp_dir: str | None = None) -> None:
+        write(ray_address, temp_dir)
+        written.append((ray_address, temp_dir))
+
+    ray_utils.write_ray_address = recording_write
+    try:
+        yield
+    finally:
+        ray_utils.write_ray_address = write
+        for ray_address, temp_dir in written:
+            path = get_ray_address_file(temp_dir)  # (private) where that file is
+            with contextlib.suppress(OSError):
+                if Path(path).read_text().strip() == ray_address:
+                    os.remove(path)

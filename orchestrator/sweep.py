@@ -94,9 +94,14 @@ def ray_address(cfg, address: str | None) -> str | None:
 def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool]:
     """Start an embedded Ray on 127.0.0.1 or join the cluster at ``address``. Returns (dashboard URL, owned).
 
-    ``address`` is a resolved one (see :func:`ray_address`).
+    ``address`` is a resolved one (see :func:`ray_address`); None starts a Ray of this process's
+    own, whatever cluster a ``ray start`` on this machine last recorded. Every wait on Ray has a
+    deadline and a one-line message, Ctrl-C and SIGTERM stop it at any moment, and Ray's own log
+    lines go to a file, not the terminal, unless ``verbose`` (see orchestrator/stopping.py).
     """
-    from orchestrator import cluster
+    import tempfile
+
+    from orchestrator import cluster, ray_adapter, stopping
 
     if address is None or address == "auto" or cluster.is_loopback(cluster.split_address(address)[0]):
         cluster.keep_loopback()  # a loopback cluster stays on loopback
@@ -115,20 +120,50 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
         logging_level=logging.INFO if verbose else logging.ERROR,
         configure_logging=True,
     )
+    # Ray's C++ code logs to file descriptor 2 (a line on its log level at every start, retries
+    # while it connects): into this file, moved into Ray's session directory once there is one.
+    output = None
+    if not verbose:
+        fd, output = tempfile.mkstemp(prefix=f"orch-ray-{os.getpid()}-", suffix=".log")
+        os.close(fd)
+    quiet = stopping.quiet_stderr(output) if output else contextlib.nullcontext()
     if address:
-        if address != "auto":
-            cluster.reachable(address)
         cluster.use_token()
+        if address == "auto":
+            try:
+                address = ray_adapter.resolve_auto()
+            except ConnectionError:
+                raise UserError("--address auto: no Ray cluster runs on this machine "
+                                "(deploy/ray-head starts one)") from None
+        cluster.reachable(address)
+        timeout = cluster.connect_timeout_s()
         cwd = os.getcwd()
-        try:
-            ctx = ray.init(address=address, **kwargs)
-        except ray.exceptions.AuthenticationError:
-            raise UserError(f"the Ray cluster at {address} refused this machine's token: set RAY_AUTH_TOKEN "
-                            "or RAY_AUTH_TOKEN_PATH to the cluster's token") from None
-        except ConnectionError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"cannot join the Ray cluster at {address}: {first} (is the address right, and is "
-                            "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH the cluster's token?)") from None
+        with quiet:
+            with stopping.native(f"joining the Ray cluster at {address}", timeout,
+                                 f"the Ray cluster at {address} did not answer within {timeout:g}s (is that "
+                                 "a Ray head's GCS port? ORCH_RAY_TIMEOUT_S waits longer)"):
+                try:
+                    ray_adapter.probe_gcs(address)  # Ray's own join retries a refused token for 20 s
+                except ray.exceptions.AuthenticationError:
+                    raise UserError(f"cannot join the Ray cluster at {address}: it refused this machine's token "
+                                    "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)") from None
+                except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a failed connection
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise UserError(f"cannot join the Ray cluster at {address}: {first} (is that a Ray head's "
+                                    "GCS port?)") from None
+            join_s = max(cluster.JOIN_TIMEOUT_S, 4 * timeout)
+            with stopping.native(f"joining the Ray cluster at {address}", join_s,
+                                 f"joining the Ray cluster at {address} did not finish within {join_s:g}s "
+                                 "(is this machine a node of the cluster?)"):
+                try:
+                    ctx = ray.init(address=address, **kwargs)
+                except ray.exceptions.AuthenticationError:
+                    raise UserError(f"cannot join the Ray cluster at {address}: it refused this machine's token "
+                                    "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)") from None
+                except ConnectionError as err:
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise UserError(f"cannot join the Ray cluster at {address}: {first} (is the address right, "
+                                    "and is RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH the cluster's token?)") from None
         try:
             os.getcwd()
         except FileNotFoundError:
@@ -137,19 +172,56 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
             with contextlib.suppress(OSError):
                 os.chdir(cwd)
     else:
-        ctx = ray.init(
-            num_cpus=cfg.ray.num_cpus,
-            num_gpus=cfg.ray.num_gpus,
-            include_dashboard=True,
-            dashboard_host=cfg.ray.dashboard_host,
-            dashboard_port=_free_port(cfg.ray.dashboard_host, cfg.ray.dashboard_port),
-            _node_ip_address="127.0.0.1",
-            **kwargs,
-        )
+        from filelock import FileLock, Timeout
+
+        # Orch processes on this machine start their Rays one at a time: choosing the dashboard's
+        # port and Ray binding it are two steps, and ray.init returns once the dashboard is up.
+        lock = FileLock(os.path.join(tempfile.gettempdir(), f"orch-ray-start-{os.getuid()}.lock"))
+        wait_s = cluster.START_TIMEOUT_S + 60
+        try:
+            lock.acquire(timeout=wait_s)
+        except Timeout:
+            raise SweepFailed(f"another orch process on this machine has been starting Ray for over {wait_s:g}s "
+                              f"(lock {lock.lock_file})") from None
+        start_s = cluster.START_TIMEOUT_S
+        where = f" (Ray's output: {output})" if output else ""
+        try:
+            with quiet, stopping.native("starting Ray", start_s, f"Ray did not start on this machine within "
+                                        f"{start_s:g}s{where}", timeout_status=1):
+                try:
+                    # "local": a Ray of its own, never the cluster a stopped `ray start` recorded.
+                    ctx = ray.init(
+                        address="local",
+                        num_cpus=cfg.ray.num_cpus,
+                        num_gpus=cfg.ray.num_gpus,
+                        include_dashboard=True,
+                        dashboard_host=cfg.ray.dashboard_host,
+                        dashboard_port=_free_port(cfg.ray.dashboard_host, cfg.ray.dashboard_port),
+                        _node_ip_address="127.0.0.1",
+                        **kwargs,
+                    )
+                except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a failed start
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise SweepFailed(f"Ray did not start on this machine: {first}{where}") from err
+        finally:
+            lock.release()
+    if output:
+        _keep_output(output, ctx)
     url = getattr(ctx, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = f"http://{url}"
     return url or None, True
+
+
+def _keep_output(path: str, ctx) -> None:
+    """Ray's output while it started (``path``) into its session's log directory, or away if none."""
+    if os.path.getsize(path) == 0:
+        os.remove(path)
+        return
+    session = (getattr(ctx, "address_info", None) or {}).get("session_dir")
+    if session and os.path.isdir(os.path.join(session, "logs")):
+        with contextlib.suppress(OSError):  # (another file system: it stays where it is)
+            os.replace(path, os.path.join(session, "logs", f"orch-driver-{os.getpid()}.err"))
 
 
 def _free_port(host: str, port: int) -> int:
@@ -304,6 +376,9 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
             echo(f"Ray dashboard: {dashboard}")
         if address:
             echo(_cluster_line())
+        from orchestrator.cluster import check_resources
+
+        check_resources(cfg, joined=address is not None, echo=echo)  # before any trial waits forever
         echo(f"Sweep {sweep_id} of {cfg.study}: {search.n_trials} trials ({cfg.search.algorithm} search), "
              f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, "
              f"{dataset.n_rows} rows x {dataset.n_features} features ({dataset.task})")
