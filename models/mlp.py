@@ -15,17 +15,22 @@ ACTIVATIONS = {
 }
 INITS = ("auto", "kaiming", "xavier", "orthogonal")
 MIN_WIDTH = 4  # a shrinking funnel never goes narrower than this
+MAX_LAYERS = 1000  # beyond any MLP that trains; a typo such as 1e9 is an error, not a hang
+MAX_WIDTH = 1 << 20
 
 
 def widths_of(hidden: int, layers: int, shrink: float, widths: list[int] | None) -> list[int]:
     """The hidden layers' widths: ``widths`` as given, else ``layers`` layers starting at ``hidden``,
     each ``shrink`` times the one before (1.0: all equal; 0.5: a funnel that halves)."""
     if widths is not None:
-        if isinstance(widths, (str, bytes)) or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
-            raise ValueError(f"widths must be a list of positive integers, got {widths!r}")
+        if (isinstance(widths, (str, bytes)) or len(widths) > MAX_LAYERS
+                or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in widths)):
+            raise ValueError(f"widths must be a list of at most {MAX_LAYERS} integers in [1, {MAX_WIDTH}], "
+                             f"got {widths!r}")
         return list(widths)
-    if int(layers) < 0 or int(hidden) < 1:
-        raise ValueError(f"need layers >= 0 and hidden >= 1, got layers={layers!r}, hidden={hidden!r}")
+    if not (0 <= int(layers) <= MAX_LAYERS and 1 <= int(hidden) <= MAX_WIDTH):
+        raise ValueError(f"need layers in [0, {MAX_LAYERS}] and hidden in [1, {MAX_WIDTH}], "
+                         f"got layers={layers!r}, hidden={hidden!r}")
     if not 0 < shrink <= 1:
         raise ValueError(f"shrink must be in (0, 1], got {shrink!r}")
     out, width = [], float(hidden)

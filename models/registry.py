@@ -60,6 +60,7 @@ def check(model_cfg: dict[str, Any], key: str = "model") -> None:
     """Raise ConfigError for an unknown model name or an unknown model hyperparameter."""
     from orchestrator.config import did_you_mean
     from orchestrator.errors import ConfigError
+    from orchestrator.names import shown
 
     name = model_cfg.get("name")
     valid = names()
@@ -79,9 +80,9 @@ def check(model_cfg: dict[str, Any], key: str = "model") -> None:
         check_value(name, f"{key}.{k}", k, v)  # each value alone names its own key
     if len(given) > 1:
         try:
-            build(name, 4, 2, **given)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{key}: {str(err).splitlines()[0]} (got {given!r})") from None
+            probe(name, **given)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ConfigError(f"{key}: {str(err).splitlines()[0]} (got {shown(given)})") from None
 
 
 def check_value(name: str, key: str, param: str, value: Any, others: dict[str, Any] | None = None) -> None:
@@ -91,12 +92,22 @@ def check_value(name: str, key: str, param: str, value: Any, others: dict[str, A
     raises (ValueError, TypeError) becomes the message. Users' models get the same check for free.
     """
     from orchestrator.errors import ConfigError
+    from orchestrator.names import shown
 
     hp = {**(others or {}), param: value}
     try:
-        build(name, 4, 2, **hp)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{key}: {str(err).splitlines()[0]} (got {value!r})") from None
+        probe(name, **hp)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]} (got {shown(value)})") from None
+
+
+def probe(name: str, **hyperparameters: Any) -> nn.Module:
+    """The model on a tiny input, on PyTorch's meta device: checked, but no memory allocated
+    (a width of a million costs nothing to check)."""
+    import torch
+
+    with torch.device("meta"):
+        return build(name, 4, 2, **hyperparameters)
 
 
 def build(name: str, n_inputs: int, n_outputs: int, **hyperparameters: Any) -> nn.Module:

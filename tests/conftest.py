@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "tabular.yaml"
@@ -27,6 +29,39 @@ def orch(*args: str, cwd: Path | None = None, timeout: float = 240, env: dict | 
     """
     return subprocess.run([ORCH, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
                           timeout=timeout, env={**os.environ, "ORCH_NO_REPORT": "1", **(env or {})})
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    detail: str = ""  # an exception that escaped the CLI (in process only)
+
+
+def cli(*args: object) -> Run:
+    """``orch ARGS`` in this process, through the real click entry point (the console script's code)."""
+    from orchestrator.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], env={"ORCH_DEBUG": None})
+    detail = ""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        detail = f"{type(result.exception).__name__}: {result.exception}"
+    return Run(result.exit_code, result.stdout, result.stderr, detail)
+
+
+def assert_user_error(run: Run, *fragments: str) -> str:
+    """Exit 2, one line on stderr (no traceback) holding every fragment; returns that line."""
+    assert run.code == 2, f"exit {run.code}; stderr {run.stderr!r}; {run.detail}"
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {run.stderr!r}"
+    line = lines[0]
+    assert line.startswith("orch: error: "), line
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert run.stdout == ""
+    return line
 
 
 def descendants(pid: int) -> list[int]:

@@ -12,16 +12,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from orchestrator import config, schedulers
-from orchestrator.cli import main
 from orchestrator.errors import ConfigError
+from tests.conftest import Run, assert_user_error, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "tabular.yaml"
@@ -29,23 +27,6 @@ SPACE = ROOT / "search_spaces" / "mlp_adam.yaml"
 
 
 # -- running the command line -----------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    detail: str = ""  # an exception that escaped the CLI (in process only)
-
-
-def cli(*args: object) -> Run:
-    """``orch ARGS`` in this process, through the real click entry point."""
-    result = CliRunner().invoke(main, [str(a) for a in args], env={"ORCH_DEBUG": None})
-    detail = ""
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        detail = f"{type(result.exception).__name__}: {result.exception}"
-    return Run(result.exit_code, result.stdout, result.stderr, detail)
 
 
 def orch_command(*args: object) -> list[str]:
@@ -61,20 +42,6 @@ def orch_subprocess(*args: object, cwd: Path | None = None) -> Run:
     p = subprocess.run(orch_command(*args), capture_output=True, text=True, cwd=cwd or ROOT,
                        env=clean_env(), timeout=180)
     return Run(p.returncode, p.stdout, p.stderr)
-
-
-def assert_user_error(run: Run, *fragments: str) -> str:
-    """Exit 2, one line on stderr (no traceback) holding every fragment; returns that line."""
-    assert run.code == 2, f"exit {run.code}; stderr {run.stderr!r}; {run.detail}"
-    assert "Traceback" not in run.stderr
-    lines = run.stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got: {run.stderr!r}"
-    line = lines[0]
-    assert line.startswith("orch: error: "), line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    assert run.stdout == ""
-    return line
 
 
 # -- files the error cases point at -------------------------------------------------------------

@@ -12,7 +12,7 @@ import yaml
 
 from orchestrator import config, data
 from orchestrator.errors import DataError
-from tests.test_config import CONFIG, assert_user_error, cli
+from tests.conftest import CONFIG, assert_user_error, cli
 
 N = 600
 MISSING_TARGET = 6

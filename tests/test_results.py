@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator import config, results, spaces
 from orchestrator.store import Store
-from tests.test_config import CONFIG, assert_user_error, cli
+from tests.conftest import CONFIG, assert_user_error, cli
 
 STUDY = "tabular-digits"
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
