@@ -208,7 +208,11 @@ def best_so_far(best: tuple[float, str] | None, trial_id: str, result: dict[str,
 
 
 class Progress(Callback):
-    """One line of progress: trials done / running / stopped early, best so far, elapsed time."""
+    """One line of progress: trials done / running / stopped early, best so far, elapsed time.
+
+    Counted from Tune's list of trials, not from completion events: a resumed sweep's trials that
+    finished before the interruption are in the list (restored), and never complete again.
+    """
 
     def __init__(self, total: int, metric: str, mode: str, interval_s: float | None = None):
         self.total = total
@@ -221,6 +225,7 @@ class Progress(Callback):
         self.counts = {"completed": 0, "stopped_early": 0, "diverged": 0, "error": 0}
         self.best: tuple[float, str] | None = None
         self.running = 0
+        self._ended: dict[str, str] = {}  # trial id -> status of the trials that finished
         self._t0 = time.monotonic()
         self._last = 0.0
         self._line_len = 0
@@ -242,18 +247,30 @@ class Progress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.best = best_so_far(self.best, trial.trial_id, result, self.metric, self.mode)
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        status, _ = trial_status(trial)
-        self.counts[status] = self.counts.get(status, 0) + 1
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.counts["error"] += 1
-
     def on_step_end(self, iteration, trials, **info) -> None:
-        self.running = sum(1 for t in trials if t.status == "RUNNING")
+        self.update(trials)
         interval = self.interval_s if self.interval_s is not None else (0.5 if self._tty else 10.0)
         if time.monotonic() - self._last >= interval:
             self.show()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.update(trials)
+
+    def update(self, trials) -> None:
+        """Counts (and the best, for trials restored finished) from Tune's trials."""
+        counts = dict.fromkeys(self.counts, 0)
+        running = 0
+        for t in trials:
+            if t.status in ("TERMINATED", "ERROR"):
+                state = self._ended.get(t.trial_id)
+                if state is None:  # a finished trial's status is final: read it once
+                    state = self._ended[t.trial_id] = trial_status(t)[0]
+                    if t.last_result:
+                        self.best = best_so_far(self.best, t.trial_id, t.last_result, self.metric, self.mode)
+                counts[state] = counts.get(state, 0) + 1
+            elif t.status == "RUNNING":
+                running += 1
+        self.counts, self.running = counts, running
 
     def line(self) -> str:
         c = self.counts

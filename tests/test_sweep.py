@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -125,6 +126,14 @@ def test_resume_after_driver_is_killed(store: Path, tmp_path: Path) -> None:
     p = orch("sweep", CONFIG, *args, "--resume")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Resuming sweep" in p.stdout
+    # The last progress line counts the trials that finished before the kill too: it agrees with
+    # the summary.
+    progress = re.findall(r"trials (\d+)/(\d+) done \| (\d+) running \| (\d+) stopped early", p.stdout)
+    assert progress and progress[-1][:3] == ("8", "8", "0"), p.stdout
+    summary = re.search(r"finished in \d+s: (.*)\.$", p.stdout, re.MULTILINE)
+    assert summary, p.stdout
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) ([a-z ]+?)(?:,|$)", summary.group(1))}
+    assert sum(counts.values()) == 8 and counts.get("stopped early", 0) == int(progress[-1][3]), p.stdout
 
     after = raw(store, "trials")
     assert len(after) == 8 and after["trial_id"].is_unique  # never a trial twice
