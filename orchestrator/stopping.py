@@ -127,8 +127,10 @@ def native(what: str, timeout_s: float | None = None, timeout_message: str = "",
     try:
         yield
     except SystemExit as err:
-        if err.code == signal.SIGTERM:  # Ray's SIGTERM handler: sys.exit(signum)
+        if err.code == signal.SIGTERM:  # Ray's SIGTERM handler (sys.exit(signum)) ran instead of orch's
             _received.add(signal.SIGTERM)
+            if callable(before):
+                before(signal.SIGTERM, None)  # raises as it would have
             raise Terminated() from None
         raise
     finally:

@@ -160,6 +160,42 @@ def test_a_signal_stops_a_sweep_while_ray_waits_on_a_cluster(sig: int, status: i
     assert err.strip().splitlines() == [message], err
 
 
+def test_sigterm_stops_a_sweep_while_its_ray_starts(store: Path) -> None:
+    proc = _start_sweep([*TINY, "ray.num_cpus=1", "--store", str(store)])
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # Ray's first process is up
+            tree = descendants(proc.pid)
+            if any(_comm(pid) == "gcs_server" for pid in tree):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sweep's Ray did not start")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            kill_all(descendants(proc.pid))
+            proc.kill()
+    assert proc.returncode == 143, out
+    assert out.strip().splitlines()[-1] == "orch: terminated (SIGTERM)" and "Traceback" not in out
+    deadline = time.monotonic() + 20
+    tree = descendants(proc.pid) + tree
+    while _alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftover = _alive(tree)
+    kill_all(leftover)
+    assert not leftover, "Ray's processes outlived the sweep"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def test_sigterm_stops_a_running_sweep_cleanly(store: Path) -> None:
     proc = _start_sweep([*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30", "search.num_samples=16",
                          "model.hidden=32", "--store", str(store)])
@@ -192,7 +228,8 @@ def test_sigterm_stops_a_running_sweep_cleanly(store: Path) -> None:
 @pytest.mark.parametrize("override, fragment", [
     ("resources.cpu_per_trial=1000",
      "resources.cpu_per_trial: 1000 CPUs per trial, but this machine's Ray has 2 (ray.num_cpus)"),
-    ("resources.gpu_per_trial=2", "resources.gpu_per_trial: 2 GPUs per trial, but this machine's Ray has "),
+    pytest.param("resources.gpu_per_trial=2", "resources.gpu_per_trial: 2 GPUs per trial, but this machine's Ray has ",
+                 marks=pytest.mark.slow),  # the same check as for CPUs
 ])
 def test_b_more_than_the_embedded_ray_has_is_a_user_error(override: str, fragment: str, store: Path) -> None:
     if override.startswith("resources.gpu") and shutil.which("nvidia-smi"):
