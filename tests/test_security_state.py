@@ -246,6 +246,7 @@ def test_a_checkpoint_loads_with_weights_only_and_resumes_exactly(tmp_path, opti
     assert [m["val_loss"] for m in resumed] == [m["val_loss"] for m in whole[3:]]
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # (the raw pickle, on purpose)
 def test_a_checkpoint_holding_a_pickled_object_is_refused_not_run(tmp_path) -> None:
     from orchestrator.trainer import CheckpointError, load_checkpoint
 
