@@ -33,7 +33,8 @@ class OrchGroup(click.Group):
     def invoke(self, ctx: click.Context):
         from orchestrator import stopping
 
-        with stopping.installed():  # SIGTERM: the same clean stop as Ctrl-C, at any moment (exit 143)
+        # SIGTERM: the same clean stop as Ctrl-C, at any moment (exit status 143).
+        with stopping.installed():
             try:
                 return super().invoke(ctx)
             except OrchError as err:

@@ -83,7 +83,7 @@ START_TIMEOUT_S = 120.0  # an embedded Ray's start (Ray's own waits inside are 6
 
 
 def connect_timeout_s() -> float:
-    """How long a named cluster has to answer: $ORCH_RAY_TIMEOUT_S, else :data:`CONNECT_TIMEOUT_S`."""
+    """How long a named cluster has to answer: $ORCH_RAY_TIMEOUT_S, else CONNECT_TIMEOUT_S."""
     text = os.environ.get("ORCH_RAY_TIMEOUT_S", "").strip()
     if not text:
         return CONNECT_TIMEOUT_S
@@ -191,14 +191,17 @@ def check_resources(cfg, joined: bool, echo: Callable[[str], None] = print,
         have = ray.cluster_resources()
         cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
         if r.cpu_per_trial > cpus:
-            why = "ray.num_cpus" if cfg.ray.num_cpus is not None else "its cores; ray.num_cpus sets it"
-            raise UserError(f"resources.cpu_per_trial: {_amount(r.cpu_per_trial, 'CPU')} per trial, but this "
-                            f"machine's Ray has {cpus:g} ({why})")
+            why = ("ray.num_cpus" if cfg.ray.num_cpus is not None
+                   else "its cores; ray.num_cpus sets it")
+            need = _amount(r.cpu_per_trial, "CPU")
+            raise UserError(f"resources.cpu_per_trial: {need} per trial, but this machine's Ray "
+                            f"has {cpus:g} ({why})")
         if r.gpu_per_trial > gpus:
             why = ("ray.num_gpus" if cfg.ray.num_gpus is not None
                    else "its GPUs" if gpus else "no GPU found; ray.num_gpus sets it")
-            raise UserError(f"resources.gpu_per_trial: {_amount(r.gpu_per_trial, 'GPU')} per trial, but this "
-                            f"machine's Ray has {gpus:g} ({why})")
+            need = _amount(r.gpu_per_trial, "GPU")
+            raise UserError(f"resources.gpu_per_trial: {need} per trial, but this machine's Ray "
+                            f"has {gpus:g} ({why})")
         return
     need = f"{_amount(r.cpu_per_trial, 'CPU')} (resources.cpu_per_trial)"
     if r.gpu_per_trial:
@@ -207,7 +210,8 @@ def check_resources(cfg, joined: bool, echo: Callable[[str], None] = print,
     waiting = False
     while True:
         nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
-        if any(n.get("CPU", 0.0) >= r.cpu_per_trial and n.get("GPU", 0.0) >= r.gpu_per_trial for n in nodes):
+        if any(n.get("CPU", 0.0) >= r.cpu_per_trial and n.get("GPU", 0.0) >= r.gpu_per_trial
+               for n in nodes):
             if waiting:
                 echo(f"A node with {need} is alive after {time.monotonic() - t0:.0f}s.")
             return

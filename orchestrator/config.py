@@ -132,7 +132,7 @@ class SearchConfig:
 class ResourcesConfig:
     cpu_per_trial: float = 1.0
     gpu_per_trial: float = 0.0
-    # On a cluster: how long a sweep waits for a node with the resources of one trial (it may scale up).
+    # On a cluster: how long a sweep waits for a node with one trial's resources (it may scale up).
     wait_s: float = 600.0
 
 

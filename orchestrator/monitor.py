@@ -266,7 +266,8 @@ class Progress(Callback):
                 if state is None:  # a finished trial's status is final: read it once
                     state = self._ended[t.trial_id] = trial_status(t)[0]
                     if t.last_result:
-                        self.best = best_so_far(self.best, t.trial_id, t.last_result, self.metric, self.mode)
+                        self.best = best_so_far(self.best, t.trial_id, t.last_result, self.metric,
+                                                self.mode)
                 counts[state] = counts.get(state, 0) + 1
             elif t.status == "RUNNING":
                 running += 1

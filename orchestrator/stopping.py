@@ -4,13 +4,13 @@ Python runs a signal handler only in the main thread, between two bytecodes. A m
 Ray's native code (joining a cluster that does not answer: Ray retries for minutes) would see
 neither Ctrl-C nor SIGTERM until that code returns. So:
 
-- :func:`installed` (the CLI runs inside it) makes SIGTERM the same clean stop as Ctrl-C (Ray Tune's own
-  stop while trials run: they are kept and ``--resume`` continues), remembered for the exit status
-  (143 instead of 130), and starts a watchdog thread that learns of every signal at once through
-  :func:`signal.set_wakeup_fd`.
+- :func:`installed` (the CLI runs inside it) makes SIGTERM the same clean stop as Ctrl-C (Ray
+  Tune's own stop while trials run: they are kept and ``--resume`` continues), remembered for the
+  exit status (143 instead of 130), and starts a watchdog thread that learns of every signal at
+  once through :func:`signal.set_wakeup_fd`.
 - :func:`native` wraps a call that may block in native code. A signal that arrives inside gives the
   main thread :data:`GRACE_S` to stop by itself; then the watchdog prints the one-line message and
-  ends the process. A deadline, when given, ends it the same way with exit status 2.
+  ends the process. A deadline, when given, ends it the same way with exit status 2 (or 1).
 - :func:`quiet_stderr` sends file descriptor 2 (where Ray's C++ code logs) to a file while inside;
   the watchdog's messages still reach the terminal.
 
@@ -55,6 +55,7 @@ _count = 0  # stop signals the watchdog saw
 _zone: _Zone | None = None
 _pipe: tuple[int, int] | None = None
 _terminal_fd: int | None = None  # the real stderr while quiet_stderr() redirects fd 2
+_quiet_path: str | None = None  # where quiet_stderr() sends it
 
 
 @contextlib.contextmanager
@@ -95,7 +96,7 @@ def _on_sigterm(signum, frame) -> None:
     _received.add(signal.SIGTERM)
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler) and handler is not signal.default_int_handler:
-        handler(signal.SIGINT, frame)  # whoever handles Ctrl-C now (Ray Tune: stop the trials, keep them)
+        handler(signal.SIGINT, frame)  # Ctrl-C's handler now (Ray Tune's: stop trials, keep them)
         return
     raise Terminated()
 
@@ -127,7 +128,7 @@ def native(what: str, timeout_s: float | None = None, timeout_message: str = "",
     try:
         yield
     except SystemExit as err:
-        if err.code == signal.SIGTERM:  # Ray's SIGTERM handler (sys.exit(signum)) ran instead of orch's
+        if err.code == signal.SIGTERM:  # Ray's SIGTERM handler ran (sys.exit(signum)), not orch's
             _received.add(signal.SIGTERM)
             if callable(before):
                 before(signal.SIGTERM, None)  # raises as it would have
@@ -148,24 +149,25 @@ def quiet_stderr(path: str | Path) -> Iterator[None]:
     Native code (Ray's C++ logger) writes to the descriptor, not to ``sys.stderr``; so do the
     processes started inside, for as long as they live.
     """
-    global _terminal_fd
+    global _terminal_fd, _quiet_path
     sys.stderr.flush()
     saved = os.dup(2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 2)
     os.close(fd)
-    outer, _terminal_fd = _terminal_fd, saved
+    outer = _terminal_fd, _quiet_path
+    _terminal_fd, _quiet_path = saved, str(path)
     try:
         yield
     finally:
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         os.dup2(saved, 2)
-        _terminal_fd = outer
+        _terminal_fd, _quiet_path = outer
         os.close(saved)
 
 
-# -- the watchdog -----------------------------------------------------------------------------------
+# -- the watchdog ---------------------------------------------------------------------------------
 
 
 def _watch_signals() -> int | None:
@@ -179,7 +181,7 @@ def _watch_signals() -> int | None:
             r, w = os.pipe()
             os.set_blocking(w, False)
             _pipe = (r, w)
-            threading.Thread(target=_watch, args=(r,), name="orch-stop-watchdog", daemon=True).start()
+            threading.Thread(target=_watch, args=(r,), name="orch-stop", daemon=True).start()
     if threading.current_thread() is not threading.main_thread():
         return None
     try:
@@ -234,6 +236,9 @@ def _end(status: int, line: str) -> None:
     fd = _terminal_fd if _terminal_fd is not None else 2
     with contextlib.suppress(OSError):
         os.write(fd, (line + "\n").encode())
+    if _quiet_path and _quiet_path not in line:  # (a file the message names stays)
+        with contextlib.suppress(OSError):
+            os.remove(_quiet_path)
     os._exit(status)
 
 

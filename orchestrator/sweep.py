@@ -101,7 +101,7 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
     """
     import tempfile
 
-    from orchestrator import cluster, ray_adapter, stopping
+    from orchestrator import cluster, stopping
 
     if address is None or address == "auto" or cluster.is_loopback(cluster.split_address(address)[0]):
         cluster.keep_loopback()  # a loopback cluster stays on loopback
@@ -126,85 +126,16 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
     if not verbose:
         fd, output = tempfile.mkstemp(prefix=f"orch-ray-{os.getpid()}-", suffix=".log")
         os.close(fd)
-    quiet = stopping.quiet_stderr(output) if output else contextlib.nullcontext()
-    if address:
-        cluster.use_token()
-        if address == "auto":
-            try:
-                address = ray_adapter.resolve_auto()
-            except ConnectionError:
-                raise UserError("--address auto: no Ray cluster runs on this machine "
-                                "(deploy/ray-head starts one)") from None
-        cluster.reachable(address)
-        timeout = cluster.connect_timeout_s()
-        cwd = os.getcwd()
-        with quiet:
-            with stopping.native(f"joining the Ray cluster at {address}", timeout,
-                                 f"the Ray cluster at {address} did not answer within {timeout:g}s (is that "
-                                 "a Ray head's GCS port? ORCH_RAY_TIMEOUT_S waits longer)"):
-                try:
-                    ray_adapter.probe_gcs(address)  # Ray's own join retries a refused token for 20 s
-                except ray.exceptions.AuthenticationError:
-                    raise UserError(f"cannot join the Ray cluster at {address}: it refused this machine's token "
-                                    "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)") from None
-                except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a failed connection
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    raise UserError(f"cannot join the Ray cluster at {address}: {first} (is that a Ray head's "
-                                    "GCS port?)") from None
-            join_s = max(cluster.JOIN_TIMEOUT_S, 4 * timeout)
-            with stopping.native(f"joining the Ray cluster at {address}", join_s,
-                                 f"joining the Ray cluster at {address} did not finish within {join_s:g}s "
-                                 "(is this machine a node of the cluster?)"):
-                try:
-                    ctx = ray.init(address=address, **kwargs)
-                except ray.exceptions.AuthenticationError:
-                    raise UserError(f"cannot join the Ray cluster at {address}: it refused this machine's token "
-                                    "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)") from None
-                except ConnectionError as err:
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    raise UserError(f"cannot join the Ray cluster at {address}: {first} (is the address right, "
-                                    "and is RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH the cluster's token?)") from None
-        try:
-            os.getcwd()
-        except FileNotFoundError:
-            # In a Ray Job, joining the cluster can unpack the job's working directory afresh and
-            # leave this process in the deleted copy: back to the same path, now the new copy.
+    try:
+        with stopping.quiet_stderr(output) if output else contextlib.nullcontext():
+            ctx = _join_ray(address, kwargs) if address else _start_local_ray(cfg, kwargs, output)
+    except SweepFailed:
+        raise  # (its message names the file with Ray's output)
+    except BaseException:
+        if output:
             with contextlib.suppress(OSError):
-                os.chdir(cwd)
-    else:
-        from filelock import FileLock, Timeout
-
-        # Orch processes on this machine start their Rays one at a time: choosing the dashboard's
-        # port and Ray binding it are two steps, and ray.init returns once the dashboard is up.
-        lock = FileLock(os.path.join(tempfile.gettempdir(), f"orch-ray-start-{os.getuid()}.lock"))
-        wait_s = cluster.START_TIMEOUT_S + 60
-        try:
-            lock.acquire(timeout=wait_s)
-        except Timeout:
-            raise SweepFailed(f"another orch process on this machine has been starting Ray for over {wait_s:g}s "
-                              f"(lock {lock.lock_file})") from None
-        start_s = cluster.START_TIMEOUT_S
-        where = f" (Ray's output: {output})" if output else ""
-        try:
-            with quiet, stopping.native("starting Ray", start_s, f"Ray did not start on this machine within "
-                                        f"{start_s:g}s{where}", timeout_status=1):
-                try:
-                    # "local": a Ray of its own, never the cluster a stopped `ray start` recorded.
-                    ctx = ray.init(
-                        address="local",
-                        num_cpus=cfg.ray.num_cpus,
-                        num_gpus=cfg.ray.num_gpus,
-                        include_dashboard=True,
-                        dashboard_host=cfg.ray.dashboard_host,
-                        dashboard_port=_free_port(cfg.ray.dashboard_host, cfg.ray.dashboard_port),
-                        _node_ip_address="127.0.0.1",
-                        **kwargs,
-                    )
-                except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a failed start
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    raise SweepFailed(f"Ray did not start on this machine: {first}{where}") from err
-        finally:
-            lock.release()
+                os.remove(output)
+        raise
     if output:
         _keep_output(output, ctx)
     url = getattr(ctx, "dashboard_url", None)
@@ -213,19 +144,117 @@ def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool
     return url or None, True
 
 
+def _join_ray(address: str, kwargs: dict[str, Any]):
+    """``ray.init`` on the cluster at ``address``: a cluster that does not answer, or refuses the
+    token, is a one-line UserError in seconds (Ray itself would retry for minutes)."""
+    import ray
+
+    from orchestrator import cluster, ray_adapter, stopping
+
+    cluster.use_token()
+    if address == "auto":
+        try:
+            address = ray_adapter.resolve_auto()
+        except ConnectionError:
+            raise UserError("--address auto: no Ray cluster runs on this machine "
+                            "(deploy/ray-head starts one)") from None
+    cluster.reachable(address)
+    cannot = f"cannot join the Ray cluster at {address}"
+    refused = (f"{cannot}: it refused this machine's token (set RAY_AUTH_TOKEN or "
+               "RAY_AUTH_TOKEN_PATH to the cluster's token)")
+    timeout = cluster.connect_timeout_s()
+    with stopping.native(f"joining the Ray cluster at {address}", timeout,
+                         f"the Ray cluster at {address} did not answer within {timeout:g}s "
+                         "(is that a Ray head's GCS port? ORCH_RAY_TIMEOUT_S waits longer)"):
+        try:
+            ray_adapter.probe_gcs(address)  # ray.init retries a refused token for 20 s
+        except ray.exceptions.AuthenticationError:
+            raise UserError(refused) from None
+        except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a failed connection
+            why = _first_line(err)
+            raise UserError(f"{cannot}: {why} (is that a Ray head's GCS port?)") from None
+    cwd = os.getcwd()
+    join_s = max(cluster.JOIN_TIMEOUT_S, 4 * timeout)
+    with stopping.native(f"joining the Ray cluster at {address}", join_s,
+                         f"joining the Ray cluster at {address} did not finish within {join_s:g}s "
+                         "(is this machine a node of the cluster?)"):
+        try:
+            ctx = ray.init(address=address, **kwargs)
+        except ray.exceptions.AuthenticationError:
+            raise UserError(refused) from None
+        except ConnectionError as err:
+            raise UserError(f"{cannot}: {_first_line(err)} (is the address right, and is "
+                            "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH the cluster's token?)") from None
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        # In a Ray Job, joining the cluster can unpack the job's working directory afresh and
+        # leave this process in the deleted copy: back to the same path, now the new copy.
+        with contextlib.suppress(OSError):
+            os.chdir(cwd)
+    return ctx
+
+
+def _start_local_ray(cfg, kwargs: dict[str, Any], output: str | None):
+    """``ray.init`` of a Ray of this process's own on 127.0.0.1, one orch process at a time."""
+    import tempfile
+
+    import ray
+    from filelock import FileLock, Timeout
+
+    from orchestrator import cluster, stopping
+
+    # Choosing the dashboard's port and Ray binding it are two steps: orch processes on this
+    # machine take turns from one to the other (ray.init returns once the dashboard is up).
+    lock = FileLock(os.path.join(tempfile.gettempdir(), f"orch-ray-start-{os.getuid()}.lock"))
+    wait_s = cluster.START_TIMEOUT_S + 60
+    try:
+        lock.acquire(timeout=wait_s)
+    except Timeout:
+        raise SweepFailed(f"another orch process on this machine has been starting Ray for over "
+                          f"{wait_s:g}s (lock {lock.lock_file})") from None
+    start_s = cluster.START_TIMEOUT_S
+    where = f" (Ray's output: {output})" if output else ""
+    try:
+        late = f"Ray did not start on this machine within {start_s:g}s{where}"
+        with stopping.native("starting Ray", start_s, late, timeout_status=1):
+            try:
+                # "local": a Ray of its own, never the cluster a stopped `ray start` recorded.
+                return ray.init(
+                    address="local",
+                    num_cpus=cfg.ray.num_cpus,
+                    num_gpus=cfg.ray.num_gpus,
+                    include_dashboard=True,
+                    dashboard_host=cfg.ray.dashboard_host,
+                    dashboard_port=_free_port(cfg.ray.dashboard_host, cfg.ray.dashboard_port),
+                    _node_ip_address="127.0.0.1",
+                    **kwargs,
+                )
+            except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a failed start
+                why = _first_line(err)
+                raise SweepFailed(f"Ray did not start on this machine: {why}{where}") from err
+    finally:
+        lock.release()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _keep_output(path: str, ctx) -> None:
-    """Ray's output while it started (``path``) into its session's log directory, or away if none."""
-    if os.path.getsize(path) == 0:
-        os.remove(path)
-        return
+    """Move Ray's output while it started (``path``) into its session's log directory (or drop it
+    when empty)."""
     session = (getattr(ctx, "address_info", None) or {}).get("session_dir")
-    if session and os.path.isdir(os.path.join(session, "logs")):
-        with contextlib.suppress(OSError):  # (another file system: it stays where it is)
+    with contextlib.suppress(OSError):  # (on another file system, it stays where it is)
+        if os.path.getsize(path) == 0:
+            os.remove(path)
+        elif session and os.path.isdir(os.path.join(session, "logs")):
             os.replace(path, os.path.join(session, "logs", f"orch-driver-{os.getpid()}.err"))
 
 
 def _free_port(host: str, port: int) -> int:
-    """``port`` if nothing listens there, else a free one (two sweeps at once each get a dashboard)."""
+    """``port`` if nothing listens there, else a free one (start_ray's lock covers the race)."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -378,7 +407,8 @@ def run(cfg, *, store: Store | None = None, address: str | None = None, resume: 
             echo(_cluster_line())
         from orchestrator.cluster import check_resources
 
-        check_resources(cfg, joined=address is not None, echo=echo)  # before any trial waits forever
+        # A trial no node can run would wait forever: stop (or wait for one) before any starts.
+        check_resources(cfg, joined=address is not None, echo=echo)
         echo(f"Sweep {sweep_id} of {cfg.study}: {search.n_trials} trials ({cfg.search.algorithm} search), "
              f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, "
              f"{dataset.n_rows} rows x {dataset.n_features} features ({dataset.task})")

@@ -28,14 +28,15 @@ from tests.test_cluster import DEPLOY, Cluster, free_port
 from tests.test_sweep import _alive, _start_sweep, _wait_for_trials, raw
 
 TINY = [*SMALL, "search.num_samples=2", "scheduler.max_epochs=2"]
-# Ray's log lines: its C++ logger's "[2026-12-01 20:08:37,629 I 11604 11604] logging.cc:303: ..." and
-# its Python logger's "2026-12-01 20:02:27,814<TAB>INFO scripts.py:1159 -- ...".
-RAY_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+[A-Z]+ |\.cc:\d+:",
-                      re.MULTILINE)
+# Ray's log lines: its C++ logger's "[2026-12-01 20:08:37,629 I 11604 11604] logging.cc:303: ..."
+# and its Python logger's "2026-12-01 20:02:27,814<TAB>INFO scripts.py:1159 -- ...".
+RAY_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+                      r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+[A-Z]+ "
+                      r"|\.cc:\d+:", re.MULTILINE)
 
 
 def error_line(res: subprocess.CompletedProcess, status: int) -> str:
-    """The one line on stderr of a command that failed with ``status`` (nothing else, no traceback)."""
+    """The one line on stderr of a command that failed with ``status`` (no other, no traceback)."""
     assert res.returncode == status, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -56,14 +57,15 @@ def new_cluster(tmp: Path, ray_tmp: Path) -> Cluster:
     subprocess.run([str(DEPLOY / "make-token"), str(token)], check=True, capture_output=True,
                    env={**os.environ, "ORCH_PYTHON": sys.executable})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ORCH_"))}
-    env.update(RAY_AUTH_TOKEN_PATH=str(token), ORCH_PYTHON=sys.executable, ORCH_STORE=str(tmp / "store"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               RAY_USAGE_STATS_ENABLED="0", ORCH_NO_REPORT="1")
-    return Cluster(tmp, env, f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}", tmp / "store", ray_tmp)
+    env.update(RAY_AUTH_TOKEN_PATH=str(token), ORCH_PYTHON=sys.executable,
+               ORCH_STORE=str(tmp / "store"), RAY_USAGE_STATS_ENABLED="0", ORCH_NO_REPORT="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    return Cluster(tmp, env, f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}",
+                   tmp / "store", ray_tmp)
 
 
 def start_head(c: Cluster, num_cpus: int = 1) -> None:
-    """deploy/ray-head with its temp directory at ``<ray_tmp>/ray``: Ray's default for RAY_TMPDIR=ray_tmp."""
+    """deploy/ray-head, with its temp directory at Ray's default for RAY_TMPDIR=ray_tmp."""
     c.head = c.start("ray-head", "ray", ORCH_RAY_PORT=c.gcs.rsplit(":", 1)[1],
                      ORCH_DASHBOARD_PORT=c.dashboard.rsplit(":", 1)[1], ORCH_NUM_CPUS=str(num_cpus))
     deadline = time.monotonic() + 90
@@ -98,12 +100,12 @@ def test_a_stopped_head_cleans_up_and_an_embedded_sweep_never_joins_a_dead_clust
         start_head(c)
         address_file = ray_tmp / "ray" / "ray_current_cluster"
         deadline = time.monotonic() + 30
-        while not address_file.exists() and time.monotonic() < deadline:  # written once the node is up
+        while not address_file.exists() and time.monotonic() < deadline:  # once the node is up
             time.sleep(0.2)
         assert address_file.read_text().strip() == c.gcs
         tree = descendants(c.head.proc.pid)
         assert tree
-        os.kill(c.head.proc.pid, signal.SIGTERM)  # the script's process alone, as `docker stop` does
+        os.kill(c.head.proc.pid, signal.SIGTERM)  # the script's process alone, as `docker stop`
         c.head.proc.wait(timeout=60)
         deadline = time.monotonic() + 30
         while _alive(tree) and time.monotonic() < deadline:
@@ -117,7 +119,8 @@ def test_a_stopped_head_cleans_up_and_an_embedded_sweep_never_joins_a_dead_clust
     # A head killed outright cannot clean up: its file names a dead cluster. Sweeps without an
     # address start their own Ray all the same.
     address_file.write_text(c.gcs)
-    res = orch("sweep", CONFIG, *TINY, "--store", store, env={"RAY_TMPDIR": str(ray_tmp)}, timeout=180)
+    res = orch("sweep", CONFIG, *TINY, "--store", store, env={"RAY_TMPDIR": str(ray_tmp)},
+               timeout=180)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "Ray dashboard: http://127.0.0.1:" in res.stdout and "Best trial" in res.stdout
     assert "Ray cluster:" not in res.stdout  # its own Ray, not a cluster it joined
@@ -142,11 +145,12 @@ def test_a_signal_stops_a_sweep_while_ray_waits_on_a_cluster(sig: int, status: i
                                                               store: Path) -> None:
     with silent_listener() as srv:
         port = srv.getsockname()[1]
-        proc = subprocess.Popen([ORCH, "sweep", str(CONFIG), *TINY, "--address", f"127.0.0.1:{port}",
-                                 "--store", str(store)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, "ORCH_RAY_TIMEOUT_S": "300", "ORCH_NO_REPORT": "1"})
+        env = {**os.environ, "ORCH_RAY_TIMEOUT_S": "300", "ORCH_NO_REPORT": "1"}
+        proc = subprocess.Popen([ORCH, "sweep", str(CONFIG), *TINY, "--address",
+                                 f"127.0.0.1:{port}", "--store", str(store)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            conns = [srv.accept()[0] for _ in range(2)]  # orch's reachability check, then Ray's client
+            conns = [srv.accept()[0] for _ in range(2)]  # orch's reachability check, Ray's client
             time.sleep(2)  # well inside Ray's connect-and-retry loop, in its native code
             proc.send_signal(sig)
             out, err = proc.communicate(timeout=30)
@@ -197,8 +201,8 @@ def _comm(pid: int) -> str:
 
 
 def test_sigterm_stops_a_running_sweep_cleanly(store: Path) -> None:
-    proc = _start_sweep([*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30", "search.num_samples=16",
-                         "model.hidden=32", "--store", str(store)])
+    proc = _start_sweep([*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30",
+                         "search.num_samples=16", "model.hidden=32", "--store", str(store)])
     tree: list[int] = []
     try:
         _wait_for_trials(store, 1, proc, timeout=180)
@@ -228,10 +232,12 @@ def test_sigterm_stops_a_running_sweep_cleanly(store: Path) -> None:
 @pytest.mark.parametrize("override, fragment", [
     ("resources.cpu_per_trial=1000",
      "resources.cpu_per_trial: 1000 CPUs per trial, but this machine's Ray has 2 (ray.num_cpus)"),
-    pytest.param("resources.gpu_per_trial=2", "resources.gpu_per_trial: 2 GPUs per trial, but this machine's Ray has ",
+    pytest.param("resources.gpu_per_trial=2",
+                 "resources.gpu_per_trial: 2 GPUs per trial, but this machine's Ray has ",
                  marks=pytest.mark.slow),  # the same check as for CPUs
 ])
-def test_b_more_than_the_embedded_ray_has_is_a_user_error(override: str, fragment: str, store: Path) -> None:
+def test_b_more_than_the_embedded_ray_has_is_a_user_error(override: str, fragment: str,
+                                                          store: Path) -> None:
     if override.startswith("resources.gpu") and shutil.which("nvidia-smi"):
         pytest.skip("this machine may have GPUs")
     res = orch("sweep", CONFIG, *TINY, override, "--store", store, timeout=120)
@@ -259,19 +265,22 @@ def head(tmp_path_factory) -> Iterator[Cluster]:
 
 def test_a_wrong_token_is_one_line_at_once(head: Cluster) -> None:
     res = subprocess.run([ORCH, "sweep", str(CONFIG), *TINY, "--address", head.gcs, "--store",
-                          str(head.tmp / "nothing")], env={**head.env, "RAY_AUTH_TOKEN": "0" * 64}, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+                          str(head.tmp / "nothing")], env={**head.env, "RAY_AUTH_TOKEN": "0" * 64},
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     line = error_line(res, 2)  # (no line of Ray's retries either)
-    assert line.startswith(f"orch: error: cannot join the Ray cluster at {head.gcs}: it refused this machine's token")
+    assert line.startswith(f"orch: error: cannot join the Ray cluster at {head.gcs}: "
+                           "it refused this machine's token")
     assert not any((head.tmp / "nothing").glob("*"))  # nothing written
 
 
 def test_b_no_node_big_enough_waits_then_stops(head: Cluster) -> None:
-    res = subprocess.run([ORCH, "sweep", str(CONFIG), *TINY, "resources.cpu_per_trial=2", "resources.wait_s=2",
-                          "--address", head.gcs, "--store", str(head.tmp / "too-big")], env=head.env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run([ORCH, "sweep", str(CONFIG), *TINY, "resources.cpu_per_trial=2",
+                          "resources.wait_s=2", "--address", head.gcs, "--store",
+                          str(head.tmp / "too-big")], env=head.env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
     line = error_line(res, 1)
-    assert "no node of the Ray cluster has 2 CPUs (resources.cpu_per_trial) for one trial after waiting 2s" in line
+    assert ("no node of the Ray cluster has 2 CPUs (resources.cpu_per_trial) for one trial after "
+            "waiting 2s") in line
     assert "at most 1 CPU" in line
     assert "waiting up to 2s (resources.wait_s)" in res.stdout
 
@@ -279,8 +288,8 @@ def test_b_no_node_big_enough_waits_then_stops(head: Cluster) -> None:
 @pytest.mark.slow
 def test_b_a_sweep_waits_for_a_node_big_enough_to_join(head: Cluster) -> None:
     store = head.tmp / "scaled"
-    proc = head.orch("sweep", str(CONFIG), *TINY, "resources.cpu_per_trial=2", "resources.wait_s=240",
-                     "--address", head.gcs, "--store", str(store))
+    proc = head.orch("sweep", str(CONFIG), *TINY, "resources.cpu_per_trial=2",
+                     "resources.wait_s=240", "--address", head.gcs, "--store", str(store))
     try:
         waited = ""
         while "waiting up to 240s" not in waited:
@@ -304,8 +313,9 @@ def test_b_a_sweep_waits_for_a_node_big_enough_to_join(head: Cluster) -> None:
 def test_cd_two_sweeps_at_once_both_run_and_ray_stays_off_the_terminal(tmp_path: Path) -> None:
     small = [*TINY, "ray.num_cpus=1"]
     env = {**os.environ, "ORCH_NO_REPORT": "1"}
-    procs = [subprocess.Popen([ORCH, "sweep", str(CONFIG), *small, "--store", str(tmp_path / f"store{i}"), *extra],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    procs = [subprocess.Popen([ORCH, "sweep", str(CONFIG), *small, "--store",
+                               str(tmp_path / f"store{i}"), *extra], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, extra in enumerate([[], ["--verbose"]])]
     outputs = []
     try:
@@ -326,4 +336,6 @@ def test_cd_two_sweeps_at_once_both_run_and_ray_stays_off_the_terminal(tmp_path:
     quiet_err, verbose_err = outputs[0][1], outputs[1][1]
     assert not RAY_LINE.search(quiet_err), quiet_err
     assert "logging.cc" not in quiet_err
-    assert "Started a local Ray instance" in verbose_err and RAY_LINE.search(verbose_err), verbose_err  # --verbose
+    # --verbose: Ray's own logs.
+    assert "Started a local Ray instance" in verbose_err, verbose_err
+    assert RAY_LINE.search(verbose_err), verbose_err

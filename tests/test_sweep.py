@@ -128,12 +128,14 @@ def test_resume_after_driver_is_killed(store: Path, tmp_path: Path) -> None:
     assert "Resuming sweep" in p.stdout
     # The last progress line counts the trials that finished before the kill too: it agrees with
     # the summary.
-    progress = re.findall(r"trials (\d+)/(\d+) done \| (\d+) running \| (\d+) stopped early", p.stdout)
+    progress = re.findall(r"trials (\d+)/(\d+) done \| (\d+) running \| (\d+) stopped early",
+                          p.stdout)
     assert progress and progress[-1][:3] == ("8", "8", "0"), p.stdout
     summary = re.search(r"finished in \d+s: (.*)\.$", p.stdout, re.MULTILINE)
     assert summary, p.stdout
     counts = {k: int(n) for n, k in re.findall(r"(\d+) ([a-z ]+?)(?:,|$)", summary.group(1))}
-    assert sum(counts.values()) == 8 and counts.get("stopped early", 0) == int(progress[-1][3]), p.stdout
+    assert sum(counts.values()) == 8, p.stdout
+    assert counts.get("stopped early", 0) == int(progress[-1][3]), p.stdout
 
     after = raw(store, "trials")
     assert len(after) == 8 and after["trial_id"].is_unique  # never a trial twice
