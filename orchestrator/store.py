@@ -171,21 +171,22 @@ class Store:
         return inside(self.root, self.root.joinpath(*parts))
 
     def check_writable(self) -> None:
-        """Raise a one-line UserError unless the store is (or can be made) a writable directory.
+        """Raise a one-line UserError unless the store is a writable directory, or can be created.
 
-        Run before a sweep starts Ray, so a bad ``--store`` costs seconds, not a Ray start-up.
+        Run before a sweep starts Ray, so a bad ``--store`` costs seconds, not a Ray start-up. It
+        writes nothing: a store that does not exist yet is created by the first write.
         """
         root = self.root
+        hint = "(--store, store.path or $ORCH_STORE)"
         if root.exists() and not root.is_dir():
-            raise UserError(f"store: {root} is a file, not a directory (--store, store.path or $ORCH_STORE)")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".orch-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            reason = err.strerror or type(err).__name__
-            raise UserError(f"store: cannot write to {root}: {reason} (--store, store.path or $ORCH_STORE)") from None
+            raise UserError(f"store: {root} is a file, not a directory {hint}")
+        existing = next(p for p in (root, *root.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"store: cannot create {root}: {existing} is a file {hint}")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+            reason = "Read-only file system" if read_only else "Permission denied"
+            raise UserError(f"store: cannot write to {root}: {reason} {hint}")
 
     # -- writing ----------------------------------------------------------------------------------
     def append(self, table: str, study: str, rows: list[dict[str, Any]], sweep_id: str,

@@ -96,6 +96,14 @@ def test_store_that_is_a_file(tmp_path: Path) -> None:
     assert_user_error(run, f"store: {store} is a file, not a directory")
 
 
+def test_store_check_writes_nothing(tmp_path: Path) -> None:
+    Store(tmp_path / "a" / "b").check_writable()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match=r"^store: cannot create .*/f/sub: .*/f is a file"):
+        Store(tmp_path / "f" / "sub").check_writable()
+
+
 @pytest.fixture
 def read_only_dir(tmp_path: Path):
     """A read-only file system (a tmpfs mounted ro), where this machine lets us mount one."""

@@ -212,7 +212,7 @@ def test_collapsed_trials_are_flagged_and_never_best(store: Path) -> None:
     sweeps = pd.read_parquet(store / "sweeps")
     best = trials[trials["trial_id"] == sweeps["best_trial_id"].iloc[0]]
     assert not best["collapsed"].iloc[0]
-    assert f"{len(dead)} trials collapsed to a constant output" in p.stdout
+    assert f"{len(dead)} trial{'s' if len(dead) != 1 else ''} collapsed to a constant output" in p.stdout
     metrics = pd.read_parquet(store / "metrics")
     per_epoch = metrics[metrics["trial_id"].isin(dead["trial_id"])]
     assert (per_epoch["val_collapsed"] == 1.0).all() and len(per_epoch) == 4 * len(dead)
