@@ -93,6 +93,7 @@ def silent_listener() -> Iterator[socket.socket]:
 # -- A: which Ray, deadlines, signals -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_stopped_head_cleans_up_and_an_embedded_sweep_never_joins_a_dead_cluster(
         tmp_path: Path, ray_tmp: Path, store: Path) -> None:
     c = new_cluster(tmp_path, ray_tmp)
@@ -164,6 +165,7 @@ def test_a_signal_stops_a_sweep_while_ray_waits_on_a_cluster(sig: int, status: i
     assert err.strip().splitlines() == [message], err
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_sweep_while_its_ray_starts(store: Path) -> None:
     proc = _start_sweep([*TINY, "ray.num_cpus=1", "--store", str(store)])
     tree: list[int] = []
@@ -200,6 +202,7 @@ def _comm(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_running_sweep_cleanly(store: Path) -> None:
     proc = _start_sweep([*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30",
                          "search.num_samples=16", "model.hidden=32", "--store", str(store)])
@@ -310,6 +313,7 @@ def test_b_a_sweep_waits_for_a_node_big_enough_to_join(head: Cluster) -> None:
 # -- C and D: sweeps started at the same moment; Ray's log lines ---------------------------------
 
 
+@pytest.mark.slow
 def test_cd_two_sweeps_at_once_both_run_and_ray_stays_off_the_terminal(tmp_path: Path) -> None:
     small = [*TINY, "ray.num_cpus=1"]
     env = {**os.environ, "ORCH_NO_REPORT": "1"}
