@@ -196,6 +196,7 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
     from orchestrator.losses import check_task
 
     cfg = config_mod.load(config, overrides)
+    _check_machine(cfg)
     dataset = data_mod.load(cfg)
     search = spaces.check_search(cfg)
     check_task(cfg, dataset, search.space)
@@ -217,6 +218,23 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
     click.echo(diagnose.render(point, checks, seconds), nl=False)
     if not all(c.ok for c in checks):
         sys.exit(1)
+
+
+def _check_machine(cfg) -> None:
+    """A sweep on this machine's own Ray: one trial's CPUs and GPUs must fit the machine."""
+    from orchestrator import cluster
+
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return  # a cluster: orch sweep waits for a node that fits (resources.wait_s)
+    cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+    gpus = cfg.ray.num_gpus
+    if gpus is None:
+        gpus = 0
+        if cfg.resources.gpu_per_trial:
+            import torch
+
+            gpus = torch.cuda.device_count()
+    cluster.check_machine(cfg, cpus, gpus)
 
 
 @main.command()

@@ -172,6 +172,20 @@ def _amount(n: float, what: str) -> str:
     return f"{n:g} {what}" + ("" if n == 1 else "s")
 
 
+def check_machine(cfg, cpus: float, gpus: float, what: str = "this machine") -> None:
+    """A user error unless one trial's CPUs and GPUs fit ``cpus`` and ``gpus`` (an embedded Ray's)."""
+    r = cfg.resources
+    if r.cpu_per_trial > cpus:
+        why = "ray.num_cpus" if cfg.ray.num_cpus is not None else "its cores; ray.num_cpus sets it"
+        raise UserError(f"resources.cpu_per_trial: {_amount(r.cpu_per_trial, 'CPU')} per trial, "
+                        f"but {what} has {cpus:g} ({why})")
+    if r.gpu_per_trial > gpus:
+        why = ("ray.num_gpus" if cfg.ray.num_gpus is not None
+               else "its GPUs" if gpus else "no GPU found; ray.num_gpus sets it")
+        raise UserError(f"resources.gpu_per_trial: {_amount(r.gpu_per_trial, 'GPU')} per trial, "
+                        f"but {what} has {gpus:g} ({why})")
+
+
 def check_resources(cfg, joined: bool, echo: Callable[[str], None] = print,
                     poll_s: float = RESOURCE_POLL_S) -> None:
     """Stop a sweep whose trials no node of its Ray could ever run (Tune would wait forever).
@@ -189,19 +203,7 @@ def check_resources(cfg, joined: bool, echo: Callable[[str], None] = print,
     r = cfg.resources
     if not joined:
         have = ray.cluster_resources()
-        cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-        if r.cpu_per_trial > cpus:
-            why = ("ray.num_cpus" if cfg.ray.num_cpus is not None
-                   else "its cores; ray.num_cpus sets it")
-            need = _amount(r.cpu_per_trial, "CPU")
-            raise UserError(f"resources.cpu_per_trial: {need} per trial, but this machine's Ray "
-                            f"has {cpus:g} ({why})")
-        if r.gpu_per_trial > gpus:
-            why = ("ray.num_gpus" if cfg.ray.num_gpus is not None
-                   else "its GPUs" if gpus else "no GPU found; ray.num_gpus sets it")
-            need = _amount(r.gpu_per_trial, "GPU")
-            raise UserError(f"resources.gpu_per_trial: {need} per trial, but this machine's Ray "
-                            f"has {gpus:g} ({why})")
+        check_machine(cfg, have.get("CPU", 0.0), have.get("GPU", 0.0), "this machine's Ray")
         return
     need = f"{_amount(r.cpu_per_trial, 'CPU')} (resources.cpu_per_trial)"
     if r.gpu_per_trial:

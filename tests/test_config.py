@@ -142,6 +142,13 @@ CASES: dict[str, Callable[[Path], tuple[list[object], list[str]]]] = {
     # The dashboard stays on loopback unless the user says otherwise, explicitly.
     "dashboard_on_every_interface": lambda d: (
         [CONFIG, "ray.dashboard_host=0.0.0.0"], ["ray.dashboard_host", "'0.0.0.0'", "ray.expose_dashboard: true"]),
+    # Resources this machine cannot give one trial (an embedded sweep would wait forever).
+    "more_cpus_than_the_machine": lambda d: (
+        [CONFIG, "resources.cpu_per_trial=1000", "ray.num_cpus=2"],
+        ["resources.cpu_per_trial: 1000 CPUs per trial, but this machine has 2 (ray.num_cpus)"]),
+    "gpus_of_a_machine_without": lambda d: (
+        [CONFIG, "resources.gpu_per_trial=2", "ray.num_gpus=0"],
+        ["resources.gpu_per_trial: 2 GPUs per trial, but this machine has 0 (ray.num_gpus)"]),
     "dashboard_host_not_an_address": lambda d: (
         [CONFIG, "ray.dashboard_host=evil host"], ["ray.dashboard_host", "'evil host'", "IP address"]),
 }
