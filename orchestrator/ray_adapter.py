@@ -1,8 +1,9 @@
 """orch's uses of Ray's private internals, in one place.
 
 Each patch and private name below says why orch needs it. They are written against Ray 2.60; on a
-Ray upgrade check each one (tests/test_security_state.py exercises them all). The patches are
-installed once per process and do nothing unless a sweep is running under :func:`guarded`.
+Ray upgrade check each one (tests/test_security_state.py and tests/test_resume_store.py exercise
+them all). The patches are installed once per process and do nothing unless a sweep is running
+under :func:`guarded`.
 
 Signing Tune's experiment state (see :mod:`orchestrator.state_guard`):
 
@@ -14,9 +15,15 @@ Signing Tune's experiment state (see :mod:`orchestrator.state_guard`):
 - ``TuneController.resume`` reads the experiment state from the experiment directory, and
   ``_ExperimentCheckpointManager.sync_down_experiment_state`` copies the other state files into
   staging, from where Tune unpickles them: both are checked again at that moment, so a file
-  replaced after orch's first check (before ``Tuner.restore``) is refused too.
+  replaced after orch's first check (before ``Tuner.restore``) is refused too. orch's own files
+  are taken out of that copy: Tune would upload them back over the live ones at every save.
 - ``Trial.get_pickled_error`` unpickles a trial's ``error.pkl`` from the store when the result
   grid is built: orch records errors in its own store and never needs the pickled exception.
+
+Resuming a sweep whose store moved: ``Tuner.restore`` rebuilds the run's callbacks and scheduler
+from ``tuner.pkl``, with the paths of the store the sweep started in (:func:`rebind_restored`
+gives it this run's), and Tune's restored search state makes new trials there (rebased after
+``TuneController.resume``).
 
 Starting and joining Ray: Ray's reading of ``address="auto"``, a one-shot connection to a GCS that
 answers (or refuses the token) at once, and the address file ``ray start`` leaves behind (see the
@@ -26,6 +33,7 @@ functions' comments).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -88,6 +96,23 @@ def restorable(exp_dir: str | Path) -> bool:
     return (exp_dir / TUNER_FILE).is_file() and any(exp_dir.glob(EXPERIMENT_STATE_GLOB))
 
 
+def rebind_restored(tuner, *, callbacks: list, scheduler):
+    """Give a restored ``tuner`` this run's callbacks and scheduler instead of the ones pickled in
+    its ``tuner.pkl`` when the sweep started (which hold that store's paths: a store moved or
+    copied since would be written in its old place). Returns the restored search algorithm, whose
+    own state Tune restores as ``fit()`` starts.
+
+    The unpickled callbacks and scheduler hold no state of the run (orch's callbacks save none;
+    Tune saves no scheduler state): this run's are equivalent, with the current paths.
+    """
+    # Tuner._local_tuner (private), its _run_config and _tune_config (private): what fit() passes
+    # to tune.run. Tuner.restore (public) takes neither a RunConfig nor a TuneConfig.
+    local = tuner._local_tuner
+    local._run_config.callbacks = list(callbacks)
+    local._tune_config.scheduler = scheduler
+    return local._tune_config.search_alg
+
+
 def sign_tuner_state(exp_dir: str | Path, key: state_guard.StateKey) -> None:
     """Sign the ``tuner.pkl`` a new Tuner just wrote into ``exp_dir`` (Tune writes it there
     directly, not through the staging directory)."""
@@ -103,7 +128,8 @@ def guarded(exp_dir: str | Path, key: state_guard.StateKey, *, exempt: Iterable[
     Args:
         exp_dir: the sweep's experiment directory.
         key: this machine's state key.
-        exempt: orch's own files in ``exp_dir`` (Tune never reads them).
+        exempt: orch's own files in ``exp_dir`` (Tune never reads them; they are kept out of
+            Tune's staging directory).
         context: the start of a refusal's message.
 
     Raises:
@@ -174,7 +200,9 @@ def install() -> None:
         guard = _guard_for(self._storage)
         if guard is not None:
             guard.check(guard.exp_dir)
-        return resume(self, *args, **kwargs)
+        resume(self, *args, **kwargs)
+        if guard is not None:
+            _rebase_new_trials(self)
 
     # _ExperimentCheckpointManager.sync_down_experiment_state (private): it copies every .json and
     # .pkl file of the experiment directory into staging, from where Tune unpickles the searcher's
@@ -184,6 +212,10 @@ def install() -> None:
         guard = _guard_for(self._storage)
         staging = Path(self._storage.experiment_driver_staging_path)
         if guard is not None and staging.is_dir():
+            # Every later save uploads all of staging to the experiment directory: copies of orch's
+            # own files (the status file, the stages) would go back over the live ones.
+            for name in guard.exempt:
+                (staging / name).unlink(missing_ok=True)
             guard.check(staging)
 
     # Trial.get_pickled_error (public method, private use by ResultGrid): it unpickles the trial's
@@ -198,6 +230,24 @@ def install() -> None:
     _ExperimentCheckpointManager.sync_down_experiment_state = checked_sync_down
     Trial.get_pickled_error = no_pickled_error
     _installed = True
+
+
+def _rebase_new_trials(controller) -> None:
+    """Trials a resumed sweep creates are stored in its experiment directory now (Tune rebases
+    the trials it restores on a moved directory, not the ones created after)."""
+    # SearchGenerator._experiment (private), restored with the search algorithm's saved state:
+    # its StorageContext, which every new trial copies (Experiment.spec["storage"]), points where
+    # the sweep started. Rebased as TuneController._restore_trials rebases the restored trials.
+    experiment = getattr(controller._search_alg, "_experiment", None)
+    spec = getattr(experiment, "spec", None)
+    if not isinstance(spec, dict) or spec.get("storage") is None:
+        return
+    current = controller._storage
+    storage = copy.copy(spec["storage"])
+    storage.storage_filesystem = current.storage_filesystem
+    storage.storage_fs_path = current.storage_fs_path
+    storage.experiment_dir_name = current.experiment_dir_name
+    experiment.storage = spec["storage"] = storage
 
 
 # -- starting and joining Ray (see orchestrator/sweep.py start_ray and the node scripts) -----------

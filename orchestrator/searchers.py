@@ -128,8 +128,20 @@ class SpaceSearcher(Searcher):
             pickle.dump(self.__dict__.copy(), f)
 
     def restore(self, checkpoint_path: str) -> None:
+        stages_path = self.stages_path  # this run's (see relocate): the store may have moved
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.stages_path = stages_path
+
+
+def relocate(search_alg, exp_dir: str | Path) -> None:
+    """Point a restored search algorithm's stages file into ``exp_dir``, the sweep's experiment
+    directory now (its pickled one is where the sweep started)."""
+    searcher = search_alg
+    while searcher is not None:  # (a ConcurrencyLimiter wraps the searcher)
+        if isinstance(searcher, SpaceSearcher) and searcher.stages_path:
+            searcher.stages_path = str(Path(exp_dir) / STAGES_FILE)
+        searcher = getattr(searcher, "searcher", None)
 
 
 def read_stages(exp_dir: str | Path) -> list[dict[str, Any]] | None:

@@ -498,6 +498,11 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
     if resuming and ray_adapter.restorable(exp_dir):
         _check_tune_state(store, sweep_id, key)
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
+        # The restored callbacks, scheduler and searcher hold the paths of when the sweep
+        # started: the store may have moved since.
+        search_alg = ray_adapter.rebind_restored(tuner, callbacks=[writer, progress, status],
+                                                 scheduler=plan.scheduler)
+        searchers.relocate(search_alg, exp_dir)
     else:
         search_alg = searchers.create(cfg, search, str(exp_dir))
         tuner = tune.Tuner(
@@ -532,12 +537,7 @@ def _run_tuner(cfg, store, sweep_id, dataset, search, plan, setup, resuming, ver
             grid = tuner.fit()
     except ray_adapter.StateRejected as rejected:
         raise rejected.error from None
-    # Callbacks restored from Tune's state are copies: read the counts from the store instead.
-    for cb in tuner._local_tuner.get_run_config().callbacks or []:
-        if isinstance(cb, Progress):
-            progress = cb
-        if isinstance(cb, StoreWriter):
-            cb.flush()
+    writer.flush()
     progress.show(final=True)
     trials = store.trials(cfg.study)
     trials = trials[trials["sweep_id"] == sweep_id] if len(trials) else trials

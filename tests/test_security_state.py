@@ -494,8 +494,7 @@ def test_a_killed_sweep_resumes_and_planted_checkpoints_never_run(tmp_path) -> N
     assert 2 <= len(before) < 8
     (sweep_id,) = [d.name for d in (store / "_ray").iterdir()]
 
-    # Resumed in place (a resumed sweep's store writer keeps the store path it was created with):
-    # first with every trial checkpoint a pickled object, then as it was.
+    # Resumed first with every trial checkpoint a pickled object, then as it was.
     kept = tmp_path / "kept"
     shutil.copytree(store, kept)
     marker = tmp_path / "ran"
