@@ -315,7 +315,11 @@ def test_b_a_sweep_waits_for_a_node_big_enough_to_join(head: Cluster) -> None:
 
 @pytest.mark.slow
 def test_cd_two_sweeps_at_once_both_run_and_ray_stays_off_the_terminal(tmp_path: Path) -> None:
-    small = [*TINY, "ray.num_cpus=1"]
+    # Sweeps long enough (digits, 4 full trials on one CPU each) that the two overlap well past
+    # their start-ups even on a loaded machine: a second sweep that started after the first ended
+    # would rightly get the same port.
+    small = [*SMALL, "data.source=sklearn:digits", "search.num_samples=4", "scheduler.name=fifo",
+             "scheduler.max_epochs=10", "ray.num_cpus=1"]
     env = {**os.environ, "ORCH_NO_REPORT": "1"}
     procs = [subprocess.Popen([ORCH, "sweep", str(CONFIG), *small, "--store",
                                str(tmp_path / f"store{i}"), *extra], cwd=ROOT, env=env,
