@@ -334,12 +334,10 @@ def test_run_every_skips_the_times_a_long_job_overran():
 
 def test_run_every_in_real_time_with_a_seconds_field():
     times: list[float] = []
-    t0 = time.monotonic()
     assert run_every("* * * * * *", lambda: times.append(time.time()) or 0, max_runs=2,
                      echo=lambda s: None) == 0
-    assert len(times) == 2 and time.monotonic() - t0 < 3
-    assert int(times[1]) > int(times[0])  # on two different seconds
-    assert all(t - int(t) < 0.75 for t in times)  # near the start of the second
+    assert len(times) == 2
+    assert int(times[1]) > int(times[0])  # on two different seconds: it waited for the next one
 
 
 def test_run_every_a_computed_expression_a_few_seconds_away():
