@@ -140,7 +140,7 @@ def test_a_named_cluster_that_does_not_answer_is_one_line_within_the_deadline(st
 
 @pytest.mark.parametrize("sig, status, message", [
     (signal.SIGTERM, 143, "orch: terminated (SIGTERM)"),
-    (signal.SIGINT, 130, "orch: interrupted"),
+    pytest.param(signal.SIGINT, 130, "orch: interrupted", marks=pytest.mark.slow),
 ])
 def test_a_signal_stops_a_sweep_while_ray_waits_on_a_cluster(sig: int, status: int, message: str,
                                                               store: Path) -> None:
@@ -266,6 +266,7 @@ def head(tmp_path_factory) -> Iterator[Cluster]:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_wrong_token_is_one_line_at_once(head: Cluster) -> None:
     res = subprocess.run([ORCH, "sweep", str(CONFIG), *TINY, "--address", head.gcs, "--store",
                           str(head.tmp / "nothing")], env={**head.env, "RAY_AUTH_TOKEN": "0" * 64},
@@ -276,6 +277,7 @@ def test_a_wrong_token_is_one_line_at_once(head: Cluster) -> None:
     assert not any((head.tmp / "nothing").glob("*"))  # nothing written
 
 
+@pytest.mark.slow
 def test_b_no_node_big_enough_waits_then_stops(head: Cluster) -> None:
     res = subprocess.run([ORCH, "sweep", str(CONFIG), *TINY, "resources.cpu_per_trial=2",
                           "resources.wait_s=2", "--address", head.gcs, "--store",

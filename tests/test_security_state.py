@@ -341,6 +341,7 @@ def test_a_planted_tuner_pkl_is_refused_before_it_is_read(swept, tmp_path) -> No
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_a_tampered_experiment_state_is_refused(swept, tmp_path) -> None:
     from ray._common.utils import binary_to_hex
     from ray.tune.utils.serialization import _loads_with_cloudpickle
@@ -360,6 +361,7 @@ def test_a_tampered_experiment_state_is_refused(swept, tmp_path) -> None:
     assert marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["searcher-state-2099-01-01_00-00-00.pkl",
                                   "callback-states-2099-01-01_00-00-00.pkl"])
 def test_a_planted_searcher_or_callback_state_is_refused(swept, tmp_path, name) -> None:
