@@ -224,7 +224,7 @@ def _check_machine(cfg) -> None:
     """A sweep on this machine's own Ray: one trial's CPUs and GPUs must fit the machine."""
     from orchestrator import cluster
 
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+    if cluster.ray_address(cfg, None) is not None:
         return  # a cluster: orch sweep waits for a node that fits (resources.wait_s)
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1
     gpus = cfg.ray.num_gpus

@@ -52,6 +52,23 @@ def check_address(address: str, key: str = "--address") -> None:
         raise ConfigError(f"{key}: '{address}' is not HOST:PORT or 'auto'")
 
 
+def ray_address(cfg, address: str | None) -> str | None:
+    """The cluster to join: ``--address``, else ``ray.address``, else the Ray Job's own (RAY_ADDRESS).
+
+    None means an embedded Ray of this process.
+    """
+    if address:
+        check_address(address, "--address")
+        return address
+    if cfg.ray.address:
+        return cfg.ray.address
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env and not env.startswith(("http://", "https://")):  # (an http one is for `ray job submit`)
+        check_address(env, "RAY_ADDRESS")
+        return env
+    return None
+
+
 def is_loopback(host: str | None) -> bool:
     return bool(host) and (host in LOOPBACK_HOSTS or host.startswith("127."))
 

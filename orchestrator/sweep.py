@@ -30,6 +30,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 from orchestrator import __version__, schedulers, searchers, spaces
 from orchestrator import config as config_mod
 from orchestrator import data as data_mod
+from orchestrator.cluster import ray_address
 from orchestrator.errors import SweepFailed, UserError
 from orchestrator.losses import check_task
 from orchestrator.store import Store, new_sweep_id, store_root
@@ -70,25 +71,6 @@ class SweepResult:
 
 
 # -- Ray ---------------------------------------------------------------------------------------------
-
-
-def ray_address(cfg, address: str | None) -> str | None:
-    """The cluster to join: ``--address``, else ``ray.address``, else the Ray Job's own (RAY_ADDRESS).
-
-    None means an embedded Ray of this process.
-    """
-    from orchestrator.cluster import check_address
-
-    if address:
-        check_address(address, "--address")
-        return address
-    if cfg.ray.address:
-        return cfg.ray.address
-    env = os.environ.get("RAY_ADDRESS", "")
-    if env and not env.startswith(("http://", "https://")):  # (an http one is for `ray job submit`)
-        check_address(env, "RAY_ADDRESS")
-        return env
-    return None
 
 
 def start_ray(cfg, address: str | None, verbose: bool) -> tuple[str | None, bool]:
@@ -314,7 +296,7 @@ def _check_tune_state(store: Store, sweep_id: str, key=None) -> str:
     """
     from orchestrator import ray_adapter, state_guard
 
-    exp_dir = store.ray_dir() / sweep_id
+    exp_dir = store.sweep_dir(sweep_id)
     if ray_adapter.restorable(exp_dir):
         state_guard.verify(exp_dir, key or state_guard.load_key(store.root), sweep_id=sweep_id,
                            context=f"--resume: sweep {sweep_id}", exempt=_own_files())
