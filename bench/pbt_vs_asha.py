@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from orchestrator.config import schema
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -43,7 +45,7 @@ def sweep(config: str, store: Path, *overrides: str) -> float:
 
 
 def best_row(store: Path):
-    from orchestrator.store import Store
+    from orchestrator.store.tables import Store
 
     trials = Store(store).trials()
     ok = trials[trials["status"].isin(["completed", "stopped_early"]) & ~trials["collapsed"].fillna(False).astype(bool)]
@@ -52,11 +54,12 @@ def best_row(store: Path):
 
 def fixed_run(row, epochs: int) -> dict:
     """ASHA's best config, trained again alone (no Ray), with the sweep's own trainer."""
-    from orchestrator import config, data, spaces
-    from orchestrator.trainer import TrialSetup, run_trial
+    from orchestrator.config import load as config
+    from orchestrator.train import data
+    from orchestrator.train.trainer import TrialSetup, run_trial
 
     cfg = config.load(ROOT / "conf" / "tabular.yaml")
-    base = spaces.base_hyperparameters(cfg)
+    base = schema.base_hyperparameters(cfg)
     point = {k[7:]: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
              if k.startswith("config.") and k[7:] in base and v is not None and v == v}
     setup = TrialSetup(base=base, model="mlp", metric="val_loss", mode="min", max_epochs=epochs,
@@ -72,7 +75,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=120.0, help="wall-time budget of each sweep (s)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from orchestrator import results
+    from orchestrator.store import queries as results
 
     out: dict = {"budget_s": args.budget}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,11 +85,13 @@ def main() -> None:
         a, n_a = best_row(asha)
         p, n_p = best_row(pbt)
         fixed = fixed_run(a, 30)
-        _, segments = results.schedule(pbt, p["trial_id"])
+        _, segments = results.pbt_history(pbt, p["trial_id"])
     out["asha"] = {"trials": n_a, "wall_s": t_asha, "best_val_loss": float(a["best_val_loss"]),
-                   "final_val_loss": float(a["final_val_loss"]), "test_loss": float(a["test_loss"]), "lr": float(a["config.lr"]), "epochs": int(a["epochs"])}
+                   "final_val_loss": float(a["final_val_loss"]), "test_loss": float(a["test_loss"]),
+                   "lr": float(a["config.lr"]), "epochs": int(a["epochs"])}
     out["pbt"] = {"trials": n_p, "wall_s": t_pbt, "best_val_loss": float(p["best_val_loss"]),
-                  "final_val_loss": float(p["final_val_loss"]), "test_loss": float(p["test_loss"]), "epochs": int(p["epochs"]),
+                  "final_val_loss": float(p["final_val_loss"]), "test_loss": float(p["test_loss"]),
+                  "epochs": int(p["epochs"]),
                   "lr_schedule": [{"epochs": s["epochs"], "lr": s["config"].get("lr"),
                                    "batch_size": s["config"].get("batch_size")} for s in segments]}
     out["fixed_best_asha_config"] = fixed

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator import report
+from orchestrator.report import page as report
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ appending slows down as the store grows (first 10% of batches against the last 1
 times, before and after ``orch store compact``:
 
 - ``orch results`` as a subprocess (Python start-up and imports included), and in-process
-  (``orchestrator.results.sweeps_table``);
+  (``orchestrator.store.queries.sweeps_table``);
 - the best trial of every study over the whole store, in-process: ``Store.read`` of the trials
   table with the columns it needs, then the lowest ``best_val_loss`` per study (and the same from
   a read of every column);
@@ -43,12 +43,12 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import results as results_mod  # noqa: E402
-from orchestrator import store_admin  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.store import maintenance as store_admin  # noqa: E402
+from orchestrator.store import queries as results_mod  # noqa: E402
+from orchestrator.store.tables import Store  # noqa: E402
 
 ORCH = str(Path(sys.executable).with_name("orch"))
-# The column types the sweep driver declares for metrics rows (orchestrator/monitor.py).
+# The column types the sweep driver declares for metrics rows (orchestrator/tune/callbacks.py).
 METRIC_TYPES = {"generation": pa.int64(), "epoch": pa.int64(), "batch_size": pa.int64(),
                 "resumed_val_loss": pa.float64(), "lr": pa.float64()}
 CONFIG_TYPES = {"config.lr": pa.float64(), "config.beta1": pa.float64(), "config.beta2": pa.float64(),
@@ -93,7 +93,8 @@ def trial_batch(rng: random.Random, sweep_id: str, first: int, n: int, epochs: i
 def study_config() -> tuple[str, str]:
     """A real sweep config (the default one) as the store records it, and its data's fingerprint:
     what `orch retune` reads to decide."""
-    from orchestrator import config, data
+    from orchestrator.config import load as config
+    from orchestrator.train import data
 
     cfg = config.load(ROOT / "conf" / "tabular.yaml", ["study=STUDY"])
     return config.to_yaml(cfg), data.load(cfg).fingerprint
@@ -121,7 +122,8 @@ def build(root: Path, studies: int, trials_per_study: int, epochs: int, batch_tr
         store.append("sweeps", study, [{
             "sweep_id": sweep_id, "reason": "manual", "parent_sweep_id": None, "scheduler": "asha",
             "searcher": "random", "config_yaml": config_yaml.replace("STUDY", study),
-            "config_path": str(ROOT / "conf" / "tabular.yaml"), "started_at": started, "ended_at": started + timedelta(minutes=50),
+            "config_path": str(ROOT / "conf" / "tabular.yaml"), "started_at": started,
+            "ended_at": started + timedelta(minutes=50),
             "num_trials": trials_per_study, "best_trial_id": best[1], "metric": "val_loss", "mode": "min",
             "best_value": best[0], "promoted": True, "data_fingerprint": fingerprint,
             "code_version": "fedcba987654", "search_space": json.dumps({"lr": [1e-4, 0.1]}), "stages": None,
@@ -158,7 +160,7 @@ NOW = "2027-03-01T03:00:00+00:00"  # the sweeps are from Nov 2026: every study i
 
 def retune_decision(root: Path) -> list:
     """What `orch retune --all --dry-run` decides (no training), recorded as it would be."""
-    from orchestrator import retune
+    from orchestrator.retune import decide as retune
 
     out: list[str] = []
     retune.run(root, [], all_studies=True, now=retune.parse_now(NOW), dry_run=True, echo=out.append)

@@ -6,7 +6,7 @@ Runs the same list of trial configs two ways, side by side in one run:
   dashboard, the store and Tune's checkpoints included), scheduler ``fifo`` so every trial runs
   its full budget, the configs given as ``search.points_to_evaluate``;
 * ``pool``: a bare ``multiprocessing.Pool(2)`` (also a subprocess, start-up included) calling the
-  same ``orchestrator.trainer.run_trial`` on the same data, reporting nowhere.
+  same ``orchestrator.train.trainer.run_trial`` on the same data, reporting nowhere.
 
 Two workloads: the sweep (64 configs x 30 epochs of the default MLP space on ``digits``), and the
 per-trial overhead (trivial one-epoch trials; the marginal wall time per trial, from two runs of
@@ -41,8 +41,8 @@ def sample_configs(n: int, seed: int) -> list[dict]:
     """``n`` configs drawn from the default config's search space (plain Python values)."""
     import numpy as np
 
-    from orchestrator import config as config_mod
-    from orchestrator import spaces
+    from orchestrator.config import load as config_mod
+    from orchestrator.space import space as spaces
 
     space = spaces.compile_space(config_mod.load(DEFAULT_CONFIG))
     rng = np.random.default_rng(seed)
@@ -90,7 +90,7 @@ def _init(data, setup) -> None:
 
 
 def _one(point: dict) -> float:
-    from orchestrator.trainer import run_trial
+    from orchestrator.train.trainer import run_trial
 
     result = run_trial(point, _DATA, _SETUP, lambda metrics, checkpoint: None)
     return result["val_loss"]
@@ -99,13 +99,13 @@ def _one(point: dict) -> float:
 def pool_main(config: str, out: str) -> None:
     import multiprocessing as mp
 
-    from orchestrator import config as config_mod
-    from orchestrator import data as data_mod
-    from orchestrator import sweep as sweep_mod
+    from orchestrator.config import load as config_mod
+    from orchestrator.train import data as data_mod
+    from orchestrator.tune.compile import compile_sweep
 
     cfg = config_mod.load(config)
     data = data_mod.load(cfg)
-    _, _, setup = sweep_mod.prepare(cfg, data)
+    setup = compile_sweep(cfg, data).setup
     points = cfg.search.points_to_evaluate
     with mp.get_context("fork").Pool(2, initializer=_init, initargs=(data, setup)) as pool:
         losses = pool.map(_one, points, chunksize=1)
@@ -179,7 +179,8 @@ def main() -> None:
     overhead_ms = (per_trial["orch"] - per_trial["pool"]) * 1000
     print()
     print(f"sweep {args.trials}x{args.epochs}: pool {sweep['pool_s']:.1f}s, orch {sweep['orch_s']:.1f}s, "
-          f"ratio {ratio:.2f}x (target <= 1.3x); same training: max |val_loss diff| {sweep['max_abs_val_loss_diff']:.2g}")
+          f"ratio {ratio:.2f}x (target <= 1.3x); "
+          f"same training: max |val_loss diff| {sweep['max_abs_val_loss_diff']:.2g}")
     print(f"trivial trial, marginal wall time per trial: pool {per_trial['pool'] * 1000:.1f} ms, "
           f"orch {per_trial['orch'] * 1000:.1f} ms, overhead {overhead_ms:.1f} ms (target <= 30 ms)")
     figures.update(ratio=ratio, per_trial_overhead_ms=overhead_ms)

@@ -149,13 +149,17 @@ def optuna_worker(dataset: str, sampler_name: str, directory: Path, out: Path) -
 
     import optuna
 
-    from orchestrator import config, data, searchers, sweep
-    from orchestrator.trainer import run_trial
+    from orchestrator.config import load as config
+    from orchestrator.train import data
+    from orchestrator.train.trainer import run_trial
+    from orchestrator.tune import searchers
+    from orchestrator.tune.compile import compile_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = config.load(CONFIG, common_overrides(dataset, directory, f"optuna-{dataset}"))
     dataset_ = data.load(cfg)
-    search, _, setup = sweep.prepare(cfg, dataset_)
+    compiled = compile_sweep(cfg, dataset_)
+    search, setup = compiled.search, compiled.setup
     setup = dataclasses.replace(setup, report_epochs=None)  # every epoch reaches the pruner
     define = searchers.OptunaDefine(search.space)
     events, finals, lock = [], {}, threading.Lock()
@@ -228,13 +232,15 @@ def run_dataset(dataset: str, directory: Path) -> dict:
 def table(dataset: str, res: dict) -> str:
     lines = [f"{dataset}: target = fifo's best val_loss {res['target_val_loss']:.4f} (within 1%); "
              f"fifo wall {res['fifo_wall_s']:.1f}s",
-             "| method | time to target (s) | / fifo wall | total wall (s) | best val_loss | test accuracy | epochs trained |",
+             "| method | time to target (s) | / fifo wall | total wall (s) | best val_loss | test accuracy "
+             "| epochs trained |",
              "|---|---|---|---|---|---|---|"]
     for m, r in res["methods"].items():
         ttq = "not reached" if r["time_to_quality_s"] is None else f"{r['time_to_quality_s']:.1f}"
         ratio = "" if r["ttq_over_fifo_wall"] is None else f"{100 * r['ttq_over_fifo_wall']:.0f}%"
         acc = "" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
-        lines.append(f"| {m} | {ttq} | {ratio} | {r['wall_s']:.1f} | {r['best_val_loss']:.4f} | {acc} | {r['epochs']} |")
+        lines.append(f"| {m} | {ttq} | {ratio} | {r['wall_s']:.1f} | {r['best_val_loss']:.4f} | {acc} "
+                     f"| {r['epochs']} |")
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 
 The trainer does more per step and per epoch than the minimal loop (learning-rate schedule,
 divergence checks, collapse diagnostics, test scores at reports, checkpoint state); this measures
-what that costs. Both clip gradients at norm 1 (orch's default). Both run in this process, one torch thread, interleaved (A B A B ...) so
-that noise on a shared machine hits both alike; the figure is the ratio of medians.
+what that costs. Both clip gradients at norm 1 (orch's default). Both run in this process, one torch
+thread, interleaved (A B A B ...) so that noise on a shared machine hits both alike; the figure is the
+ratio of medians.
 
     python bench/trainer_overhead.py                  # digits and a 20k x 40 synthetic table
     python bench/trainer_overhead.py --repeats 5 --json bench/out/trainer_overhead.json
@@ -26,8 +27,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import config, data, spaces  # noqa: E402
-from orchestrator.trainer import TrialSetup, run_trial  # noqa: E402
+from orchestrator.config import load as config  # noqa: E402
+from orchestrator.config import schema  # noqa: E402
+from orchestrator.train import data  # noqa: E402
+from orchestrator.train.trainer import TrialSetup, run_trial  # noqa: E402
 
 EPOCHS = 20
 HP = {"lr": 1e-3, "batch_size": 64, "hidden": 128, "layers": 2}
@@ -59,7 +62,7 @@ def orch_run(ds, base) -> float:
 def bare_run(ds, base) -> float:
     """The minimal loop: same model, Adam, cross-entropy, shuffled batches, gradient clipping at the
     same norm, validation loss per epoch."""
-    from models import registry
+    from orchestrator.config import models as registry
 
     torch.set_num_threads(1)
     t = time.perf_counter()
@@ -93,7 +96,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = config.load(ROOT / "conf" / "tabular.yaml")
     # The loss is forced to cross-entropy so that both loops optimise the same thing.
-    base = {**spaces.base_hyperparameters(cfg), **HP, "loss": "cross_entropy", "grad_clip": 1.0}
+    base = {**schema.base_hyperparameters(cfg), **HP, "loss": "cross_entropy", "grad_clip": 1.0}
     out = {}
     for name in args.datasets.split(","):
         ds = dataset(name)

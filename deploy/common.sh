@@ -41,5 +41,5 @@ resource_args() {
 
 ray_start() {
     # shellcheck disable=SC2086  # ORCH_RAY_ARGS is a list of words on purpose
-    exec "$ORCH_PYTHON" -m orchestrator.cluster ray-start "${args[@]}" ${ORCH_RAY_ARGS:-}
+    exec "$ORCH_PYTHON" -m orchestrator.cluster.nodes ray-start "${args[@]}" ${ORCH_RAY_ARGS:-}
 }

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from orchestrator import report
+from orchestrator.report import page as report
 
 
 def main() -> None:

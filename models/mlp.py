@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.registry import register
+from orchestrator.config.models import register
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -52,7 +52,8 @@ def init_linear(linear: nn.Linear, activation: str, init: str, bias_init: float)
         nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
         nn.init.kaiming_normal_(linear.weight, nonlinearity=nonlinearity)
     elif kind == "xavier":
-        nn.init.xavier_uniform_(linear.weight, gain=nn.init.calculate_gain("tanh" if activation == "tanh" else "linear"))
+        gain = nn.init.calculate_gain("tanh" if activation == "tanh" else "linear")
+        nn.init.xavier_uniform_(linear.weight, gain=gain)
     else:
         gain = nn.init.calculate_gain("tanh") if activation == "tanh" else nn.init.calculate_gain("relu")
         nn.init.orthogonal_(linear.weight, gain=gain)
@@ -60,7 +61,7 @@ def init_linear(linear: nn.Linear, activation: str, init: str, bias_init: float)
         nn.init.constant_(linear.bias, float(bias_init))
 
 
-@register("mlp")
+@register("mlp", mutable=("dropout",))
 def mlp(
     n_inputs: int,
     n_outputs: int,

@@ -1,7 +1,7 @@
 """The ``orch`` command line: a table of commands, each parsing its arguments and calling one function.
 
 User errors (bad config, bad argument, missing file) print one line and exit 2; failures at run
-time exit 1; Ctrl-C exits 130 and SIGTERM 143, at any moment (orchestrator/stopping.py).
+time exit 1; Ctrl-C exits 130 and SIGTERM 143, at any moment (orchestrator/tune/stopping.py).
 ``--debug`` (or ``ORCH_DEBUG=1``) shows the traceback.
 """
 
@@ -11,10 +11,14 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from orchestrator.errors import OrchError, UserError
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import SweepConfig
 
 NO_REPORT = click.option("--no-report", is_flag=True, default=lambda: os.environ.get("ORCH_NO_REPORT") == "1",
                          help="Do not write the report (orch report) after a sweep. Default from $ORCH_NO_REPORT=1.")
@@ -22,7 +26,7 @@ STORE_HELP = "Results store directory (default: the config's store.path, else $O
 
 
 def _store_root(store: str | None) -> Path:
-    from orchestrator.store import store_root
+    from orchestrator.store.tables import store_root
 
     return store_root(None, store)
 
@@ -30,8 +34,8 @@ def _store_root(store: str | None) -> Path:
 class OrchGroup(click.Group):
     """Turns orch's errors into one line and an exit status."""
 
-    def invoke(self, ctx: click.Context):
-        from orchestrator import stopping
+    def invoke(self, ctx: click.Context) -> Any:
+        from orchestrator.tune import stopping
 
         # SIGTERM: the same clean stop as Ctrl-C, at any moment (exit status 143).
         with stopping.installed():
@@ -67,7 +71,8 @@ def main(debug: bool) -> None:
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
 @click.option("--store", "store", default=None, help=STORE_HELP)
-@click.option("--address", default=None, help="Ray cluster to run on (auto, HOST:PORT); default: an embedded local Ray.")
+@click.option("--address", default=None,
+              help="Ray cluster to run on (auto, HOST:PORT); default: an embedded local Ray.")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[SWEEP_ID]",
               help="Continue an interrupted sweep: the newest unfinished one of this study, or SWEEP_ID.")
 @click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs and warnings.")
@@ -76,19 +81,18 @@ def main(debug: bool) -> None:
 def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: str | None,
           resume: str | None, verbose: bool, sweep_id: str | None, no_report: bool) -> None:
     """Run a sweep: orch sweep CONFIG [key=value ...]."""
-    from orchestrator import config as config_mod
-    from orchestrator.store import Store, store_root
+    from orchestrator.store.tables import Store, store_root
+    from orchestrator.tune import plan
 
-    cfg = config_mod.load(config, overrides)  # before importing torch and Ray: errors come at once
-    from orchestrator import sweep as sweep_mod
+    cfg = plan.load(config, overrides)  # before importing torch and Ray: errors come at once
+    from orchestrator.tune import driver as sweep_mod
 
     result = sweep_mod.run(cfg, store=Store(store_root(cfg, store)), address=address,
-                           resume=resume, verbose=verbose, sweep_id=sweep_id)
+                           resume=resume, verbose=verbose, sweep_id=sweep_id, report=not no_report)
     sweep_mod.print_summary(result)
-    if result.finished and not no_report:
-        _write_report(result.store.root, result.study, result.sweep_id)
+    sweep_mod.announce_report(result, _echo_report)
     if not result.finished:
-        from orchestrator import stopping
+        from orchestrator.tune import stopping
 
         click.echo(stopping.message(), err=True)
         sys.exit(stopping.exit_code())
@@ -96,13 +100,8 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
         sys.exit(1)
 
 
-def _write_report(root: Path, study: str, sweep_id: str) -> None:
-    from orchestrator import report as report_mod
-
-    def echo(line: str) -> None:
-        click.echo(line, err=line.startswith("orch: warning"))
-
-    report_mod.write_after_sweep(root, study, sweep_id, echo)
+def _echo_report(line: str) -> None:
+    click.echo(line, err=line.startswith("orch: warning"))
 
 
 @main.command()
@@ -118,7 +117,7 @@ def report(study: str, store: str | None, sweep_id: str | None, out: Path | None
     best trials, hyperparameter importance against the knobs' tiers, the study's re-tune history,
     and a summary (best config and scores, trials by status, compute spent and saved).
     """
-    from orchestrator import report as report_mod
+    from orchestrator.report import page as report_mod
 
     rep = report_mod.build(_store_root(store), study, sweep_id, out)
     click.echo(f"Report of sweep {rep.sweep_id} of {study}: {rep.html}")
@@ -134,17 +133,18 @@ def report(study: str, store: str | None, sweep_id: str | None, out: Path | None
               help="The cluster's dashboard (default: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265).")
 @click.option("--store", default=None, metavar="DIR",
               help="Results store as the cluster sees it (default: $ORCH_STORE on the cluster).")
-@click.option("--follow", "-f", is_flag=True, help="Print the sweep's output until it ends; exit 1 unless it succeeded.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Print the sweep's output until it ends; exit 1 unless it succeeded.")
 def submit(config: Path, overrides: tuple[str, ...], address: str | None, store: str | None, follow: bool) -> None:
     """Run a sweep on a Ray cluster as a Ray Job: orch submit CONFIG [key=value ...].
 
     The working directory (minus what .gitignore leaves out) is shipped to the cluster and
     `orch sweep` runs there, under the job name orch:<study>:<sweep_id>. The laptop can then sleep.
     """
-    from orchestrator import config as config_mod
-    from orchestrator import jobs
+    from orchestrator.cluster import jobs
+    from orchestrator.tune import plan
 
-    cfg = config_mod.load(config, overrides)  # a bad config fails here, not on the cluster
+    cfg = plan.load(config, overrides)  # a bad config fails here, not on the cluster
     if _debug(click.get_current_context().find_root()):
         os.environ["ORCH_DEBUG"] = "1"
     job = jobs.submit(cfg, config, list(overrides), address, store)
@@ -168,7 +168,7 @@ def submit(config: Path, overrides: tuple[str, ...], address: str | None, store:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def status(store: str | None, address: str | None, show_all: bool, fmt: str) -> None:
     """List running sweeps and their progress: trials done, running, best so far."""
-    from orchestrator import jobs
+    from orchestrator.cluster import jobs
 
     root = _store_root(store)
     local = jobs.local_sweeps(root, show_all)
@@ -190,15 +190,13 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
 
     Exits 2 for an invalid config, 1 when a training check fails.
     """
-    from orchestrator import config as config_mod
-    from orchestrator import data as data_mod
-    from orchestrator import spaces
-    from orchestrator.losses import check_task
+    from orchestrator.train import data as data_mod
+    from orchestrator.train.losses import check_task
+    from orchestrator.tune import plan
 
-    cfg = config_mod.load(config, overrides)
+    cfg, search = plan.load_with_search(config, overrides)
     _check_machine(cfg)
     dataset = data_mod.load(cfg)
-    search = spaces.check_search(cfg)
     check_task(cfg, dataset, search.space)
     space, n = search.space, search.n_trials
     click.echo(f"{config}: ok. study {cfg.study}; {dataset.n_rows} rows, {dataset.n_features} features, "
@@ -212,7 +210,7 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
         click.echo("Fixed: " + ", ".join(f"{k}={v}" for k, v in held.items()))
     if config_only:
         return
-    from orchestrator import diagnose
+    from orchestrator.train import checks as diagnose
 
     point, checks, seconds = diagnose.run_checks(cfg, dataset, space)
     click.echo(diagnose.render(point, checks, seconds), nl=False)
@@ -220,9 +218,9 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
         sys.exit(1)
 
 
-def _check_machine(cfg) -> None:
+def _check_machine(cfg: SweepConfig) -> None:
     """A sweep on this machine's own Ray: one trial's CPUs and GPUs must fit the machine."""
-    from orchestrator import cluster
+    from orchestrator.tune import connect as cluster
 
     if cluster.ray_address(cfg, None) is not None:
         return  # a cluster: orch sweep waits for a node that fits (resources.wait_s)
@@ -245,11 +243,11 @@ def _check_machine(cfg) -> None:
               help="The hyperparameter schedule of TRIAL of a population-based sweep (pbt, pb2).")
 def results(store: str | None, study: str | None, fmt: str, trial: str | None) -> None:
     """List sweeps and their best trials, newest first."""
-    from orchestrator import results as results_mod
+    from orchestrator.store import queries as results_mod
 
     root = _store_root(store)
     if trial is not None:
-        click.echo(results_mod.schedule_text(root, trial, study), nl=False)
+        click.echo(results_mod.pbt_history_text(root, trial, study), nl=False)
         return
     df = results_mod.sweeps_table(root, study)
     click.echo(results_mod.render(df, fmt), nl=False)
@@ -263,7 +261,7 @@ def results(store: str | None, study: str | None, fmt: str, trial: str | None) -
 @click.option("--sweep", "sweep_id", default=None, help="Best of this sweep instead of the whole study.")
 def best(study: str, store: str | None, sweep_id: str | None) -> None:
     """Print the best config of STUDY as YAML, ready to train with."""
-    from orchestrator import results as results_mod
+    from orchestrator.store import queries as results_mod
 
     click.echo(results_mod.best_yaml(_store_root(store), study, sweep_id), nl=False)
 
@@ -273,10 +271,12 @@ def best(study: str, store: str | None, sweep_id: str | None) -> None:
 @click.option("--store", default=None, help=STORE_HELP)
 @click.option("--all", "all_studies", is_flag=True, help="Every study in the store.")
 @click.option("--dry-run", is_flag=True, help="Decide and print; train nothing (no drift check, no re-tune).")
-@click.option("--now", default=None, metavar="ISO-TIME", help="Decide as if it were this time (UTC unless a zone is given).")
+@click.option("--now", default=None, metavar="ISO-TIME",
+              help="Decide as if it were this time (UTC unless a zone is given).")
 @click.option("--no-drift", is_flag=True, help="Skip the drift check (re-training the best config on today's data).")
 @click.option("--address", default=None, help="Ray cluster the re-tune sweeps run on.")
-@click.option("--every", default=None, metavar="CRON", help='Run as a service: re-tune at every time of this cron expression ("0 3 * * 1").')
+@click.option("--every", default=None, metavar="CRON",
+              help='Run as a service: re-tune at every time of this cron expression ("0 3 * * 1").')
 @click.option("--install-cron", default=None, metavar="CRON", help="Add a crontab line that runs this re-tune at CRON.")
 @click.option("--uninstall-cron", is_flag=True, help="Remove this store's re-tune line from the crontab.")
 @click.option("--print-cron", default=None, metavar="CRON", help="Print the crontab line instead of installing it.")
@@ -289,8 +289,8 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
     STUDIES may include retune.KEY=VALUE overrides of the studies' policies
     (retune.max_age_days=30 retune.drift_check=false ...).
     """
-    from orchestrator import retune as retune_mod
-    from orchestrator import schedule
+    from orchestrator.retune import cron as schedule
+    from orchestrator.retune import decide as retune_mod
 
     overrides = [a for a in studies if "=" in a]
     studies = tuple(a for a in studies if "=" not in a)
@@ -316,8 +316,8 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
     argv = [*studies, *overrides, *(["--all"] if all_studies else []), "--store", str(root),
             *(["--dry-run"] if dry_run else []), *(["--no-drift"] if no_drift else []),
             *(["--address", address] if address else [])]
-    if install_cron or print_cron:
-        expr = install_cron or print_cron
+    expr = install_cron or print_cron
+    if expr:
         root.mkdir(parents=True, exist_ok=True)
         line = schedule.cron_line(expr, workdir=Path.cwd(), argv=argv, log_file=root / "retune.log",
                                   env=dict(os.environ), store_root=root,
@@ -353,16 +353,16 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
 def lr_find(config: Path, overrides: tuple[str, ...], out: Path | None, write: Path | None,
             min_lr: float, max_lr: float, steps: int | None) -> None:
     """Learning-rate range test: raise lr every step until training diverges; suggest the lr range."""
-    from orchestrator import lrfind
+    from orchestrator.train import lrfind
 
     lrfind.check_options(min_lr, max_lr, steps)  # before loading anything
-    from orchestrator import config as config_mod
-    from orchestrator.store import store_root
+    from orchestrator.store.tables import store_root
+    from orchestrator.tune import plan
 
-    cfg = config_mod.load(config, overrides)
+    cfg = plan.load(config, overrides)
     result = lrfind.run(cfg, min_lr, max_lr, steps, out or store_root(cfg, None) / lrfind.OUT_DIR, write,
                         str(config))
-    click.echo(lrfind.report(result), nl=False)
+    click.echo(lrfind.summary(result), nl=False)
 
 
 @main.group(name="store")
@@ -382,7 +382,7 @@ def compact(store: str | None, study: str | None, table: str | None, max_rows: i
     Other Parquet readers (DuckDB, pandas) should not read the store while it runs. Exits 1 when a
     partition could not be compacted (a file that cannot be read: see orch store verify).
     """
-    from orchestrator import store_admin
+    from orchestrator.store import maintenance as store_admin
 
     report = store_admin.compact(_store_root(store), study=study, table=table, max_rows=max_rows)
     click.echo(report.text(), nl=False)
@@ -397,7 +397,7 @@ def verify(store: str | None) -> None:
 
     Exits 1 when a file cannot be read, 0 otherwise.
     """
-    from orchestrator import store_admin
+    from orchestrator.store import maintenance as store_admin
 
     report = store_admin.verify(_store_root(store), echo=lambda m: click.echo(f"orch: {m}", err=True))
     click.echo(report.text(), nl=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TypeGuard
 
 from orchestrator.errors import StoreError, UserError
 
@@ -29,7 +30,7 @@ def shown(value: object, limit: int = 60) -> str:
     return f"{text[:limit]}... ({size})"
 
 
-def is_name(value: object) -> bool:
+def is_name(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) <= MAX_NAME and bool(NAME.match(value))
 
 
@@ -37,7 +38,7 @@ def check_name(value: object, key: str, error: type[UserError] = UserError) -> s
     """``value`` if it is a valid study, sweep or trial name, else a one-line error naming ``key``."""
     if not is_name(value):
         raise error(f"{key}: use {NAME_RULE} (got {shown(value)})")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import CONFIG, ROOT, orch
+from tests.conftest import CONFIG, ROOT, imported_modules, orch, orch_env
 
 NO_LR_KNOB = "search_space={batch_size: {pow2: [16, 64]}}"  # so that train.lr is the lr checked
 
@@ -100,7 +102,33 @@ def test_a_bad_config_is_exit_2_not_a_check(tmp_path: Path) -> None:
 
 
 def test_check_runs_without_ray() -> None:
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom orchestrator.cli import main\n"
-            f"r = CliRunner().invoke(main, ['check', {str(CONFIG)!r}])\n"
-            "assert r.exit_code == 0, r.output\nassert 'ray' not in sys.modules, 'ray was imported'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+    p = orch("check", CONFIG, env={"PYTHONPROFILEIMPORTTIME": "1"}, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    modules = imported_modules(p.stderr)
+    assert {"orchestrator.cli", "torch"} <= modules  # (every import is listed)
+    assert not {m for m in modules if m == "ray" or m.startswith("ray.")}, "ray was imported"
+
+
+def test_a_projects_own_models_package_is_not_shadowed_by_orchs(tmp_path: Path) -> None:
+    # A user's project with a top-level `models` package of its own, and the shipped config: orch's
+    # models are `orchestrator.models`, so the config's model (mlp) is found all the same.
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "models" / "__init__.py").write_text('"""The project\'s own models."""\n')
+    (project / "models" / "resnet.py").write_text("def build() -> str:\n    return 'resnet'\n")
+    shutil.copytree(ROOT / "conf", project / "conf")
+    shutil.copytree(ROOT / "search_spaces", project / "search_spaces")
+    env = {"PYTHONPATH": os.pathsep.join(d for d in (str(project), os.environ.get("PYTHONPATH"))
+                                         if d)}
+    p = orch("check", "--config-only", "conf/tabular.yaml", cwd=project, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "unknown model" not in p.stderr
+    # From there, `import models` is the project's, and orch's models are still orch's.
+    code = ("import models, models.resnet, orchestrator.models.mlp\n"
+            "print(models.__file__)\nprint(orchestrator.models.mlp.__file__)\n")
+    found = subprocess.run([sys.executable, "-c", code], cwd=project, env=orch_env(env),
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    theirs, ours = found.stdout.splitlines()
+    assert Path(theirs) == project / "models" / "__init__.py"
+    assert project not in Path(ours).parents

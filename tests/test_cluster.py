@@ -6,148 +6,31 @@ The nodes run as process groups of their own; each test stops (or kills) only th
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ORCH as ORCH_BIN
-from tests.conftest import ROOT
-
-DEPLOY = ROOT / "deploy"
-ORCH = [ORCH_BIN]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Node:
-    proc: subprocess.Popen
-    log: Path
-    metrics_port: int
-    node_id: str = ""
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-
-@dataclass
-class Cluster:
-    tmp: Path
-    env: dict[str, str]
-    gcs: str
-    dashboard: str
-    store: Path
-    ray_tmp: Path  # short: Ray's socket paths must fit in 107 bytes
-    head: Node | None = None
-    workers: list[Node] = field(default_factory=list)
-
-    def node_env(self, **extra: str) -> dict[str, str]:
-        agent_ports = (f"--dashboard-agent-listen-port {free_port()} --dashboard-agent-grpc-port {free_port()} "
-                       f"--runtime-env-agent-port {free_port()} --node-manager-port {free_port()} "
-                       f"--object-manager-port {free_port()}")
-        return {**self.env, "ORCH_NODE_IP": "127.0.0.1", "ORCH_RAY_ARGS": agent_ports, **extra}
-
-    def start(self, script: str, name: str, **extra: str) -> Node:
-        metrics = free_port()
-        log = self.tmp / f"{name}.log"
-        env = self.node_env(ORCH_METRICS_PORT=str(metrics), ORCH_TEMP_DIR=str(self.ray_tmp / name), **extra)
-        if script == "ray-head":
-            env["ORCH_RAY_ARGS"] += f" --ray-client-server-port {free_port()}"
-        with open(log, "w") as out:
-            proc = subprocess.Popen([str(DEPLOY / script)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        return Node(proc, log, metrics)
-
-    def api(self, path: str) -> dict:
-        request = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    @property
-    def token(self) -> str:
-        return Path(self.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
-
-    def alive_nodes(self) -> list[dict]:
-        try:
-            nodes = self.api("/api/v0/nodes?limit=100")["data"]["result"]["result"]
-        except (OSError, KeyError, ValueError):
-            return []
-        return [n for n in nodes if n["state"] == "ALIVE"]
-
-    def add_worker(self, name: str, timeout_s: float = 60, **extra: str) -> Node:
-        before = {n["node_id"] for n in self.alive_nodes()}
-        node = self.start("ray-worker", name, ORCH_HEAD_ADDRESS=self.gcs, **extra)
-        self.workers.append(node)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            new = [n["node_id"] for n in self.alive_nodes() if n["node_id"] not in before]
-            if new:
-                node.node_id = new[0]
-                return node
-            if node.proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        pytest.fail(f"worker node {name} did not join:\n{node.log.read_text()[-3000:]}")
-
-    def orch(self, *args: str, **kwargs) -> subprocess.Popen:
-        return subprocess.Popen([*ORCH, *args], env=self.env, cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, **kwargs)
+from tests.conftest import Cluster, new_cluster, orch
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("cluster")
-    token = tmp / "ray_auth_token"
-    subprocess.run([str(DEPLOY / "make-token"), str(token)], check=True, capture_output=True,
-                   env={**os.environ, "ORCH_PYTHON": sys.executable})
-    store = tmp / "store"
-    gcs_port, dash_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ORCH_"))}
-    env.update(RAY_AUTH_TOKEN_PATH=str(token), ORCH_PYTHON=sys.executable, ORCH_STORE=str(store),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               ORCH_STORE_FLUSH_S="1", RAY_USAGE_STATS_ENABLED="0", ORCH_NO_REPORT="1")
-    c = Cluster(tmp, env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", store,
-                Path(tempfile.mkdtemp(prefix="orch-ray-")))
-    c.head = c.start("ray-head", "head", ORCH_RAY_PORT=str(gcs_port), ORCH_DASHBOARD_PORT=str(dash_port),
-                     ORCH_NUM_CPUS="2")
+    c = new_cluster(tmp_path_factory.mktemp("cluster"), Path(tempfile.mkdtemp(prefix="orch-ray-")),
+                    ORCH_STORE_FLUSH_S="1")
     try:
-        deadline = time.monotonic() + 90
-        while not c.alive_nodes():
-            if c.head.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the head did not start:\n{c.head.log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        c.head.node_id = c.alive_nodes()[0]["node_id"]
+        c.start_head(num_cpus=2, name="head")
         yield c
     finally:
-        for node in [*c.workers, c.head]:
-            node.stop()
+        c.stop()
         shutil.rmtree(c.ray_tmp, ignore_errors=True)
 
 
@@ -252,7 +135,8 @@ def test_gpu_trials_run_on_gpu_nodes_only_four_to_a_gpu_at_a_quarter(cluster: Cl
     # Reused actors (the default) are named for their study and sweep in the dashboard.
     actors = cluster.api("/api/v0/actors?limit=1000&detail=1")["data"]["result"]["result"]
     sweep_id = trials["sweep_id"].iloc[0]
-    names = {a.get("repr_name") for a in actors if a.get("class_name") == "OrchTrial" and sweep_id in a.get("repr_name", "")}
+    names = {a.get("repr_name") for a in actors
+             if a.get("class_name") == "OrchTrial" and sweep_id in a.get("repr_name", "")}
     assert names == {f"orch:tabular-digits:{sweep_id}"}, names
     gpu_node.stop()
 
@@ -279,7 +163,8 @@ def test_submit_runs_the_sweep_as_a_named_ray_job_and_exports_metrics(cluster: C
     wanted = {"ray_orch_trials", "ray_orch_trials_planned", "ray_orch_trial_results_total", "ray_orch_best_objective"}
     ended = None
     while time.monotonic() < deadline and not wanted <= seen:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.head.metrics_port}/metrics", timeout=10).read().decode()
+        url = f"http://127.0.0.1:{cluster.head.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
         for line in text.splitlines():
             if line.startswith("ray_orch_") and 'study="tabular-digits"' in line and f'sweep_id="{sweep_id}"' in line:
                 seen.add(line.split("{")[0])
@@ -310,9 +195,8 @@ def test_submit_runs_the_sweep_as_a_named_ray_job_and_exports_metrics(cluster: C
     assert sweep_id in set(sweeps["sweep_id"])
 
     # orch status lists it, from the Jobs API.
-    status = subprocess.run([*ORCH, "status", "--all", "--address", cluster.dashboard, "--store",
-                             str(cluster.tmp / "empty")], env=cluster.env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    status = orch("status", "--all", "--address", cluster.dashboard, "--store",
+                  cluster.tmp / "empty", base_env=cluster.env, timeout=60)
     assert status.returncode == 0, status.stderr
     row = next(line for line in status.stdout.splitlines() if sweep_id in line)
     assert "succeeded" in row and "6/6" in row and "val_loss" in row
@@ -321,8 +205,8 @@ def test_submit_runs_the_sweep_as_a_named_ray_job_and_exports_metrics(cluster: C
 @pytest.mark.slow
 def test_submit_with_a_wrong_token_is_one_line_and_exit_2(cluster: Cluster) -> None:
     env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
-    res = subprocess.run([*ORCH, "submit", "conf/tabular.yaml", "--address", cluster.dashboard], env=env,
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    res = orch("submit", "conf/tabular.yaml", "--address", cluster.dashboard, base_env=env,
+               timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("orch: error: the Ray dashboard at")
     assert "refused this token" in res.stderr and "Traceback" not in res.stderr
@@ -331,9 +215,8 @@ def test_submit_with_a_wrong_token_is_one_line_and_exit_2(cluster: Cluster) -> N
 @pytest.mark.slow
 def test_sweep_with_a_wrong_token_is_one_line_and_exit_2(cluster: Cluster) -> None:
     env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
-    res = subprocess.run([*ORCH, "sweep", "conf/tabular.yaml", "--address", cluster.gcs, "--store",
-                          str(cluster.tmp / "nothing")], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    res = orch("sweep", "conf/tabular.yaml", "--address", cluster.gcs, "--store",
+               cluster.tmp / "nothing", base_env=env, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith(f"orch: error: cannot join the Ray cluster at {cluster.gcs}") and "token" in last

@@ -10,17 +10,15 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from orchestrator import jobs
-from orchestrator.jobs import STATUS_FILE
-from orchestrator.monitor import Progress
-from tests.conftest import ROOT, orch
-
-DEPLOY = ROOT / "deploy"
+from orchestrator.cluster import jobs
+from orchestrator.tune.callbacks import STATUS_FILE, Progress
+from tests.conftest import DEPLOY, ROOT, orch
 
 
 def one_line_error(res: subprocess.CompletedProcess) -> str:
@@ -145,8 +143,24 @@ def test_make_token_writes_once_and_only_for_its_owner(tmp_path: Path) -> None:
     token = tmp_path / "secrets" / "ray_auth_token"
     first = subprocess.run([str(DEPLOY / "make-token"), str(token)], capture_output=True, text=True, check=True)
     assert "wrote" in first.stdout
-    value = token.read_text().strip()
-    assert re.fullmatch(r"[0-9a-f]{64}", value), value  # 32 random bytes, as hex
+    text = token.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", text), text  # 32 random bytes, as hex, on one line
+    value = text.strip()
     assert token.stat().st_mode & 0o077 == 0
+    assert list(token.parent.iterdir()) == [token]  # no temporary file left beside it
     again = subprocess.run([str(DEPLOY / "make-token"), str(token)], capture_output=True, text=True, check=True)
     assert "kept" in again.stdout and token.read_text().strip() == value
+    other = tmp_path / "other_token"
+    subprocess.run([str(DEPLOY / "make-token"), str(other)], capture_output=True, check=True)
+    assert other.read_text().strip() != value  # a new random token each time, not a fixed one
+    # The token Ray itself loads from the file (RAY_AUTH_TOKEN_PATH, as the nodes and the clients
+    # are given it): it accepts this value and no other.
+    accepts = ("import sys\n"
+               "from ray._private.authentication import authentication_utils as auth\n"
+               "print(auth.is_token_auth_enabled(), *(auth.validate_request_token(f'Bearer {t}')"
+               " for t in sys.argv[1:]))")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    res = subprocess.run([sys.executable, "-c", accepts, value, other.read_text().strip()], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["True", "True", "False"], res.stdout + res.stderr

@@ -192,7 +192,8 @@ def test_prometheus_and_grafana_read_the_heads_ray_directory(compose, services):
     assert ("ray-head-tmp", "/tmp/ray", False) in mounts(services["ray-head"])
     for name in ("prometheus", "grafana"):
         assert ("ray-head-tmp", "/tmp/ray", True) in mounts(services[name]), name
-    assert ("./deploy/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml", True) in mounts(services["prometheus"])
+    prometheus_yml = ("./deploy/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml", True)
+    assert prometheus_yml in mounts(services["prometheus"])
 
 
 def test_gpu_worker_is_a_profile_with_an_nvidia_reservation(services):

@@ -8,40 +8,19 @@ together so they overlap. `pytest -m slow` also runs the whole table as subproce
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from orchestrator import config, schedulers
+from orchestrator.config import load as config
 from orchestrator.errors import ConfigError
-from tests.conftest import Run, assert_user_error, cli
+from orchestrator.tune import schedulers
+from tests.conftest import CONFIG, ROOT, Run, as_run, assert_user_error, cli, orch, orch_process
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "conf" / "tabular.yaml"
 SPACE = ROOT / "search_spaces" / "mlp_adam.yaml"
-
-
-# -- running the command line -----------------------------------------------------------------
-
-
-def orch_command(*args: object) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", *map(str, args)]
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "ORCH_DEBUG"}
-
-
-def orch_subprocess(*args: object, cwd: Path | None = None) -> Run:
-    """``python -m orchestrator.cli ARGS`` as a separate process."""
-    p = subprocess.run(orch_command(*args), capture_output=True, text=True, cwd=cwd or ROOT,
-                       env=clean_env(), timeout=180)
-    return Run(p.returncode, p.stdout, p.stderr)
 
 
 # -- files the error cases point at -------------------------------------------------------------
@@ -169,7 +148,7 @@ def test_user_error_is_one_line(case: str, files: Path) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_user_error_is_one_line_subprocess(case: str, files: Path) -> None:
     args, fragments = CASES[case](files)
-    assert_user_error(orch_subprocess("check", *args), *fragments)
+    assert_user_error(as_run(orch("check", *args, timeout=180)), *fragments)
 
 
 def test_errors_never_print_a_named_file(files: Path) -> None:
@@ -294,11 +273,7 @@ def procs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subproces
         "sweep": ["sweep", CONFIG, "bad.key=1", "--store", store],
         "data_one_class": ["check", d / "one_class.yaml"],
     }
-    started = {
-        name: (subprocess.Popen(orch_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=d, env=clean_env()), d)
-        for name, args in runs.items()
-    }
+    started = {name: (orch_process(*args, cwd=d), d) for name, args in runs.items()}
     yield started
     for p, _ in started.values():
         if p.poll() is None:

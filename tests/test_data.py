@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator import config, data
 from orchestrator.errors import DataError
+from orchestrator.train import data
+from orchestrator.tune import plan
 from tests.conftest import CONFIG, assert_user_error, cli
 
 N = 600
@@ -184,7 +185,7 @@ def test_load_file_through_config(frame: pd.DataFrame, tmp_path: Path, suffix: s
     else:
         frame.to_parquet(table, index=False)
     # data.path is relative to the config file, and the config runs from any directory.
-    cfg = config.load(write_config(tmp_path, table.name, val_fraction=0.2, test_fraction=0.1, seed=0))
+    cfg = plan.load(write_config(tmp_path, table.name, val_fraction=0.2, test_fraction=0.1, seed=0))
     with pytest.warns(UserWarning, match="dropped 6 rows"):
         ds = data.load(cfg)
     assert ds.n_rows == N - MISSING_TARGET
@@ -210,7 +211,7 @@ def test_load_file_through_config(frame: pd.DataFrame, tmp_path: Path, suffix: s
     ("breast_cancer", 569, 30, 2),
 ])
 def test_sklearn_sources(name: str, rows: int, features: int, classes: int) -> None:
-    cfg = config.load(CONFIG, [f"data.source=sklearn:{name}"])
+    cfg = plan.load(CONFIG, [f"data.source=sklearn:{name}"])
     ds = data.load(cfg)
     assert ds.task == "classification"
     assert ds.n_rows == rows and ds.n_features == features and ds.n_outputs == classes
@@ -236,7 +237,7 @@ BAD_TABLES = {
 def test_data_errors(case: str, tmp_path: Path) -> None:
     text, target, fragments = BAD_TABLES[case]
     (tmp_path / "bad.csv").write_text(text)
-    cfg = config.load(write_config(tmp_path, "bad.csv", target=target))
+    cfg = plan.load(write_config(tmp_path, "bad.csv", target=target))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         with pytest.raises(DataError) as err:

@@ -13,7 +13,6 @@ import copy
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,8 +22,8 @@ import yaml
 
 from orchestrator import names
 from orchestrator.errors import StoreError, UserError
-from orchestrator.store import Store
-from tests.conftest import CONFIG, ROOT, assert_user_error, cli
+from orchestrator.store.tables import Store
+from tests.conftest import CONFIG, ROOT, assert_user_error, cli, orch
 
 SMALL_CHECK = ["data.source=sklearn:iris", "search.num_samples=2", "scheduler.max_epochs=2",
                "scheduler.grace_period=1"]
@@ -125,23 +124,20 @@ def test_store_checks_happen_before_ray_starts(tmp_path: Path) -> None:
     # As a user runs it: a subprocess, whose output shows no Ray start (no dashboard line).
     store = tmp_path / "store"
     store.write_text("")
-    p = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(CONFIG), *SMALL_CHECK,
-                        "--store", str(store)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                       env={k: v for k, v in os.environ.items() if k != "ORCH_DEBUG"})
+    p = orch("sweep", CONFIG, *SMALL_CHECK, "--store", store, cwd=tmp_path, timeout=120)
     assert p.returncode == 2 and p.stdout == "", p.stdout + p.stderr
     assert p.stderr.splitlines() == [f"orch: error: store: {store} is a file, not a directory "
                                      "(--store, store.path or $ORCH_STORE)"]
 
 
 def test_python_dash_m_orchestrator() -> None:
-    p = subprocess.run([sys.executable, "-m", "orchestrator", "--help"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=60)
+    p = orch("--help", timeout=60)
     assert p.returncode == 0, p.stderr
     assert "Usage: orch" in p.stdout and "sweep" in p.stdout
 
 
 def test_summary_counts_one_trial_in_the_singular(tmp_path: Path) -> None:
-    from orchestrator.sweep import SweepResult, print_summary
+    from orchestrator.tune.driver import SweepResult, print_summary
 
     lines: list[str] = []
     for n in (1, 2):

@@ -10,7 +10,6 @@ import csv
 import math
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from orchestrator import config, lrfind, spaces
-from orchestrator.cli import main
-from tests.conftest import CONFIG, ROOT, SMALL, orch
+from orchestrator.space import space as spaces
+from orchestrator.train import lrfind
+from orchestrator.tune import plan
+from tests.conftest import CONFIG, ROOT, SMALL, cli, imported_modules, orch
 
 SPACE = ROOT / "search_spaces" / "mlp_adam.yaml"
 SUGGESTED = re.compile(r"^Suggested lr range: loguniform \[(\S+), (\S+)\]$", re.M)
@@ -96,7 +95,7 @@ def test_write_gives_a_space_the_config_accepts_with_the_other_knobs_kept(digits
     text = written.read_text()
     assert text.startswith("# lr range found by `orch lr-find") and "conf/tabular.yaml" in text.splitlines()[0]
 
-    cfg = config.load(CONFIG, [f"search_space={written}"])
+    cfg = plan.load(CONFIG, [f"search_space={written}"])
     knob = spaces.compile_space(cfg).knobs["lr"]
     assert (knob.dist, knob.low, knob.high, knob.tier) == ("loguniform", low, high, "A")
     new, old = yaml.safe_load(text), yaml.safe_load(SPACE.read_text())
@@ -106,7 +105,7 @@ def test_write_gives_a_space_the_config_accepts_with_the_other_knobs_kept(digits
 
 
 def test_write_over_an_existing_space_keeps_its_knobs_comments_and_lr_keys(tmp_path: Path) -> None:
-    cfg = config.load(CONFIG)
+    cfg = plan.load(CONFIG)
     path = tmp_path / "space.yaml"
     path.write_text(textwrap.dedent("""\
         # An SGD space.
@@ -128,7 +127,7 @@ def test_write_over_an_existing_space_keeps_its_knobs_comments_and_lr_keys(tmp_p
     text = path.read_text()
     assert text.count("# lr range found by") == 1
     assert yaml.safe_load(text)["lr"]["loguniform"] == [5.0e-05, 0.005]  # floats, not strings
-    cfg = config.load(CONFIG, [f"search_space={path}", "train.optimizer=sgd"])
+    cfg = plan.load(CONFIG, [f"search_space={path}", "train.optimizer=sgd"])
     assert spaces.compile_space(cfg).knobs["lr"].high == 0.005
 
 
@@ -159,9 +158,9 @@ def test_a_config_error_is_a_user_error_too(tmp_path: Path) -> None:
 
 
 def test_default_out_is_the_stores_lr_find_directory(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["lr-find", str(CONFIG), *SMALL, "--steps", "30"],
-                                env={"ORCH_STORE": str(tmp_path / "store"), "ORCH_DEBUG": None})
-    assert result.exit_code == 0, result.output
+    run = cli("lr-find", CONFIG, *SMALL, "--steps", "30",
+              env={"ORCH_STORE": str(tmp_path / "store")})
+    assert run.code == 0, run.stdout + run.stderr + run.detail
     assert (tmp_path / "store" / "lr_find" / "test-iris-lr-find.png").is_file()
     assert (tmp_path / "store" / "lr_find" / "test-iris-lr-find.csv").is_file()
 
@@ -223,7 +222,7 @@ def test_starting_point_takes_defaults_fixed_values_and_midpoints_on_each_scale(
         activation:   {choice: [tanh, gelu]}
         shrink:       {fixed: 0.5}
         """))
-    hp, chosen = lrfind.starting_point(config.load(CONFIG, [f"search_space={space}"]))
+    hp, chosen = lrfind.starting_point(plan.load(CONFIG, [f"search_space={space}"]))
     # A default wins; else the config's own value when the knob can take it (beta1 0.9); else the
     # middle on the knob's scale.
     assert chosen == {"hidden": 400, "layers": 3, "batch_size": 256, "dropout": pytest.approx(0.3),
@@ -232,17 +231,13 @@ def test_starting_point_takes_defaults_fixed_values_and_midpoints_on_each_scale(
 
 
 def test_lr_find_imports_no_ray(tmp_path: Path) -> None:
-    script = textwrap.dedent(f"""\
-        import sys
-        from orchestrator.cli import main
-        main(["lr-find", {str(CONFIG)!r}, *{SMALL!r}, "--steps", "30", "--out", {str(tmp_path)!r}],
-             standalone_mode=False)
-        print(sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))
-        """)
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert p.returncode == 0, p.stderr
+    p = orch("lr-find", CONFIG, *SMALL, "--steps", "30", "--out", tmp_path,
+             env={"PYTHONPROFILEIMPORTTIME": "1"}, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
     assert "Suggested lr range" in p.stdout
-    assert p.stdout.strip().splitlines()[-1] == "[]"
+    modules = imported_modules(p.stderr)
+    assert {"orchestrator.cli", "torch"} <= modules  # (every import is listed)
+    assert sorted(m for m in modules if m == "ray" or m.startswith("ray.")) == []
 
 
 @pytest.mark.slow

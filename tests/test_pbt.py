@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator import config, spaces
-from orchestrator.pbt import mutable_knobs, perturb
-from orchestrator.store import Store
+from orchestrator.space import space as spaces
+from orchestrator.store.tables import Store
+from orchestrator.tune import plan
+from orchestrator.tune.pbt import mutable_knobs, perturb
 from tests.conftest import ROOT, SMALL, orch
 
 PBT = ROOT / "conf" / "tabular_pbt.yaml"
@@ -56,7 +57,7 @@ def test_perturb_stays_inside_the_range() -> None:
 
 
 def test_structural_knobs_are_fixed_per_trial() -> None:
-    cfg = config.load(PBT)
+    cfg = plan.load(PBT)
     space = spaces.compile_space(cfg)
     assert set(mutable_knobs(space)) == {"lr", "batch_size", "dropout", "beta1", "beta2", "eps"}
     assert "hidden" in space.searched and "layers" in space.searched

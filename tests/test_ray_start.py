@@ -15,17 +15,29 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from tests.conftest import CONFIG, ORCH, ROOT, SMALL, descendants, kill_all, orch
-from tests.test_cluster import DEPLOY, Cluster, free_port
-from tests.test_sweep import _alive, _start_sweep, _wait_for_trials, raw
+from tests.conftest import (
+    CONFIG,
+    SMALL,
+    Cluster,
+    descendants,
+    end_process,
+    new_cluster,
+    orch,
+    orch_process,
+    outlived,
+    start_sweep,
+    store_rows,
+    wait_for_trials,
+)
 
 TINY = [*SMALL, "search.num_samples=2", "scheduler.max_epochs=2"]
 # Ray's log lines: its C++ logger's "[2026-12-01 20:08:37,629 I 11604 11604] logging.cc:303: ..."
@@ -52,34 +64,6 @@ def ray_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def new_cluster(tmp: Path, ray_tmp: Path) -> Cluster:
-    token = tmp / "ray_auth_token"
-    subprocess.run([str(DEPLOY / "make-token"), str(token)], check=True, capture_output=True,
-                   env={**os.environ, "ORCH_PYTHON": sys.executable})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ORCH_"))}
-    env.update(RAY_AUTH_TOKEN_PATH=str(token), ORCH_PYTHON=sys.executable,
-               ORCH_STORE=str(tmp / "store"), RAY_USAGE_STATS_ENABLED="0", ORCH_NO_REPORT="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    return Cluster(tmp, env, f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}",
-                   tmp / "store", ray_tmp)
-
-
-def start_head(c: Cluster, num_cpus: int = 1) -> None:
-    """deploy/ray-head, with its temp directory at Ray's default for RAY_TMPDIR=ray_tmp."""
-    c.head = c.start("ray-head", "ray", ORCH_RAY_PORT=c.gcs.rsplit(":", 1)[1],
-                     ORCH_DASHBOARD_PORT=c.dashboard.rsplit(":", 1)[1], ORCH_NUM_CPUS=str(num_cpus))
-    deadline = time.monotonic() + 90
-    while not c.alive_nodes():
-        if c.head.proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"the head did not start:\n{c.head.log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def stop_nodes(c: Cluster) -> None:
-    for node in [*c.workers, *([c.head] if c.head else [])]:
-        node.stop()
-
-
 @contextlib.contextmanager
 def silent_listener() -> Iterator[socket.socket]:
     """A port that accepts connections and never answers: a Ray head that hangs."""
@@ -98,7 +82,7 @@ def test_a_stopped_head_cleans_up_and_an_embedded_sweep_never_joins_a_dead_clust
         tmp_path: Path, ray_tmp: Path, store: Path) -> None:
     c = new_cluster(tmp_path, ray_tmp)
     try:
-        start_head(c)
+        c.start_head()  # its temp directory at Ray's default for RAY_TMPDIR=ray_tmp
         address_file = ray_tmp / "ray" / "ray_current_cluster"
         deadline = time.monotonic() + 30
         while not address_file.exists() and time.monotonic() < deadline:  # once the node is up
@@ -108,15 +92,10 @@ def test_a_stopped_head_cleans_up_and_an_embedded_sweep_never_joins_a_dead_clust
         assert tree
         os.kill(c.head.proc.pid, signal.SIGTERM)  # the script's process alone, as `docker stop`
         c.head.proc.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while _alive(tree) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leftover = _alive(tree)
-        kill_all(leftover)
-        assert not leftover, "the head's processes outlived it"
+        assert not outlived(tree), "the head's processes outlived it"
         assert not address_file.exists(), "the stopped head left its cluster's address behind"
     finally:
-        stop_nodes(c)
+        c.stop()
     # A head killed outright cannot clean up: its file names a dead cluster. Sweeps without an
     # address start their own Ray all the same.
     address_file.write_text(c.gcs)
@@ -146,10 +125,8 @@ def test_a_signal_stops_a_sweep_while_ray_waits_on_a_cluster(sig: int, status: i
                                                               store: Path) -> None:
     with silent_listener() as srv:
         port = srv.getsockname()[1]
-        env = {**os.environ, "ORCH_RAY_TIMEOUT_S": "300", "ORCH_NO_REPORT": "1"}
-        proc = subprocess.Popen([ORCH, "sweep", str(CONFIG), *TINY, "--address",
-                                 f"127.0.0.1:{port}", "--store", str(store)], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = orch_process("sweep", CONFIG, *TINY, "--address", f"127.0.0.1:{port}",
+                            "--store", store, env={"ORCH_RAY_TIMEOUT_S": "300"})
         try:
             conns = [srv.accept()[0] for _ in range(2)]  # orch's reachability check, Ray's client
             time.sleep(2)  # well inside Ray's connect-and-retry loop, in its native code
@@ -167,7 +144,7 @@ def test_a_signal_stops_a_sweep_while_ray_waits_on_a_cluster(sig: int, status: i
 
 @pytest.mark.slow
 def test_sigterm_stops_a_sweep_while_its_ray_starts(store: Path) -> None:
-    proc = _start_sweep([*TINY, "ray.num_cpus=1", "--store", str(store)])
+    proc = start_sweep([*TINY, "ray.num_cpus=1", "--store", str(store)])
     tree: list[int] = []
     try:
         deadline = time.monotonic() + 120
@@ -181,18 +158,10 @@ def test_sigterm_stops_a_sweep_while_its_ray_starts(store: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            kill_all(descendants(proc.pid))
-            proc.kill()
+        end_process(proc)
     assert proc.returncode == 143, out
     assert out.strip().splitlines()[-1] == "orch: terminated (SIGTERM)" and "Traceback" not in out
-    deadline = time.monotonic() + 20
-    tree = descendants(proc.pid) + tree
-    while _alive(tree) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    leftover = _alive(tree)
-    kill_all(leftover)
-    assert not leftover, "Ray's processes outlived the sweep"
+    assert not outlived(descendants(proc.pid) + tree), "Ray's processes outlived the sweep"
 
 
 def _comm(pid: int) -> str:
@@ -204,29 +173,27 @@ def _comm(pid: int) -> str:
 
 @pytest.mark.slow
 def test_sigterm_stops_a_running_sweep_cleanly(store: Path) -> None:
-    proc = _start_sweep([*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30",
-                         "search.num_samples=16", "model.hidden=32", "--store", str(store)])
+    proc = start_sweep([*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30",
+                        "search.num_samples=16", "model.hidden=32", "--store", str(store)])
     tree: list[int] = []
     try:
-        _wait_for_trials(store, 1, proc, timeout=180)
+        wait_for_trials(store, 1, proc, timeout=180)
         tree = descendants(proc.pid)
+        terminated_at = pd.Timestamp(datetime.now(timezone.utc))
         os.kill(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            kill_all(descendants(proc.pid))
-            proc.kill()
+        end_process(proc)
     assert proc.returncode == 143, out
     assert "interrupted" in out and "--resume" in out and "Traceback" not in out
     assert out.strip().splitlines()[-1] == "orch: terminated (SIGTERM)"
-    trials = raw(store, "trials")
-    assert 1 <= len(trials) < 16 and set(trials["status"]) <= {"completed", "stopped_early"}
-    deadline = time.monotonic() + 20
-    while _alive(tree) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    leftover = _alive(tree)
-    kill_all(leftover)
-    assert not leftover
+    trials = store_rows(store, "trials")
+    assert len(trials) >= 1 and set(trials["status"]) <= {"completed", "stopped_early"}
+    # It stopped instead of running the sweep on: no trial it kept started after the SIGTERM,
+    # and the sweep is not recorded as finished.
+    assert (trials["started_at"] < terminated_at).all(), trials[["trial_id", "started_at"]]
+    assert not (store / "sweeps").exists()
+    assert not outlived(tree)
 
 
 # -- B: resources no machine has ------------------------------------------------------------------
@@ -259,18 +226,17 @@ def head(tmp_path_factory) -> Iterator[Cluster]:
     ray_tmp = Path(tempfile.mkdtemp(prefix="orch-rs-"))
     c = new_cluster(tmp_path_factory.mktemp("head"), ray_tmp)
     try:
-        start_head(c, num_cpus=1)
+        c.start_head(num_cpus=1)
         yield c
     finally:
-        stop_nodes(c)
+        c.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_a_wrong_token_is_one_line_at_once(head: Cluster) -> None:
-    res = subprocess.run([ORCH, "sweep", str(CONFIG), *TINY, "--address", head.gcs, "--store",
-                          str(head.tmp / "nothing")], env={**head.env, "RAY_AUTH_TOKEN": "0" * 64},
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    res = orch("sweep", CONFIG, *TINY, "--address", head.gcs, "--store", head.tmp / "nothing",
+               base_env=head.env, env={"RAY_AUTH_TOKEN": "0" * 64}, timeout=60)
     line = error_line(res, 2)  # (no line of Ray's retries either)
     assert line.startswith(f"orch: error: cannot join the Ray cluster at {head.gcs}: "
                            "it refused this machine's token")
@@ -279,10 +245,9 @@ def test_a_wrong_token_is_one_line_at_once(head: Cluster) -> None:
 
 @pytest.mark.slow
 def test_b_no_node_big_enough_waits_then_stops(head: Cluster) -> None:
-    res = subprocess.run([ORCH, "sweep", str(CONFIG), *TINY, "resources.cpu_per_trial=2",
-                          "resources.wait_s=2", "--address", head.gcs, "--store",
-                          str(head.tmp / "too-big")], env=head.env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    res = orch("sweep", CONFIG, *TINY, "resources.cpu_per_trial=2", "resources.wait_s=2",
+               "--address", head.gcs, "--store", head.tmp / "too-big", base_env=head.env,
+               timeout=120)
     line = error_line(res, 1)
     assert ("no node of the Ray cluster has 2 CPUs (resources.cpu_per_trial) for one trial after "
             "waiting 2s") in line
@@ -293,7 +258,7 @@ def test_b_no_node_big_enough_waits_then_stops(head: Cluster) -> None:
 @pytest.mark.slow
 def test_b_a_sweep_waits_for_a_node_big_enough_to_join(head: Cluster) -> None:
     store = head.tmp / "scaled"
-    proc = head.orch("sweep", str(CONFIG), *TINY, "resources.cpu_per_trial=2",
+    proc = head.orch("sweep", CONFIG, *TINY, "resources.cpu_per_trial=2",
                      "resources.wait_s=240", "--address", head.gcs, "--store", str(store))
     try:
         waited = ""
@@ -309,7 +274,7 @@ def test_b_a_sweep_waits_for_a_node_big_enough_to_join(head: Cluster) -> None:
             proc.wait()
     assert proc.returncode == 0, waited + out
     assert "A node with 2 CPUs (resources.cpu_per_trial) is alive after" in out
-    assert len(raw(store, "trials")) == 2
+    assert len(store_rows(store, "trials")) == 2
 
 
 # -- C and D: sweeps started at the same moment; Ray's log lines ---------------------------------
@@ -322,10 +287,7 @@ def test_cd_two_sweeps_at_once_both_run_and_ray_stays_off_the_terminal(tmp_path:
     # would rightly get the same port.
     small = [*SMALL, "data.source=sklearn:digits", "search.num_samples=4", "scheduler.name=fifo",
              "scheduler.max_epochs=10", "ray.num_cpus=1"]
-    env = {**os.environ, "ORCH_NO_REPORT": "1"}
-    procs = [subprocess.Popen([ORCH, "sweep", str(CONFIG), *small, "--store",
-                               str(tmp_path / f"store{i}"), *extra], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [orch_process("sweep", CONFIG, *small, "--store", tmp_path / f"store{i}", *extra)
              for i, extra in enumerate([[], ["--verbose"]])]
     outputs = []
     try:

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import config as config_mod
-from orchestrator import report as report_mod
-from orchestrator import spaces
+from orchestrator.report import page as report_mod
+from orchestrator.space import space as spaces
+from orchestrator.tune import plan
 from tests.conftest import CONFIG, orch
 
 STUDY = "test-report"
@@ -132,7 +132,7 @@ def test_report_command_for_an_older_sweep_and_its_errors(swept, tmp_path: Path)
 
 def _fake_sweep(n: int, seed: int = 0):
     """A sweep of ``n`` trials whose objective depends on lr (strongly) and dropout (weakly) only."""
-    cfg = config_mod.load(CONFIG)
+    cfg = plan.load(CONFIG)
     space = spaces.compile_space(cfg)
     rng = np.random.default_rng(seed)
     rows = []
@@ -166,10 +166,10 @@ def test_tier_suggestions_speak_only_where_the_order_disagrees_and_the_surrogate
 
 
 def test_asha_rungs_are_the_epochs_it_compares_at() -> None:
-    cfg = config_mod.load(CONFIG, ["scheduler.grace_period=2", "scheduler.reduction_factor=3",
+    cfg = plan.load(CONFIG, ["scheduler.grace_period=2", "scheduler.reduction_factor=3",
                                    "scheduler.max_epochs=30"])
     assert report_mod.rungs(cfg) == [2, 6, 18]
-    assert report_mod.rungs(config_mod.load(CONFIG, ["scheduler.name=fifo"])) == []
+    assert report_mod.rungs(plan.load(CONFIG, ["scheduler.name=fifo"])) == []
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator import config, results, spaces
-from orchestrator.store import Store
+from orchestrator.config import load as config
+from orchestrator.config import schema
+from orchestrator.store import queries as results
+from orchestrator.store.tables import Store
+from orchestrator.tune import plan
 from tests.conftest import CONFIG, assert_user_error, cli
 
 STUDY = "tabular-digits"
@@ -56,14 +59,14 @@ def trials_for(sweep_id: str, best_trial: str, best_value: float) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cfg() -> config.SweepConfig:
-    return config.load(CONFIG)
+    return plan.load(CONFIG)
 
 
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory: pytest.TempPathFactory, cfg: config.SweepConfig) -> Path:
     root = tmp_path_factory.mktemp("results") / "store"
     s = Store(root)
-    types = spaces.hyperparameter_types(cfg)
+    types = schema.hyperparameter_types(cfg)
     text = config.to_yaml(cfg)
     # Written out of time order, as resumed or concurrent sweeps may be.
     for sid in ("s-mid", "s-new", "s-old"):
@@ -167,7 +170,7 @@ def test_best_prints_loadable_yaml(store_dir: Path, tmp_path: Path) -> None:
     # It loads back as a config fragment on top of the sweep's config.
     (tmp_path / "best.yaml").write_text(run.stdout)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump({"base": [str(CONFIG), "best.yaml"], "study": "retrain"}))
-    cfg = config.load(tmp_path / "train.yaml")
+    cfg = plan.load(tmp_path / "train.yaml")
     assert cfg.study == "retrain"
     assert cfg.train.lr == pytest.approx(0.0031) and cfg.train.batch_size == 96 and cfg.train.patience == 5
     assert cfg.model["hidden"] == 192 and cfg.model["dropout"] == 0.2

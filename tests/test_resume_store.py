@@ -10,21 +10,23 @@ them).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.jobs import STATUS_FILE
-from orchestrator.searchers import STAGES_FILE
-from tests.conftest import CONFIG, ORCH, ROOT, SMALL, descendants, kill_all, orch
+from orchestrator.tune.callbacks import STATUS_FILE
+from orchestrator.tune.searchers import STAGES_FILE
+from tests.conftest import (
+    CONFIG,
+    SMALL,
+    finished_trials,
+    kill_driver_at,
+    orch,
+    start_sweep,
+    store_rows,
+)
 
 # One trial at a time: the driver is killed while the first stage still has trials to run.
 ARGS = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=8", "search.num_samples=6",
@@ -36,42 +38,18 @@ ARGS = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=8", "search.num_sam
 N = 6
 
 
-def _rows(store: Path, table: str) -> pd.DataFrame:
-    """A table exactly as its files hold it (no de-duplication)."""
-    files = sorted((store / table).glob("study=*/*.parquet"))
-    if not files:
-        return pd.DataFrame()
-    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-
-
 def _kill_in_first_stage(store: Path, env: dict[str, str]) -> str:
-    """Start the sweep, SIGKILL its driver once a first-stage trial is in the store and Tune has
-    saved its state; returns the sweep id."""
-    proc = subprocess.Popen([ORCH, "sweep", str(CONFIG), *ARGS, "--store", str(store)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True,
-                            # (rows written at once: a finished trial is seen at once)
-                            env={**os.environ, "ORCH_NO_REPORT": "1", "ORCH_STORE_FLUSH_S": "0",
-                                 **env})
-    tree: list[int] = []
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "no finished trial and saved state to kill at"
-            done = len(_rows(store, "trials")) if (store / "trials").exists() else 0
-            if done >= 1 and list((store / "_ray").glob("*/experiment_state-*.json")):
-                break
-            time.sleep(0.05)
-        tree = descendants(proc.pid)
-        os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
-        proc.wait(30)
-    finally:
-        kill_all(descendants(proc.pid) + tree)  # only the Ray processes this sweep started
-        if proc.poll() is None:
-            proc.kill()
-        if proc.stdout:
-            proc.stdout.close()
+    """Start the sweep, SIGKILL its driver in the first stage once a trial is in the store and
+    Tune has saved its state; returns the sweep id."""
+
+    def first_stage_saved() -> bool:
+        saved = list((store / "_ray").glob("*/experiment_state-*.json"))
+        stages = [json.loads(f.read_text()) for f in (store / "_ray").glob(f"*/{STAGES_FILE}")]
+        return 1 <= finished_trials(store) < N and bool(saved) and [len(s) for s in stages] == [1]
+
+    # (rows written at once: a finished trial is seen at once)
+    proc = start_sweep([*ARGS, "--store", str(store)], env={"ORCH_STORE_FLUSH_S": "0", **env})
+    kill_driver_at(proc, first_stage_saved)
     (sweep_id,) = [d.name for d in (store / "_ray").iterdir()]
     stages = json.loads((store / "_ray" / sweep_id / STAGES_FILE).read_text())
     assert len(stages) == 1, "killed after the second stage started: nothing left to show"
@@ -85,8 +63,8 @@ def test_a_resumed_sweep_writes_into_its_store_now_and_keeps_orchs_files(tmp_pat
     env = {"ORCH_STATE_KEY_FILE": str(tmp_path / "keys" / "state.key"), "ORCH_STATE_KEY": ""}
     old = tmp_path / "results"
     sweep_id = _kill_in_first_stage(old, env)
-    before = _rows(old, "trials")
-    started = set(_rows(old, "metrics")["trial_id"])
+    before = store_rows(old, "trials")
+    started = set(store_rows(old, "metrics")["trial_id"])
     assert 1 <= len(before) < N
     store = tmp_path / "results2" if moved else old
     if moved:
@@ -99,13 +77,13 @@ def test_a_resumed_sweep_writes_into_its_store_now_and_keeps_orchs_files(tmp_pat
     if moved:
         assert not old.exists()  # nothing of the resumed run went to the store's old path
 
-    trials = _rows(store, "trials")
+    trials = store_rows(store, "trials")
     assert len(trials) == N and trials["trial_id"].is_unique  # every trial, once
     assert set(before["trial_id"]) <= set(trials["trial_id"])
     errors = trials[trials["status"] == "error"]
     assert errors.empty, errors["stop_reason"].tolist()  # (trials created after the resume too)
     assert sorted(trials["stage"].value_counts().items()) == [(1, N // 2), (2, N // 2)]
-    metrics = _rows(store, "metrics")
+    metrics = store_rows(store, "metrics")
     assert not metrics.duplicated(["trial_id", "epoch"]).any()
     assert set(trials["trial_id"]) <= set(metrics["trial_id"])
     # (A trial started after Tune's last save is lost with the driver, its first epochs stay.)
@@ -117,7 +95,7 @@ def test_a_resumed_sweep_writes_into_its_store_now_and_keeps_orchs_files(tmp_pat
     exp = store / "_ray" / sweep_id
     stages = json.loads((exp / STAGES_FILE).read_text())
     assert [s["stage"] for s in stages] == [1, 2]
-    (row,) = _rows(store, "sweeps").to_dict("records")
+    (row,) = store_rows(store, "sweeps").to_dict("records")
     assert row["sweep_id"] == sweep_id and len(json.loads(row["stages"])) == 2
     status = json.loads((exp / STATUS_FILE).read_text())
     assert status["state"] == "ended" and status["done"] == N

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -16,8 +15,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_iris
 
-from orchestrator.store import Store
-from tests.conftest import CONFIG, ORCH, ROOT, orch
+from orchestrator.store.tables import Store
+from tests.conftest import CONFIG, orch, orch_process
 
 STUDY = "test-retune"
 
@@ -173,10 +172,9 @@ def test_retune_warm_starts_records_lineage_and_promotes_only_on_improvement(wor
 @pytest.mark.slow
 def test_two_retunes_at_once_only_one_works(world) -> None:
     store, _, row = world
-    args = [ORCH, "retune", STUDY, "retune.num_samples=1", "retune.top_k=1", "--no-drift", "--store", str(store),
-            "--now", at(row, 100)]
-    procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    args = ["retune", STUDY, "retune.num_samples=1", "retune.top_k=1", "--no-drift",
+            "--store", store, "--now", at(row, 100)]
+    procs = [orch_process(*args, merge_stderr=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sum("another orch retune is running" in o for o in outs) == 1, outs
@@ -187,8 +185,8 @@ def test_every_runs_the_job_at_the_cron_time(world) -> None:
     store, _, row = world
     # As a service, every 3 seconds (a six-field expression, seconds first): it reports the next
     # run and runs at it; SIGTERM (how `docker compose stop` ends it) stops it cleanly.
-    p = subprocess.Popen([ORCH, "retune", STUDY, "--store", str(store), "--dry-run", "--every", "*/3 * * * * *"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = orch_process("retune", STUDY, "--store", store, "--dry-run", "--every", "*/3 * * * * *",
+                     merge_stderr=True)
     deadline = time.monotonic() + 60
     n_before = len(decisions(store)) if (store / "decisions").exists() else 0
     while time.monotonic() < deadline:

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from orchestrator import schedule
 from orchestrator.errors import UserError
-from orchestrator.schedule import (
+from orchestrator.retune import cron as schedule
+from orchestrator.retune.cron import (
     busy_message,
     check_expression,
     cron_line,
@@ -36,8 +36,8 @@ from orchestrator.schedule import (
     run_every,
     uninstall_cron,
 )
+from tests.conftest import ROOT, orch
 
-ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 CRONTAB = shutil.which("crontab")
 
@@ -341,24 +341,28 @@ def test_run_every_in_real_time_with_a_seconds_field():
 
 
 def test_run_every_a_computed_expression_a_few_seconds_away():
-    now = datetime.now()
-    target = now + timedelta(seconds=2)
+    clock = FakeClock(datetime.now().replace(microsecond=500000))
+    target = clock.now() + timedelta(seconds=2)
     expr = f"{target.second} {target.minute} {target.hour} {target.day} {target.month} *"
     said: list[str] = []
     ran: list[datetime] = []
-    run_every(expr, lambda: ran.append(datetime.now()) or 0, max_runs=1, echo=said.append)
-    assert len(ran) == 1 and timedelta(0) <= ran[0] - target.replace(microsecond=0) < timedelta(seconds=1)
+    run_every(expr, lambda: ran.append(clock.now()) or 0, now=clock.now, sleep=clock.sleep,
+              max_runs=1, echo=said.append)
+    # At that second, not before it and not at a later time the expression names (next year).
+    assert ran == [target.replace(microsecond=0)] and clock.slept == pytest.approx(1.5)
     assert said[0].startswith(f"orch retune: next run at {target:%Y-%m-%d %H:%M:%S}")
+    assert f"orch retune: run 1 started at {target:%Y-%m-%d %H:%M:%S}" in said[1]
 
 
 SERVICE = textwrap.dedent("""
     import sys, time
-    from orchestrator.schedule import run_every
+    from orchestrator.retune.cron import run_every
 
     def job():
         print("job started", flush=True)
         if sys.argv[2] == "long":
             time.sleep(60)
+        print("job finished", flush=True)
         return 0
 
     sys.exit(run_every(sys.argv[1], job))
@@ -392,56 +396,83 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 15) -> list[st
 def test_service_stops_promptly_and_cleanly_on_sigterm(expr, job, ready, sig, why):
     proc = _start_service(expr, job)
     try:
-        _wait_for(proc, ready)
+        seen = "".join(_wait_for(proc, ready))
         time.sleep(0.3)
-        t0 = time.monotonic()
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=10)
-        elapsed = time.monotonic() - t0
+        out, _ = proc.communicate(timeout=30)  # (a guard only: the job alone takes 60 s)
     finally:
         if proc.poll() is None:
             proc.kill()
+    out = seen + out
     assert proc.returncode == 0, out
-    assert elapsed < 2, elapsed
     assert f"orch retune: stopped by {why}" in out and "Traceback" not in out
+    # Promptly: it neither waited for the next run time nor for the job in progress to end.
+    runs = 1 if ready == "job started" else 0
+    assert out.count("job started") == runs and "job finished" not in out, out
+    assert f"orch retune: stopped by {why} after {runs} run(s)" in out, out
+    assert "orch retune: run 1 finished" not in out, out
 
 
 # --------------------------------------------------------------------------- one retune per store
 
 
+# Says "ready", tries for the lock once the file GO exists, and holds it until the file RELEASE
+# exists (120 s at most: a guard).
 HOLD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from orchestrator.schedule import busy_message, exclusive
+    from orchestrator.retune.cron import busy_message, exclusive
 
-    root, start, hold = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-    while time.time() < start:
+    root, go, release = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    print("ready", flush=True)
+    while not go.exists():
         time.sleep(0.005)
     with exclusive(root) as got:
         print(got, flush=True)
         if got:
-            time.sleep(hold)
+            deadline = time.monotonic() + 120
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
         else:
             print(busy_message(root), flush=True)
 """)
 
 
-def _holder(root: Path, start: float, hold: float) -> subprocess.Popen:
-    return subprocess.Popen([PY, "-c", HOLD, str(root), str(start), str(hold)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def _holder(root: Path, go: Path, release: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([PY, "-c", HOLD, str(root), str(go), str(release)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "ready", proc.communicate()
+    return proc
+
+
+def _holding(root: Path, tmp_path: Path) -> subprocess.Popen:
+    """A process that holds the lock of ``root`` until it is killed."""
+    go = tmp_path / "go"
+    go.touch()
+    proc = _holder(root, go, tmp_path / "never")
+    assert proc.stdout.readline().strip() == "True"
+    return proc
 
 
 def test_two_processes_at_once_exactly_one_gets_the_store(tmp_path):
-    root = tmp_path / "store"
-    start = time.time() + 1.0  # both are up and waiting by then
-    procs = [_holder(root, start, 2.0) for _ in range(2)]
-    outs = [p.communicate(timeout=30) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    firsts = [o.splitlines()[0] for o, _ in outs]
-    assert sorted(firsts) == ["False", "True"], outs
-    winner = procs[firsts.index("True")].pid
-    loser_out = outs[firsts.index("False")][0]
-    assert f"another orch retune is running on {root} (pid {winner}, since " in loser_out
+    root, go, release = tmp_path / "store", tmp_path / "go", tmp_path / "release"
+    procs = [_holder(root, go, release) for _ in range(2)]  # both up and waiting
+    try:
+        go.touch()
+        firsts = [p.stdout.readline().strip() for p in procs]
+        assert sorted(firsts) == ["False", "True"], firsts
+        winner, loser = procs[firsts.index("True")], procs[firsts.index("False")]
+        loser_out = loser.stdout.read()  # to its end, while the winner holds the store
+        loser.wait(timeout=30)
+        release.touch()
+        winner.wait(timeout=30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0]
+    assert f"another orch retune is running on {root} (pid {winner.pid}, since " in loser_out
     assert loser_out.rstrip().endswith("; nothing to do")
     assert not (root / schedule.HOLDER_NAME).exists()  # the winner cleaned up
     with exclusive(root) as got:
@@ -450,9 +481,8 @@ def test_two_processes_at_once_exactly_one_gets_the_store(tmp_path):
 
 def test_a_sigkilled_holders_lock_is_taken_over(tmp_path):
     root = tmp_path / "store"
-    proc = _holder(root, 0, 120)
+    proc = _holding(root, tmp_path)
     try:
-        assert proc.stdout.readline().strip() == "True"
         with exclusive(root) as got:
             assert got is False
         assert f"(pid {proc.pid}, since " in busy_message(root)
@@ -482,9 +512,8 @@ def test_a_stale_or_broken_holder_file_is_handled(tmp_path):
         assert got is True and schedule.holder(root).pid == os.getpid()
 
     # Held by a live process whose file is garbage: busy, with no pid to show.
-    proc = _holder(root, 0, 120)
+    proc = _holding(root, tmp_path)
     try:
-        assert proc.stdout.readline().strip() == "True"
         (root / schedule.HOLDER_NAME).write_text("{not json")
         assert schedule.holder(root) is None
         with exclusive(root) as got:
@@ -499,8 +528,6 @@ def test_a_stale_or_broken_holder_file_is_handled(tmp_path):
 def test_orch_retune_installs_and_uninstalls_its_cron_line(tmp_path):
     """The command line a user types: the line lands in the real crontab, runs orch retune on this
     store with the same arguments, and goes away again."""
-    from tests.conftest import orch
-
     store = tmp_path / "store"
     with _saved_crontab():
         r = orch("retune", "--all", "--dry-run", "--store", store, "--install-cron", "0 3 * * 1")

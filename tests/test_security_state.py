@@ -1,7 +1,7 @@
 """Nothing orch reads from a results store runs code.
 
 Tune's state files of a sweep are signed with a key kept outside the store and checked before a
-resume restores them (orchestrator/state_guard.py, orchestrator/ray_adapter.py); trial
+resume restores them (orchestrator/tune/state_guard.py, orchestrator/tune/ray_adapter.py); trial
 checkpoints hold tensors and plain values and load with ``weights_only=True``. The end-to-end
 tests run the real CLI on a local Ray (127.0.0.1, 2 CPUs), each store with its own key file
 (``ORCH_STATE_KEY_FILE``) in a temporary directory. Planted files carry a pickle whose loading
@@ -16,20 +16,25 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestrator import ray_adapter, state_guard
+from orchestrator.config import schema
 from orchestrator.errors import UserError
-from tests.conftest import CONFIG, ORCH, ROOT, SMALL, descendants, kill_all, orch
+from orchestrator.tune import plan, ray_adapter, state_guard
+from tests.conftest import (
+    CONFIG,
+    SMALL,
+    finished_trials,
+    kill_driver_at,
+    orch,
+    start_sweep,
+    store_rows,
+)
 
 
 class Payload:
@@ -219,13 +224,13 @@ def test_a_directory_without_tune_state_is_not_restored(tmp_path) -> None:
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_a_checkpoint_loads_with_weights_only_and_resumes_exactly(tmp_path, optimizer) -> None:
-    from orchestrator import config, data, spaces
-    from orchestrator.trainer import TrialSetup, load_checkpoint, run_trial
+    from orchestrator.train import data
+    from orchestrator.train.trainer import TrialSetup, load_checkpoint, run_trial
 
-    cfg = config.load(CONFIG)
+    cfg = plan.load(CONFIG)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="sklearn:iris"))
     dataset = data.load(cfg)
-    base = {**spaces.base_hyperparameters(cfg), "optimizer": optimizer, "momentum": 0.9,
+    base = {**schema.base_hyperparameters(cfg), "optimizer": optimizer, "momentum": 0.9,
             "lr_schedule": "plateau", "dropout": 0.2}
     setup = TrialSetup(base=base, model="mlp", metric="val_loss", mode="min", max_epochs=6,
                        report_epochs=None, checkpoint_every=1)
@@ -248,7 +253,7 @@ def test_a_checkpoint_loads_with_weights_only_and_resumes_exactly(tmp_path, opti
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # (the raw pickle, on purpose)
 def test_a_checkpoint_holding_a_pickled_object_is_refused_not_run(tmp_path) -> None:
-    from orchestrator.trainer import CheckpointError, load_checkpoint
+    from orchestrator.train.trainer import CheckpointError, load_checkpoint
 
     marker = tmp_path / "ran"
     planted = tmp_path / "trial.pt"
@@ -397,21 +402,24 @@ def test_another_machines_key_is_refused(swept, tmp_path) -> None:
     one_line_refusal(p, "is not signed by this machine's key", "The key is $ORCH_STATE_KEY")
 
 
+# A sitecustomize module for the orch process: its first ORCH_SKIPPED_CHECKS signature checks pass
+# without looking, as if a file were replaced right after them. (The variable is taken out of the
+# environment at once: the processes orch starts check as usual.)
 SKIPPING_FIRST_CHECKS = """
-import sys
-from orchestrator import state_guard
-from orchestrator.cli import main
+import os
 
-real, calls, skipped = state_guard.verify, [], int(sys.argv[1])
+skipped = int(os.environ.pop("ORCH_SKIPPED_CHECKS", "0"))
+if skipped:
+    from orchestrator.tune import state_guard
 
-def verify(*args, **kwargs):  # the first checks pass: a file replaced right after them
-    calls.append(args[0])
-    if len(calls) > skipped:
-        return real(*args, **kwargs)
+    real, calls = state_guard.verify, []
 
-state_guard.verify = verify
-sys.argv = ["orch", *sys.argv[2:]]
-main()
+    def verify(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) > skipped:
+            return real(*args, **kwargs)
+
+    state_guard.verify = verify
 """
 
 
@@ -425,11 +433,14 @@ def test_a_file_replaced_after_the_first_checks_is_refused_as_tune_reads_it(swep
     marker = tmp_path / "ran"
     name = "searcher-state-2099-01-01_00-00-00.pkl"
     (exp / name).write_bytes(payload(marker))
-    args = ["sweep", CONFIG, *TINY, "--resume", exp.name, "--store", store]
-    p = subprocess.run([sys.executable, "-c", SKIPPING_FIRST_CHECKS, str(skipped), *map(str, args)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=240,
-                       env={**os.environ, "ORCH_NO_REPORT": "1", **swept[2]})
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SKIPPING_FIRST_CHECKS)
+    path = os.pathsep.join(d for d in (str(hooks), os.environ.get("PYTHONPATH")) if d)
+    p = orch("sweep", CONFIG, *TINY, "--resume", exp.name, "--store", store, timeout=240,
+             env={**swept[2], "PYTHONPATH": path, "ORCH_SKIPPED_CHECKS": str(skipped)})
     assert p.returncode == 2, p.stdout + p.stderr
+    assert f"Sweep {exp.name} of " in p.stdout  # past the first checks: Ray started, the sweep ran
     refusal = f"orch: error: --resume: sweep {exp.name}: Tune's state file {name} is not signed"
     assert refusal in p.stderr
     assert "Traceback" not in p.stderr
@@ -456,43 +467,22 @@ def test_a_tuner_pkl_without_experiment_state_is_never_read(swept, tmp_path) -> 
 # -- end to end: a driver killed mid-sweep ---------------------------------------------------
 
 
-def _rows(store: Path, table: str) -> pd.DataFrame:
-    files = sorted((store / table).glob("study=*/*.parquet"))
-    if not files:
-        return pd.DataFrame()
-    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-
-
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_and_planted_checkpoints_never_run(tmp_path) -> None:
     env = {"ORCH_STATE_KEY_FILE": str(tmp_path / "keys" / "state.key"), "ORCH_STATE_KEY": ""}
     store = tmp_path / "store"
     args = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=12", "search.num_samples=8",
             "train.checkpoint_every=2", "model.hidden=32", "--store", str(store)]
-    proc = subprocess.Popen([ORCH, "sweep", str(CONFIG), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "ORCH_NO_REPORT": "1", **env})
-    tree: list[int] = []
-    try:
-        deadline = time.monotonic() + 180
-        while True:  # two trials finished, and a running one's checkpoint recorded in Tune's state
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "no finished trials and checkpoints to kill at"
-            done = len(_rows(store, "trials")) if (store / "trials").exists() else 0
-            states = list((store / "_ray").glob("*/experiment_state-*.json"))
-            if done >= 2 and states and "checkpoint_0" in max(states).read_text():
-                break
-            time.sleep(0.2)
-        tree = descendants(proc.pid)
-        os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up, at any moment of a save
-        proc.wait(30)
-    finally:
-        kill_all(descendants(proc.pid) + tree)  # only the Ray processes this sweep started
-        if proc.poll() is None:
-            proc.kill()
-        if proc.stdout:
-            proc.stdout.close()
-    before = _rows(store, "trials")
+
+    def saved_mid_sweep() -> bool:
+        # Two trials finished, not all, and a running one's checkpoint recorded in Tune's state.
+        states = list((store / "_ray").glob("*/experiment_state-*.json"))
+        return (2 <= finished_trials(store) < 8 and bool(states)
+                and "checkpoint_0" in max(states).read_text())
+
+    # No chance to clean up, at any moment of a save.
+    kill_driver_at(start_sweep(args, env=env), saved_mid_sweep)
+    before = store_rows(store, "trials")
     assert 2 <= len(before) < 8
     (sweep_id,) = [d.name for d in (store / "_ray").iterdir()]
 
@@ -510,7 +500,7 @@ def test_a_killed_sweep_resumes_and_planted_checkpoints_never_run(tmp_path) -> N
     p = orch("sweep", CONFIG, *args, "--resume", sweep_id, env=env)
     assert p.returncode in (0, 1), p.stdout + p.stderr
     assert not marker.exists()
-    trials = _rows(store, "trials")
+    trials = store_rows(store, "trials")
     refused = trials[trials["stop_reason"].fillna("").str.contains("refusing to load checkpoint")]
     assert len(refused) >= 1, trials[["status", "stop_reason"]]
     assert set(refused["status"]) == {"error"}
@@ -524,11 +514,11 @@ def test_a_killed_sweep_resumes_and_planted_checkpoints_never_run(tmp_path) -> N
     p = orch("sweep", CONFIG, *args, "--resume", sweep_id, env=shared)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Resuming sweep" in p.stdout
-    after = _rows(store, "trials")
+    after = store_rows(store, "trials")
     assert len(after) == 8 and after["trial_id"].is_unique  # each trial once
     assert set(before["trial_id"]) <= set(after["trial_id"])
     # (A trial may fail to restore when the kill came between the deletion of its checkpoint and
     # the save naming the next, a limit of Tune's retention; never over a signature.)
     assert not after["stop_reason"].fillna("").str.contains("refusing|not signed").any()
-    assert not _rows(store, "metrics").duplicated(["trial_id", "epoch"]).any()
+    assert not store_rows(store, "metrics").duplicated(["trial_id", "epoch"]).any()
     assert not (tmp_path / "other-machine.key").exists()

@@ -14,8 +14,11 @@ import pytest
 import yaml
 from scipy.stats import chisquare
 
-from orchestrator import config, searchers, spaces
+from orchestrator.config import load as config
+from orchestrator.config import schema
 from orchestrator.errors import ConfigError
+from orchestrator.space import space as spaces
+from orchestrator.tune import plan, searchers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "tabular.yaml"
@@ -23,7 +26,7 @@ N = 20_000
 
 
 def load(*overrides: str):
-    return config.load(CONFIG, list(overrides))
+    return plan.load(CONFIG, list(overrides))
 
 
 def space_of(spec: dict, *overrides: str) -> spaces.Space:
@@ -81,7 +84,8 @@ def test_pow2_yields_only_powers_of_two_in_range_evenly() -> None:
     assert even([values.count(p) for p in (16, 32, 64, 128, 256)])
     # Bounds that are not powers of two are an error that names the powers inside them.
     with pytest.raises(ConfigError, match=r"search_space.batch_size.pow2: bounds must be powers of two "
-                                          r"\(got \[10, 100\]\); the powers of two inside are 16..64: write \[16, 64\]"):
+                                          r"\(got \[10, 100\]\); the powers of two inside are 16..64: "
+                                          r"write \[16, 64\]"):
         space_of({"batch_size": {"pow2": [10, 100]}})
     with pytest.raises(ConfigError, match=r"pow2: bounds must be powers of two \(got \[5, 7\]\)$"):
         space_of({"batch_size": {"pow2": [5, 7]}})
@@ -311,7 +315,8 @@ def test_optuna_points_are_encoded_on_optunas_scale() -> None:
      ["search_space.momentum.when.optimiser", "did you mean 'optimizer'"]),
     ({"lr": {"loguniform": [1e-3, 1e-1], "default": 0.5}}, [], ["search_space.lr.default", "0.5", "outside"]),
     ({"batch_size": {"pow2": [16, 64], "default": 48}}, [], ["search_space.batch_size.default", "48"]),
-    ({"optimizer": {"choice": ["sgd", "adamm"]}}, [], ["search_space.optimizer.choice", "adamm", "did you mean 'adam'"]),
+    ({"optimizer": {"choice": ["sgd", "adamm"]}}, [],
+     ["search_space.optimizer.choice", "adamm", "did you mean 'adam'"]),
     ({"momentum": {"uniform": [0.5, 1.5]}}, [], ["search_space.momentum.uniform", "1.5"]),
     ({"lr": {"loguniform": [0.1, 0.01]}}, [], ["search_space.lr.loguniform", "low must be below high"]),
     ({"lr": {"loguniform": [0.0, 0.01]}}, [], ["search_space.lr.loguniform", "positive"]),
@@ -337,7 +342,7 @@ def test_bad_specs_name_the_knob(tmp_path: Path, spec, overrides, words) -> None
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"base": str(CONFIG), "search_space": spec}))
     with pytest.raises(ConfigError) as err:
-        config.load(path, overrides)
+        plan.load(path, overrides)
     message = str(err.value)
     assert "\n" not in message
     for w in words:
@@ -351,7 +356,7 @@ def test_every_shipped_space_samples_with_random_and_tpe(name: str) -> None:
     cfg = load(f"search_space=search_spaces/{name}.yaml")
     plan = spaces.check_search(cfg)
     space = plan.space
-    names = spaces.hyperparameter_names(cfg)
+    names = schema.hyperparameter_names(cfg)
     for c in samples(space, 200):
         assert set(c) <= set(names)
         for knob, value in c.items():

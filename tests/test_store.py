@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import store as store_mod
 from orchestrator.errors import StoreError
-from orchestrator.store import Store
+from orchestrator.store import tables as store_mod
+from orchestrator.store.tables import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -134,7 +134,8 @@ def test_dedupe_by_key(tmp_path: Path) -> None:
         ("b", "s1", "t1", 0.5),
     ]
     # Metrics are keyed by epoch too.
-    s.append("metrics", "a", [{"sweep_id": "s1", "trial_id": "t1", "epoch": e, "val_loss": 1.0 / e} for e in (1, 2)], "s1")
+    s.append("metrics", "a", [{"sweep_id": "s1", "trial_id": "t1", "epoch": e, "val_loss": 1.0 / e} for e in (1, 2)],
+             "s1")
     s.append("metrics", "a", [{"sweep_id": "s1", "trial_id": "t1", "epoch": e, "val_loss": 9.0} for e in (2, 3)], "s1")
     m = s.metrics("a").sort_values("epoch")
     assert m["epoch"].tolist() == [1, 2, 3]
@@ -203,7 +204,7 @@ def test_sweeps_newest_first(tmp_path: Path) -> None:
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
     import pyarrow.parquet as pq
-    from orchestrator import store as store_mod
+    from orchestrator.store import tables as store_mod
 
     def half_then_hang(table, where, **kwargs):
         # The real Parquet writer on the real temporary file: half of the row groups, flushed,

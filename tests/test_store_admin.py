@@ -5,7 +5,6 @@ after a crash) and verification (unreadable, temporary and stray files), as func
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from filelock import FileLock
 
-from orchestrator import store_admin
 from orchestrator.errors import StoreError, UserError
-from orchestrator.store import KEYS, MANIFEST, MERGED_PREFIX, TABLES, Store
+from orchestrator.store import maintenance as store_admin
+from orchestrator.store.tables import KEYS, MANIFEST, MERGED_PREFIX, TABLES, Store
 from tests.conftest import orch
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -60,7 +59,8 @@ def fill(root: Path) -> Store:
     s.append("metrics", "a", metrics("s1", "t0000", range(3, 6)), "s1")  # epoch 3 again
     s.append("metrics", "a", metrics("s1", "t0001", range(1, 6)), "s1")
     s.append("metrics", "b", metrics("s9", "t0000", range(1, 3)), "s9")
-    s.append("exploits", "a", [{"sweep_id": "s1", "trial_id": "t0001", "generation": 1, "donor_trial_id": "t0000"}], "s1")
+    s.append("exploits", "a", [{"sweep_id": "s1", "trial_id": "t0001", "generation": 1, "donor_trial_id": "t0000"}],
+             "s1")
     return s
 
 
@@ -182,16 +182,10 @@ def test_rows_written_after_a_compaction(tmp_path: Path) -> None:
 
 def test_a_reader_never_sees_a_row_twice_or_misses_one_during_compactions(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each step of the compaction lingers a little, so that the reader lands in every window:
-    # manifest written but merged file not yet in place, both in place, old files deleted.
-    for step in ("write_manifest", "publish"):
-        real = getattr(store_admin, step)
-
-        def slow(*args, _real=real, **kwargs):
-            _real(*args, **kwargs)
-            time.sleep(0.01)
-
-        monkeypatch.setattr(store_admin, step, slow)
+    # A reader reads in every window of every compaction (manifest written but merged file not yet
+    # in place, both in place, superseded files deleted and the manifest cleared): each step,
+    # once done, waits until the reader thread has read once more. The reader also reads on its
+    # own in between, wherever it lands.
     root = tmp_path / "store"
     s = Store(root)
     base = [("a", f"t{i:04d}") for i in range(40)]
@@ -200,37 +194,59 @@ def test_a_reader_never_sees_a_row_twice_or_misses_one_during_compactions(
     written: list[int] = []  # batches appended so far (a reader must see at least these)
     stop = threading.Event()
     errors: list[str] = []
-    reads = [0]
+    windows: list[tuple[int, str]] = []  # (compaction, step after which the reader read)
+    wanted: list[tuple[int, str]] = []  # a read the compaction waits for
+    read_done = threading.Event()
+
+    def check() -> None:
+        done = len(written)
+        raw = raw_rows(s, "trials")
+        keys = list(zip(raw["study"], raw["trial_id"], strict=True))
+        seen = set(keys)
+        if len(keys) != len(seen):
+            errors.append(f"duplicated rows: {len(keys)} rows, {len(seen)} keys")
+        news = sorted(k[1] for k in seen if k[1].startswith("n"))
+        in_order = news == [f"n{j:04d}" for j in range(len(news))]
+        if not set(base) <= seen or not in_order or len(news) < done:
+            errors.append(f"missing rows: {len(set(base) - seen)} of the first 40, new ones {news}")
+        n = len(s.trials())
+        if n < 40 + done:
+            errors.append(f"Store.read gave {n} rows, expected at least {40 + done}")
 
     def reader() -> None:
         while not stop.is_set():
-            done = len(written)
-            raw = raw_rows(s, "trials")
-            keys = list(zip(raw["study"], raw["trial_id"], strict=True))
-            seen = set(keys)
-            if len(keys) != len(seen):
-                errors.append(f"duplicated rows: {len(keys)} rows, {len(seen)} keys")
-            news = sorted(k[1] for k in seen if k[1].startswith("n"))
-            if not set(base) <= seen or news != [f"n{j:04d}" for j in range(len(news))] or len(news) < done:
-                errors.append(f"missing rows: {len(set(base) - seen)} of the first 40, new ones {news}")
-            n = len(s.trials())
-            if n < 40 + done:
-                errors.append(f"Store.read gave {n} rows, expected at least {40 + done}")
-            reads[0] += 1
+            window = wanted.pop() if wanted else None
+            check()
+            if window is not None:
+                windows.append(window)
+                read_done.set()
 
+    for step in ("write_manifest", "publish"):
+        real = getattr(store_admin, step)
+
+        def paused(*args, _real=real, _step=step, **kwargs):
+            _real(*args, **kwargs)
+            read_done.clear()
+            wanted.append((len(written), _step))
+            assert read_done.wait(timeout=60), "the reader did not read"  # (a guard only)
+
+        monkeypatch.setattr(store_admin, step, paused)
     thread = threading.Thread(target=reader)
     thread.start()
     try:
         for j in range(25):
-            s.append("trials", "a", [{"sweep_id": "s1", "trial_id": f"n{j:04d}", "best_val_loss": 0.5}], "s1")
+            row = {"sweep_id": "s1", "trial_id": f"n{j:04d}", "best_val_loss": 0.5}
+            s.append("trials", "a", [row], "s1")
             written.append(j)
             store_admin.compact(root)
-            time.sleep(0.005)
     finally:
         stop.set()
         thread.join(timeout=60)
     assert not errors, errors[:5]
-    assert reads[0] >= 10
+    # Three windows a compaction: the manifest written (publish), the merged file in place, the
+    # manifest cleared once the superseded files are gone (settle).
+    assert windows == [(j + 1, step) for j in range(25)
+                       for step in ("write_manifest", "publish", "write_manifest")]
     assert len(s.trials()) == 65 and parquet_count(root) == 1
 
 

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import CONFIG, ORCH, ROOT, SMALL, descendants, kill_all, orch
-
-
-def raw(store: Path, table: str) -> pd.DataFrame:
-    """A table exactly as its files hold it (no de-duplication), plus the study partition."""
-    frames = []
-    for f in sorted((store / table).glob("study=*/*.parquet")):
-        df = pq.read_table(f).to_pandas()
-        df["study"] = f.parent.name.split("=", 1)[1]
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+from tests.conftest import (
+    CONFIG,
+    ROOT,
+    SMALL,
+    descendants,
+    end_process,
+    finished_trials,
+    kill_driver_at,
+    orch,
+    outlived,
+    start_sweep,
+    store_rows,
+    wait_for_trials,
+)
 
 
 def test_mini_sweep_end_to_end(store: Path) -> None:
@@ -85,42 +85,15 @@ def test_mini_sweep_end_to_end(store: Path) -> None:
     assert best["model"]["hidden"] == row["config.hidden"]
 
 
-
-def _start_sweep(args: list[str]) -> subprocess.Popen:
-    """``orch sweep`` in the background, in its own session (so its Ray processes can be found)."""
-    return subprocess.Popen([ORCH, "sweep", str(CONFIG), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _wait_for_trials(store: Path, n: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sweep ended before it could be killed:\n{proc.stdout.read() if proc.stdout else ''}")
-        files = list((store / "trials").glob("study=*/*.parquet"))
-        if files and len(raw(store, "trials")) >= n:
-            return
-        time.sleep(0.2)
-    pytest.fail(f"no {n} finished trials in the store after {timeout}s")
-
-
 @pytest.mark.slow
 def test_resume_after_driver_is_killed(store: Path, tmp_path: Path) -> None:
     args = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=12", "search.num_samples=8",
             "train.checkpoint_every=2", "model.hidden=32", "--store", str(store)]
-    proc = _start_sweep(args)
-    tree: list[int] = []
-    try:
-        _wait_for_trials(store, 2, proc, timeout=180)
-        tree = descendants(proc.pid)
-        os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
-        proc.wait(30)
-    finally:
-        kill_all(descendants(proc.pid) + tree)  # only the Ray processes this sweep started
-        if proc.poll() is None:
-            proc.kill()
-    before = raw(store, "trials")
-    assert 2 <= len(before) < 8
+    # Killed with trials left to run: at least two finished, not all eight.
+    kill_driver_at(start_sweep(args), lambda: 2 <= finished_trials(store) < 8)
+    killed_at = pd.Timestamp(datetime.now(timezone.utc))
+    before = store_rows(store, "trials")
+    assert 2 <= len(before) < 8  # the store as the kill left it: the driver alone writes it
     assert not (store / "sweeps").exists()  # an unfinished sweep has no sweeps row
 
     p = orch("sweep", CONFIG, *args, "--resume")
@@ -137,16 +110,19 @@ def test_resume_after_driver_is_killed(store: Path, tmp_path: Path) -> None:
     assert sum(counts.values()) == 8, p.stdout
     assert counts.get("stopped early", 0) == int(progress[-1][3]), p.stdout
 
-    after = raw(store, "trials")
+    after = store_rows(store, "trials")
     assert len(after) == 8 and after["trial_id"].is_unique  # never a trial twice
     assert set(before["trial_id"]) <= set(after["trial_id"])
     # Trials finished before the kill were not run again: their rows are the same files' rows.
     kept = after.set_index("trial_id").loc[before["trial_id"], "ended_at"]
     assert (kept.values == before.set_index("trial_id")["ended_at"].values).all()
-    metrics = raw(store, "metrics")
+    # The others are the resumed run's: they ended after the kill.
+    resumed = after[~after["trial_id"].isin(before["trial_id"])]
+    assert len(resumed) == 8 - len(before) and (resumed["ended_at"] > killed_at).all()
+    metrics = store_rows(store, "metrics")
     assert not metrics.duplicated(["trial_id", "epoch"]).any()
     assert set(metrics["trial_id"]) == set(after["trial_id"])
-    sweeps = raw(store, "sweeps")
+    sweeps = store_rows(store, "sweeps")
     assert len(sweeps) == 1 and sweeps["num_trials"].iloc[0] == 8
 
 
@@ -156,46 +132,37 @@ def test_resume_with_nothing_to_resume_is_a_user_error(store: Path) -> None:
     assert p.stderr.strip().count("\n") == 0 and "--resume" in p.stderr and "test-iris" in p.stderr
 
 
-def _alive(pids: list[int]) -> list[int]:
-    out = []
-    for p in pids:
-        try:
-            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(p)
-    return out
-
-
 def test_ctrl_c_stops_cleanly_and_keeps_what_finished(store: Path) -> None:
     args = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30", "search.num_samples=16",
             "model.hidden=32", "--store", str(store)]
-    proc = _start_sweep(args)
+    proc = start_sweep(args)
     tree: list[int] = []
     try:
-        _wait_for_trials(store, 1, proc, timeout=180)
+        wait_for_trials(store, 1, proc, timeout=180)
         tree = descendants(proc.pid)
         assert tree, "the embedded Ray runs in child processes"
-        os.kill(proc.pid, signal.SIGINT)
+        interrupted_at = pd.Timestamp(datetime.now(timezone.utc))
+        proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            kill_all(descendants(proc.pid))
-            proc.kill()
+        end_process(proc)
     assert proc.returncode == 130, out
     assert "interrupted" in out and "--resume" in out
     assert "Traceback" not in out
-    trials = raw(store, "trials")
-    assert 1 <= len(trials) < 16 and trials["trial_id"].is_unique
+    trials = store_rows(store, "trials")
+    assert len(trials) >= 1 and trials["trial_id"].is_unique
     assert set(trials["status"]) <= {"completed", "stopped_early"}
+    # It stopped instead of running the sweep on: no trial it kept started after the Ctrl-C, the
+    # sweep is not recorded as finished, and the summary counts the trials the store kept.
+    assert (trials["started_at"] < interrupted_at).all(), trials[["trial_id", "started_at"]]
+    assert not (store / "sweeps").exists()
+    said = re.search(r"interrupted after \d+s \((.*)\)\.$", out, re.MULTILINE)
+    assert said, out
+    counts = {k.replace(" ", "_"): int(n) for n, k in re.findall(r"(\d+) ([a-z ]+?)(?:,|$)",
+                                                                 said.group(1))}
+    assert counts == trials["status"].value_counts().to_dict(), out
     # Ray's processes went with the driver.
-    deadline = time.monotonic() + 20
-    while _alive(tree) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    leftover = _alive(tree)
-    kill_all(leftover)
-    assert not leftover
+    assert not outlived(tree)
 
 
 def test_collapsed_trials_are_flagged_and_never_best(store: Path) -> None:

@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from orchestrator.models.mlp import mlp
 from sklearn import datasets
 from torch import nn
 
-from models.mlp import mlp
-from orchestrator import config, data, optim, spaces
-from orchestrator.losses import class_weights, evaluate, resolve_loss
-from orchestrator.trainer import TrialSetup, build, hyperparameters, run_trial
+from orchestrator.config import load as config
+from orchestrator.config import schema
+from orchestrator.space import space as spaces
+from orchestrator.train import data, optim
+from orchestrator.train.losses import class_weights, evaluate, resolve_loss
+from orchestrator.train.trainer import TrialSetup, build, hyperparameters, run_trial
+from orchestrator.tune import plan
 from tests.conftest import CONFIG
 
 
@@ -42,11 +46,11 @@ def diabetes() -> data.Dataset:
 
 @pytest.fixture(scope="module")
 def cfg() -> config.SweepConfig:
-    return config.load(CONFIG)
+    return plan.load(CONFIG)
 
 
 def base_hp(cfg, **over) -> dict:
-    return {**spaces.base_hyperparameters(cfg), **over}
+    return {**schema.base_hyperparameters(cfg), **over}
 
 
 def parts(cfg, dataset, **over):
@@ -286,7 +290,8 @@ def test_bce_and_cross_entropy_report_the_same_val_loss(cfg, binary) -> None:
     bce = parts(cfg, binary, loss="bce")
     z = torch.randn(50, 1)
     y = torch.as_tensor(binary.y_val[:50])
-    assert bce.loss.plain(z, y) == pytest.approx(float(F.cross_entropy(torch.cat([torch.zeros_like(z), z], 1), y)), rel=1e-5)
+    softmax_of_two = float(F.cross_entropy(torch.cat([torch.zeros_like(z), z], 1), y))
+    assert bce.loss.plain(z, y) == pytest.approx(softmax_of_two, rel=1e-5)
 
 
 def test_class_weights_auto_is_inverse_frequency(cfg, binary) -> None:
@@ -316,7 +321,8 @@ def test_bce_label_smoothing_moves_targets_toward_one_half(cfg, binary) -> None:
     assert float(loss(z, y)) == pytest.approx(float(F.binary_cross_entropy_with_logits(z.squeeze(1), target)))
 
 
-@pytest.mark.parametrize("name, fn", [("mse", lambda p, y, d: F.mse_loss(p, y)), ("mae", lambda p, y, d: F.l1_loss(p, y)),
+@pytest.mark.parametrize("name, fn", [("mse", lambda p, y, d: F.mse_loss(p, y)),
+                                      ("mae", lambda p, y, d: F.l1_loss(p, y)),
                                       ("huber", lambda p, y, d: F.huber_loss(p, y, delta=d))])
 def test_regression_losses(cfg, diabetes, name, fn) -> None:
     loss = parts(cfg, diabetes, loss=name, huber_delta=0.5).loss
@@ -489,7 +495,7 @@ KNOB_SPECS = {
 
 
 def test_every_hyperparameter_has_a_knob_spec(cfg) -> None:
-    assert set(KNOB_SPECS) == set(spaces.hyperparameter_names(cfg))
+    assert set(KNOB_SPECS) == set(schema.hyperparameter_names(cfg))
 
 
 @pytest.mark.parametrize("name", sorted(KNOB_SPECS))
@@ -501,23 +507,23 @@ def test_every_hyperparameter_works_as_a_search_space_knob(tmp_path, name) -> No
     if name == "huber_delta":
         overrides = ["data.source=sklearn:diabetes", "data.task=regression", "train.loss=huber",
                      "scheduler.max_epochs=2"]
-    cfg = config.load(CONFIG, [*overrides, f"search_space={{{name}: {_yaml(KNOB_SPECS[name])}}}"])
-    plan = spaces.check_search(cfg)
-    assert plan.space.searched == [name]
-    from orchestrator.sweep import data_variants
+    cfg = plan.load(CONFIG, [*overrides, f"search_space={{{name}: {_yaml(KNOB_SPECS[name])}}}"])
+    search = spaces.check_search(cfg)
+    assert search.space.searched == [name]
+    from orchestrator.tune.compile import data_variants
 
-    dataset = data_variants(cfg, data.load(cfg), plan.space)
+    dataset = data_variants(cfg, data.load(cfg), search.space)
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(6):
-        point = plan.space.sample(rng)
-        hp = hyperparameters(point, plan.space.base)
+        point = search.space.sample(rng)
+        hp = hyperparameters(point, search.space.base)
         assert hp[name] is point[name]
         seen.add(repr(point[name]))
         torch.manual_seed(0)
         p = build(hp, dataset, "mlp", 2)
         assert p.hp[name] is point[name]
-        setup = dataclasses.replace(setup_for(cfg, 2), base=plan.space.base)
+        setup = dataclasses.replace(setup_for(cfg, 2), base=search.space.base)
         result = run_trial(point, dataset, setup, lambda r, c: None)
         assert result["trial_status"] in ("completed", "stopped_early")
     assert len(seen) > 1  # the knob was really varied
@@ -562,14 +568,14 @@ FIXED_VALUES = {  # a value other than the default, and a value the key must ref
 def test_every_new_key_works_as_a_fixed_value_and_refuses_a_bad_one(key) -> None:
     good, bad = FIXED_VALUES[key]
     section, name = key.split(".")
-    cfg = config.load(CONFIG, [f"{key}={_yaml(good)}"])
-    assert spaces.base_hyperparameters(cfg)[name] == good
+    cfg = plan.load(CONFIG, [f"{key}={_yaml(good)}"])
+    assert schema.base_hyperparameters(cfg)[name] == good
     with pytest.raises(config.ConfigError) as err:
-        config.load(CONFIG, [f"{key}={_yaml(bad)}"])
+        plan.load(CONFIG, [f"{key}={_yaml(bad)}"])
     message = str(err.value)
     assert key in message and "\n" not in message
 
 
 def test_tpe_refuses_list_valued_choices() -> None:
     with pytest.raises(config.ConfigError, match="search_space.widths.choice: tpe takes choices"):
-        config.load(CONFIG, ["search.algorithm=tpe", "search_space={widths: {choice: [[64, 32], [128]]}}"])
+        plan.load(CONFIG, ["search.algorithm=tpe", "search_space={widths: {choice: [[64, 32], [128]]}}"])

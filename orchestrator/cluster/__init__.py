@@ -1,0 +1,3 @@
+"""Ray clusters: ``ray start`` for orch's node scripts, and sweeps as Ray Jobs (``orch submit``,
+``orch status``).
+"""

@@ -1,0 +1,338 @@
+"""The config schema: typed sections, and one declaration per hyperparameter.
+
+Every field a search space may vary is declared once, on its dataclass field, with :func:`hp`: its
+value check, whether PBT may change it between two epochs (``mutable``) and whether it only says
+how a trial runs (``runtime``: never searched or stored). Its store column type follows from its
+annotation. A model's hyperparameters are its factory's keyword arguments
+(:mod:`orchestrator.config.models`): checked by the factory itself, typed by their annotations,
+mutable when the model registers them so.
+
+Everything that needs "which hyperparameters are there" (config checks, the search space, PBT, the
+store's column types, ``orch best``) asks :func:`hyperparameters`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config import models
+from orchestrator.config.checks import Check, boolean, in_range, one_of
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the schema declares about one hyperparameter field."""
+
+    check: Check | None
+    mutable: bool = False  # PBT may change it between two epochs (model and data keep their shape)
+    runtime: bool = False  # how a trial runs, not what it learns: never searched or stored
+
+
+def hp(default: Any, check: Check | None = None, *, mutable: bool = False,
+       runtime: bool = False) -> Any:
+    """A dataclass field that is a hyperparameter: its default, its check and its nature."""
+    return field(default=default, metadata={"hp": Rule(check, mutable, runtime)})
+
+
+TASKS = ("classification", "regression")
+SCALERS = ("standard", "minmax", "quantile", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+LOSSES = ("auto", "cross_entropy", "bce", "mse", "mae", "huber")
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce")
+CLASS_WEIGHTS = ("none", "auto")
+CLIP_MODES = ("norm", "value")
+# The names of orchestrator.tune.schedulers.SCHEDULERS and orchestrator.tune.searchers.SEARCHERS,
+# here so that loading a config does not import Ray (a test keeps them equal).
+SCHEDULER_NAMES = ("asha", "fifo", "hyperband", "median", "pbt", "pb2")
+SEARCHER_NAMES = ("random", "tpe", "grid")
+
+
+@dataclass
+class DataConfig:
+    source: str | None = None  # "sklearn:<name>"
+    path: str | None = None  # CSV or Parquet file
+    target: str | None = None
+    task: str | None = None  # classification | regression | None (inferred)
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    # Settings a search space may vary too (the sweep prepares one copy of the data per value).
+    scale: str = hp("standard", one_of(SCALERS))  # features: standard | minmax | quantile | none
+    # Regression targets (metrics stay in the target's units).
+    target_scale: str = hp("standard", one_of(SCALERS))
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    # Optimiser.
+    optimizer: str = hp("adam", one_of(OPTIMIZERS))  # sgd | adam | adamw
+    lr: float = hp(1.0e-3, in_range(0, lo_open=True), mutable=True)
+    weight_decay: float = hp(0.0, in_range(0), mutable=True)
+    momentum: float = hp(0.9, in_range(0, 1, hi_open=True), mutable=True)  # sgd
+    nesterov: bool = hp(False, boolean, mutable=True)  # sgd
+    beta1: float = hp(0.9, in_range(0, 1, hi_open=True), mutable=True)  # adam, adamw
+    beta2: float = hp(0.999, in_range(0, 1, hi_open=True), mutable=True)
+    eps: float = hp(1.0e-8, in_range(0, lo_open=True), mutable=True)
+    # Learning-rate schedule, over scheduler.max_epochs; warm-up goes in front of any of them.
+    # Constant | step | cosine | onecycle | plateau
+    lr_schedule: str = hp("constant", one_of(LR_SCHEDULES))
+    warmup_epochs: float = hp(0.0, in_range(0))  # linear warm-up from ~0 to lr
+    lr_step_epochs: int = hp(10, in_range(1))  # step: decay every this many epochs
+    # Step and plateau: the decay factor
+    lr_gamma: float = hp(0.1, in_range(0, 1, lo_open=True, hi_open=True), mutable=True)
+    # Plateau: epochs without improvement of the objective before decaying
+    plateau_patience: int = hp(3, in_range(1))
+    lr_min_ratio: float = hp(0.0, in_range(0, 1))  # cosine: the final lr as a fraction of lr
+    # None: no clipping
+    grad_clip: float | None = hp(1.0, in_range(0, lo_open=True, allow_none=True), mutable=True)
+    # Norm (global L2 norm) | value (each element)
+    grad_clip_by: str = hp("norm", one_of(CLIP_MODES))
+    # Loss.
+    loss: str = hp("auto", one_of(LOSSES))  # auto | cross_entropy | bce | mse | mae | huber
+    # In standardised target units
+    huber_delta: float = hp(1.0, in_range(0, lo_open=True), mutable=True)
+    # None | auto (inverse class frequency)
+    class_weights: str = hp("none", one_of(CLASS_WEIGHTS), mutable=True)
+    label_smoothing: float = hp(0.0, in_range(0, 1, hi_open=True), mutable=True)
+    # Batches.
+    batch_size: int = hp(64, in_range(1), mutable=True)
+    shuffle: bool = hp(True, boolean)  # reshuffle every epoch
+    # Double the batch size every N epochs ...
+    batch_growth_every: int | None = hp(None, in_range(1, allow_none=True))
+    batch_size_max: int = hp(1024, in_range(1))  # ... up to this
+    # Early stopping inside the trial, on the objective.
+    patience: int | None = hp(None, in_range(1, allow_none=True))  # in epochs; None: off
+    min_delta: float = hp(0.0, in_range(0))
+    # Diagnostics: a trial whose training loss grows past this multiple of its first loss diverged.
+    divergence_factor: float | None = hp(10.0, in_range(1, lo_open=True, allow_none=True))
+    # Determinism.
+    seed: int = hp(0, in_range(0))  # torch, numpy, python and the batch order
+    deterministic: bool = hp(False, boolean)  # torch.use_deterministic_algorithms (slower on GPU)
+    # How a trial runs, not what it learns (never searched or stored).
+    # Epochs between checkpoints (resume granularity; pbt: its interval)
+    checkpoint_every: int = hp(5, in_range(1), runtime=True)
+    # Per trial; None keeps all (pbt exploits never lose one)
+    keep_checkpoints: int | None = hp(1, in_range(1, allow_none=True), runtime=True)
+    # Torch threads per trial; default: the trial's CPUs
+    threads: int | None = hp(None, in_range(1, allow_none=True), runtime=True)
+
+
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = "val_loss"
+    mode: str = "min"
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "asha"
+    max_epochs: int = 30
+    grace_period: int = 2
+    reduction_factor: float = 3.0
+    min_samples: int = 3  # median stopping: trials needed before it compares
+    # Population-based training (pbt, pb2): the population is search.num_samples trials.
+    perturbation_interval: int = 4  # epochs between exploit/explore steps (and checkpoints)
+    quantile_fraction: float = 0.25  # the bottom fraction copies the top fraction
+    resample_probability: float = 0.25  # pbt: a mutable knob is resampled instead of perturbed
+    # Pbt: x on the knob's scale
+    perturbation_factors: list[float] = field(default_factory=lambda: [1.2, 0.8])
+    synch: bool = False  # wait for the whole population at each step
+
+
+@dataclass
+class SearchConfig:
+    algorithm: str = "random"
+    num_samples: int = 64
+    seed: int = 0
+    max_concurrent: int | None = None
+    # Known good configs (knob -> value) to try before sampling: a list of mappings.
+    points_to_evaluate: Any = None
+    # Tune only knobs of these tiers (A-D); hold the rest at their default
+    tiers: list[str] | None = None
+    stages: int = 1  # coarse-to-fine: each stage after the first zooms in on the best trials so far
+    top_k: int | None = None  # trials a zoom keeps; default: the best 10% (at least 3)
+    # A zoomed range is widened by this fraction of the full range on each side
+    zoom_margin: float = 0.1
+    time_budget_s: float | None = None  # stop the sweep after this long (running trials stop too)
+
+
+@dataclass
+class ResourcesConfig:
+    cpu_per_trial: float = 1.0
+    gpu_per_trial: float = 0.0
+    # On a cluster: how long a sweep waits for a node with one trial's resources (it may scale up).
+    wait_s: float = 600.0
+
+
+@dataclass
+class RayConfig:
+    # None: start an embedded Ray on 127.0.0.1 (or join $RAY_ADDRESS in a Ray Job)
+    address: str | None = None
+    num_cpus: int | None = None  # embedded Ray only; default: all cores
+    num_gpus: int | None = None
+    # An IP address; one other than loopback needs expose_dashboard
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    # The dashboard (and its Jobs API) on an address other than loopback is reachable from other
+    # machines: only when the user says so here (token authentication still applies).
+    expose_dashboard: bool = False
+    # One Ray actor trains many trials of a sweep in turn, or (false) each trial gets an actor of
+    # its own, named for it in the dashboard, for a new worker process per trial (about 3.7 s each
+    # on a 2-CPU machine, mostly importing torch: BENCHMARKS.md).
+    reuse_actors: bool = True
+
+
+@dataclass
+class FailureConfig:
+    # A trial whose worker or node is lost is restarted from its last checkpoint this many times.
+    # An exception raised by the training itself is not retried: it is recorded as an error.
+    max_retries: int = 2
+
+
+@dataclass
+class StoreConfig:
+    path: str = "results"
+
+
+@dataclass
+class RetuneConfig:
+    max_age_days: float = 90.0  # stale when the last sweep is older than this
+    on_data_change: bool = True  # stale when the data's fingerprint changed
+    drift_check: bool = True  # re-train the best config on today's data (one trial) and compare
+    # Stale when that is worse than the recorded best by this (relative)
+    drift_tolerance: float = 0.02
+    drift_floor: float | None = None  # ... or worse than this absolute value of the objective
+    on_code_change: bool = False  # stale when the model or trainer code changed
+    num_samples: int | None = None  # trials of a re-tune sweep; default: the study's own
+    top_k: int = 5  # previous best configs that go first, and that the space is zoomed around
+
+
+@dataclass
+class SweepConfig:
+    study: str = "???"
+    base: Any = None  # a path (or list of paths) of configs this one extends
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search_space: Any = None  # path of a search-space YAML file, or the space inline
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    retune: RetuneConfig = field(default_factory=RetuneConfig)
+
+    # Filled by load(), not by the user.
+    source_file: str | None = None
+
+
+FILE_FORMATS = (".csv", ".parquet", ".pq")  # data.path
+# scikit-learn datasets that ship inside its package (no download): data.source "sklearn:<name>".
+BUNDLED_DATASETS = {"digits": "classification", "breast_cancer": "classification",
+                    "iris": "classification", "wine": "classification", "diabetes": "regression"}
+TIERS = ("A", "B", "C", "D")  # importance tiers of a search space's knobs (A: tune first)
+
+
+def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
+    """The epochs at which ASHA compares trials, as Ray Tune's ``AsyncHyperBandScheduler`` with
+    one bracket places its rungs: ``grace_period * reduction_factor**k`` up to ``max_epochs``.
+
+    The scheduler's decision epochs and the report's rung lines both come from here.
+    """
+    n = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) + 1)
+    return sorted({int(grace_period * reduction_factor**k) for k in range(max(n, 0))})
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One hyperparameter of a config, whatever section holds it."""
+
+    name: str
+    section: str  # "train", "data" or "model"
+    default: Any
+    annotation: str  # the Python annotation, as text (decides the store column type)
+    check: Check | None  # None for a model's: the model factory is its check
+    mutable: bool = False
+
+
+def _declared(cls: type) -> dict[str, tuple[dataclasses.Field, Rule]]:
+    return {f.name: (f, f.metadata["hp"]) for f in dataclasses.fields(cls) if "hp" in f.metadata}
+
+
+def rules(section: str) -> dict[str, Rule]:
+    """The declared rule of each hyperparameter field of ``train`` or ``data`` (runtime ones too)."""
+    cls = {"train": TrainConfig, "data": DataConfig}[section]
+    return {name: rule for name, (_, rule) in _declared(cls).items()}
+
+
+RUNTIME_FIELDS = tuple(n for n, r in rules("train").items() if r.runtime)
+DATA_HYPERPARAMETERS = tuple(rules("data"))
+
+
+def hyperparameters(cfg: SweepConfig) -> dict[str, Hyperparameter]:
+    """Every tunable hyperparameter of ``cfg``: train, data, then the model's, with its default as
+    ``cfg`` sets it."""
+    out: dict[str, Hyperparameter] = {}
+    for section, cls, values in (("train", TrainConfig, cfg.train), ("data", DataConfig, cfg.data)):
+        for name, (f, rule) in _declared(cls).items():
+            if not rule.runtime:
+                out[name] = Hyperparameter(name, section, getattr(values, name), str(f.type),
+                                           rule.check, rule.mutable)
+    model = cfg.model["name"]
+    mutable = models.mutable(model)
+    for name, (default, annotation) in models.signature(model).items():
+        value = cfg.model.get(name, default)
+        out[name] = Hyperparameter(name, "model", value, annotation, None, name in mutable)
+    return out
+
+
+def hyperparameter_names(cfg: SweepConfig) -> dict[str, str]:
+    """Every tunable name -> the config section that holds it ("train", "model" or "data")."""
+    return {name: h.section for name, h in hyperparameters(cfg).items()}
+
+
+def base_hyperparameters(cfg: SweepConfig) -> dict[str, Any]:
+    """The values every trial starts from: model defaults, the model section, train and data."""
+    hps = hyperparameters(cfg)
+    order = ("model", "train", "data")  # the order trials have always seen them in
+    return {n: h.default for s in order for n, h in hps.items() if h.section == s}
+
+
+def mutable_names(cfg: SweepConfig) -> frozenset[str]:
+    """Hyperparameters PBT may change between two epochs of a trial."""
+    return frozenset(n for n, h in hyperparameters(cfg).items() if h.mutable)
+
+
+def arrow_type(annotation: str, default: Any) -> pa.DataType | None:
+    """The store column type of a hyperparameter (lists and mappings are stored as JSON text)."""
+    import pyarrow as pa
+
+    if "list" in annotation or "dict" in annotation:
+        return pa.string()
+    for word, typ in (("bool", pa.bool_()), ("float", pa.float64()), ("int", pa.int64()),
+                      ("str", pa.string())):
+        if word in annotation:
+            return typ
+    if isinstance(default, bool):
+        return pa.bool_()
+    if isinstance(default, (int, float)):
+        return pa.float64() if isinstance(default, float) else pa.int64()
+    return None
+
+
+def hyperparameter_types(cfg: SweepConfig) -> dict[str, pa.DataType]:
+    """Store column -> Arrow type for every ``config.<name>`` column (stable across sweeps)."""
+    types = {f"config.{n}": arrow_type(h.annotation, h.default)
+             for n, h in hyperparameters(cfg).items()}
+    return {k: v for k, v in types.items() if v is not None}

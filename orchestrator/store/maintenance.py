@@ -1,0 +1,397 @@
+"""Store maintenance behind ``orch store compact`` and ``orch store verify``.
+
+Compaction merges the files of each (table, study) partition into one file (or files of at most
+``max_rows`` rows), keeping every row: the rows are those :meth:`Store.read` returns, in the same
+order, duplicates of a key dropped as the reader drops them. It publishes in steps that a reader of
+the store, or a crash, can interrupt anywhere:
+
+1. ``write_merged``: the merged rows go to hidden temporary files (``.compacted-*.parquet.tmp``),
+   flushed to disk; readers do not see them.
+2. ``publish``: the partition's manifest (``_compacted.json``, replaced atomically) records the
+   merged files and the files they supersede; then the merged files are renamed into place. A
+   reader reads the merged files only once all of them are there, and from then on skips the
+   superseded files (see :func:`orchestrator.store.tables.partition_files`).
+3. ``settle``: the superseded files are deleted, then the manifest entry is cleared.
+
+``settle`` also finishes (or rolls back, if its merged files never all appeared) a compaction that
+was interrupted, so the next compaction repairs the store before it merges anything. One
+compaction runs at a time per store (a file lock, ``<store>/_store.lock``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from orchestrator.errors import StoreError, UserError
+from orchestrator.store.tables import (
+    KEYS,
+    MANIFEST,
+    MERGED_PREFIX,
+    TABLES,
+    TMP_SUFFIX,
+    Store,
+    _fsync_dir,
+    _read_file,
+    _untyped_nulls,
+    fill_key_defaults,
+    first_of_each_key,
+    live_names,
+    merged_group,
+    now,
+    parquet_names,
+    partition_files,
+    read_manifest,
+)
+
+LOCK_NAME = "_store.lock"
+DEFAULT_MAX_ROWS = 1_000_000
+_MANIFEST_TMP = f".{MANIFEST}{TMP_SUFFIX}"
+
+
+def check_root(root: str | os.PathLike[str]) -> Path:
+    """The store directory, or a one-line user error when there is none at ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--store: no results store at {root}" + (" (not a directory)" if root.exists() else ""))
+    if not any((root / t).is_dir() for t in TABLES):
+        raise UserError(f"--store: {root} holds no results store (none of {', '.join(t + '/' for t in TABLES)})")
+    return root
+
+
+@contextmanager
+def store_lock(root: Path, wait: bool, echo: Callable[[str], None] | None = None) -> Iterator[bool]:
+    """Hold the store's maintenance lock. Yields False when the lock file cannot be created (a
+    read-only store: nothing can compact it either)."""
+    lock = FileLock(root / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise StoreError(f"another compaction is running on {root} (lock {root / LOCK_NAME})") from None
+        if echo:
+            echo(f"waiting for the compaction running on {root} to finish")
+        lock.acquire()
+    except OSError as err:
+        if not wait:
+            raise StoreError(f"cannot lock {root}: {one_line(err)}") from None
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+# -- compaction -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PartitionResult:
+    table: str
+    study: str
+    files_before: int
+    files_after: int
+    rows: int
+    duplicates: int = 0
+    repaired: str = ""  # what settle() did about an interrupted compaction, if anything
+    error: str = ""  # why this partition was left as it was
+
+    @property
+    def merged(self) -> bool:
+        return self.files_after < self.files_before
+
+
+@dataclass
+class CompactionSummary:
+    partitions: list[PartitionResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def errors(self) -> list[PartitionResult]:
+        return [p for p in self.partitions if p.error]
+
+    def text(self) -> str:
+        lines = [f"{p.table}/study={p.study}: {p.repaired}" for p in self.partitions if p.repaired]
+        lines += [f"{p.table}/study={p.study}: not compacted: {p.error}" for p in self.errors]
+        merged = [p for p in self.partitions if p.merged]
+        for table in TABLES:
+            mine = [p for p in merged if p.table == table]
+            if mine:
+                dups = sum(p.duplicates for p in mine)
+                lines.append(f"{table}: {plural(len(mine), 'partition')}, "
+                             f"{plural(sum(p.files_before for p in mine), 'file')} -> "
+                             f"{sum(p.files_after for p in mine):,}, {plural(sum(p.rows for p in mine), 'row')}"
+                             + (f" ({plural(dups, 'duplicate row')} dropped)" if dups else ""))
+        if merged or self.errors:
+            lines.append(f"Compacted {len(merged)} of {plural(len(self.partitions), 'partition')}: "
+                         f"{plural(sum(p.files_before for p in merged), 'file')} -> "
+                         f"{sum(p.files_after for p in merged):,} "
+                         f"in {self.seconds:.1f}s" + (f"; {len(self.errors)} not compacted." if self.errors else "."))
+        else:
+            lines.append(f"Nothing to compact: {plural(len(self.partitions), 'partition')}, each one file already.")
+        return "\n".join(lines) + "\n"
+
+
+def compact(root: str | os.PathLike[str], study: str | None = None, table: str | None = None,
+            max_rows: int = DEFAULT_MAX_ROWS) -> CompactionSummary:
+    """Merge the files of every partition (of ``table``, of ``study``, or all)."""
+    root = check_root(root)
+    if table is not None and table not in TABLES:
+        raise UserError(f"--table: unknown table {table!r}; valid: {', '.join(TABLES)}")
+    if max_rows < 1:
+        raise UserError(f"--max-rows: must be at least 1 (got {max_rows})")
+    store = Store(root)
+    tables = [table] if table else list(TABLES)
+    partitions = [(t, d) for t in tables for d in store.partitions(t)]
+    if study is not None:
+        known = sorted({d.name.split("=", 1)[1] for _, d in partitions})
+        partitions = [(t, d) for t, d in partitions if d.name == f"study={study}"]
+        if not partitions:
+            raise UserError(f"--study: no study {study!r} in {root}"
+                            + (f" ({table})" if table else "") + f"; studies: {', '.join(known) or '(none)'}")
+    t0 = time.perf_counter()
+    report = CompactionSummary()
+    with store_lock(root, wait=False):
+        for t, d in partitions:
+            try:
+                report.partitions.append(compact_partition(t, d, max_rows))
+            except (StoreError, OSError, pa.ArrowException) as err:
+                # A file that cannot be read keeps its partition as it is; the others go on.
+                reason = str(err) if isinstance(err, StoreError) else one_line(err)
+                report.partitions.append(PartitionResult(t, d.name.split("=", 1)[1], 0, 0, 0, error=reason))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def compact_partition(table: str, directory: Path, max_rows: int = DEFAULT_MAX_ROWS) -> PartitionResult:
+    """Compact one partition (the caller holds the store lock)."""
+    repaired = settle(directory)
+    files = partition_files(directory)
+    study = directory.name.split("=", 1)[1]
+    inputs = inputs_of(files, max_rows)
+    if len(inputs) < 2:
+        rows = sum(pq.read_metadata(f).num_rows for f in files)
+        return PartitionResult(table, study, len(files), len(files), rows, repaired=repaired)
+    tmps, finals, rows, dups = write_merged(table, directory, inputs, max_rows)
+    publish(directory, tmps, finals, [f.name for f in inputs])
+    settle(directory)
+    return PartitionResult(table, study, len(files), len(files) - len(inputs) + len(finals), rows, dups,
+                           repaired=repaired)
+
+
+def inputs_of(files: list[Path], max_rows: int) -> list[Path]:
+    """The files to merge: all but merged files that are full already."""
+    return [f for f in files
+            if merged_group(f.name) is None or pq.read_metadata(f).num_rows < max_rows]
+
+
+def write_merged(table: str, directory: Path, inputs: list[Path],
+                 max_rows: int = DEFAULT_MAX_ROWS) -> tuple[list[Path], list[str], int, int]:
+    """Step 1: the rows of ``inputs`` (in read order, the first row of each key) written to hidden
+    temporary files of at most ``max_rows`` rows. Returns (temporary paths, final names, rows,
+    duplicate rows dropped)."""
+    tables = []
+    for path in inputs:
+        try:
+            tables.append(_read_file(path, None))
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"cannot read {path.name}: {one_line(err)}") from None
+    try:
+        arrow = pa.concat_tables(_untyped_nulls(tables), promote_options="permissive")
+    except pa.ArrowException as err:
+        raise StoreError(f"cannot combine its files: {one_line(err)}") from None
+    arrow = fill_key_defaults(arrow, KEYS[table], add_missing=False)
+    first = first_of_each_key(arrow, [k for k in KEYS[table] if k != "study" and k in arrow.column_names])
+    total = arrow.num_rows
+    if first is not None:
+        arrow = arrow.take(pa.array(first))
+    name = f"{MERGED_PREFIX}{now().strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+    parts = max(1, math.ceil(arrow.num_rows / max_rows))
+    tmps, finals = [], []
+    try:
+        for i in range(parts):
+            final = f"{name}-{i:04d}.parquet"
+            tmp = directory / f".{final}{TMP_SUFFIX}"
+            tmps.append(tmp)
+            finals.append(final)
+            with open(tmp, "wb") as f:
+                pq.write_table(arrow.slice(i * max_rows, max_rows), f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+    return tmps, finals, arrow.num_rows, total - arrow.num_rows
+
+
+def publish(directory: Path, tmps: list[Path], finals: list[str], superseded: list[str]) -> None:
+    """Step 2: record the compaction in the manifest, then rename the merged files into place."""
+    entries = read_manifest(directory) or []
+    write_manifest(directory, [*entries, {"merged": finals, "superseded": superseded}])
+    for tmp, final in zip(tmps, finals, strict=True):
+        os.replace(tmp, directory / final)
+    _fsync_dir(directory)
+
+
+def settle(directory: Path) -> str:
+    """Step 3, and the repair of an interrupted compaction: for each compaction in the manifest,
+    delete the files it superseded if its merged files are all in place, else delete its merged
+    files (readers never read them); then clear the manifest, and delete the temporary files of
+    compactions that never reached the manifest. Returns what it repaired ("" when nothing)."""
+    entries = read_manifest(directory)
+    done: list[str] = []
+    if entries:
+        present = set(parquet_names(directory))
+        for entry in entries:
+            if all(n in present for n in entry["merged"]):
+                gone = [n for n in entry["superseded"] if n in present]
+                for n in gone:
+                    (directory / n).unlink(missing_ok=True)
+                if gone:
+                    done.append(f"deleted {plural(len(gone), 'file')} superseded by an interrupted compaction")
+            else:
+                back = [n for n in entry["merged"] if n in present]
+                for n in entry["merged"]:
+                    (directory / n).unlink(missing_ok=True)
+                    (directory / f".{n}{TMP_SUFFIX}").unlink(missing_ok=True)
+                done.append(f"rolled back an interrupted compaction ({plural(len(back), 'merged file')} removed)")
+        _fsync_dir(directory)
+        write_manifest(directory, [])
+    leftovers = [p for p in directory.glob(f".{MERGED_PREFIX}*{TMP_SUFFIX}")]
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    if leftovers:
+        done.append(f"deleted {plural(len(leftovers), 'temporary file')} of an interrupted compaction")
+    (directory / _MANIFEST_TMP).unlink(missing_ok=True)
+    return "; ".join(done)
+
+
+def write_manifest(directory: Path, entries: list[dict[str, list[str]]]) -> None:
+    """Replace the partition's manifest atomically (written under a temporary name, renamed)."""
+    tmp = directory / _MANIFEST_TMP
+    with open(tmp, "w") as f:
+        json.dump({"version": 1, "replacements": entries}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST)
+    _fsync_dir(directory)
+
+
+# -- verification -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    kind: str  # "unreadable", "temporary", "outside the layout", "superseded"
+    path: str  # relative to the store
+    reason: str = ""
+
+    def text(self) -> str:
+        return f"{self.kind}: {self.path}" + (f": {self.reason}" if self.reason else "")
+
+
+@dataclass
+class VerifyReport:
+    root: Path
+    tables: int = 0
+    studies: set[str] = field(default_factory=set)
+    files: int = 0
+    rows: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def unreadable(self) -> list[Problem]:
+        return [p for p in self.problems if p.kind == "unreadable"]
+
+    def text(self) -> str:
+        lines = [p.text() for p in self.problems]
+        counts = {k: sum(p.kind == k for p in self.problems)
+                  for k in ("unreadable", "temporary", "outside the layout", "superseded")}
+        tail = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no problems"
+        lines.append(f"Store {self.root}: {plural(self.tables, 'table')}, "
+                     f"{plural(len(self.studies), 'study', 'studies')}, "
+                     f"{plural(self.files, 'file')}, {plural(self.rows, 'row')}; {tail}.")
+        return "\n".join(lines) + "\n"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
+def one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]
+
+
+def verify(root: str | os.PathLike[str], echo: Callable[[str], None] | None = None) -> VerifyReport:
+    """Read every Parquet file of the store (footer and data); list what is wrong."""
+    root = check_root(root)
+    report = VerifyReport(root)
+    with store_lock(root, wait=True, echo=echo):
+        for table in TABLES:
+            tdir = root / table
+            if not tdir.exists():
+                continue
+            rel = tdir.relative_to(root)
+            if not tdir.is_dir():
+                report.problems.append(Problem("outside the layout", str(rel), "not a directory"))
+                continue
+            report.tables += 1
+            for entry in sorted(tdir.iterdir()):
+                if entry.is_dir() and entry.name.startswith("study="):
+                    _verify_partition(root, entry, report)
+                else:
+                    _other(root, entry, report)
+    return report
+
+
+def _verify_partition(root: Path, directory: Path, report: VerifyReport) -> None:
+    report.studies.add(directory.name.split("=", 1)[1])
+    manifest = None
+    try:
+        manifest = read_manifest(directory)
+    except StoreError as err:
+        report.problems.append(Problem("unreadable", str((directory / MANIFEST).relative_to(root)),
+                                       str(err).rsplit(": ", 1)[-1]))
+    names = parquet_names(directory)
+    live = set(live_names(names, manifest))
+    for entry in sorted(directory.iterdir()):
+        rel = str(entry.relative_to(root))
+        if entry.name in names and entry.is_file():
+            report.files += 1
+            try:
+                with pq.ParquetFile(entry) as f:
+                    rows = f.metadata.num_rows
+                    f.read()  # every page, decompressed and decoded
+            except Exception as err:  # noqa: BLE001 - any failure to read is the finding
+                report.problems.append(Problem("unreadable", rel, one_line(err)))
+                continue
+            if entry.name in live:
+                report.rows += rows
+            else:
+                report.problems.append(Problem("superseded", rel, "left by an interrupted compaction; "
+                                                                  "orch store compact deletes it"))
+        elif entry.name == MANIFEST and entry.is_file():
+            continue
+        else:
+            _other(root, entry, report)
+
+
+def _other(root: Path, entry: Path, report: VerifyReport) -> None:
+    rel = str(entry.relative_to(root))
+    if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and entry.is_file():
+        report.problems.append(Problem("temporary", rel, "a write in progress, or left by a crash"))
+    else:
+        report.problems.append(Problem("outside the layout", rel))

@@ -1,0 +1,101 @@
+"""Compile a checked config once into everything a sweep runs with.
+
+:func:`compile_sweep` turns a config and its loaded data into a :class:`SweepPlan`: the search plan
+(space, points, number of trials), the scheduler plan, the per-trial setup, the data each trial
+gets (one prepared copy per scaling the space can choose) and the store's column types. The
+driver, re-tuning's drift check and the benchmarks all start from it, so no rule is applied twice
+in two shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from orchestrator.config import schema
+from orchestrator.config.schema import SweepConfig
+from orchestrator.space import space as spaces
+from orchestrator.train import data as data_mod
+from orchestrator.train.losses import check_task
+from orchestrator.train.trainer import DIAGNOSTICS, METRIC_DIRECTIONS, TrialSetup
+from orchestrator.tune import schedulers
+
+
+@dataclass
+class SweepPlan:
+    """A sweep, compiled: what the driver hands to Ray Tune."""
+
+    cfg: SweepConfig
+    search: spaces.SearchPlan
+    scheduler: schedulers.SchedulerPlan
+    setup: TrialSetup
+    data: Any  # a Dataset, or Variants: one per feature/target scaling the space can choose
+    columns: dict[str, pa.DataType]  # store column -> type, stable across sweeps of the study
+
+    @property
+    def space(self) -> spaces.Space:
+        return self.search.space
+
+    @property
+    def n_trials(self) -> int:
+        return self.search.n_trials
+
+
+def compile_sweep(cfg: SweepConfig, dataset: data_mod.Dataset, store_root: str | None = None,
+                  sweep_id: str = "", exp_dir: str | None = None) -> SweepPlan:
+    """Compile ``cfg`` against its loaded data.
+
+    ``store_root``, ``sweep_id`` and ``exp_dir`` tell a population-based scheduler where to record
+    its exploits and keep the checkpoints it copies.
+
+    Raises:
+        ConfigError: the space, points or scheduler do not fit the config.
+        UserError: the objective is not a metric the data's task reports.
+    """
+    search = spaces.check_search(cfg)
+    check_task(cfg, dataset, search.space)
+    scheduler = schedulers.create(cfg, search.space, store_root, sweep_id, exp_dir)
+    population = cfg.scheduler.name in schedulers.POPULATION
+    # PBT copies weights at its perturbation steps: every trial checkpoints at each of them.
+    every = cfg.scheduler.perturbation_interval if population else cfg.train.checkpoint_every
+    setup = TrialSetup(
+        base=schema.base_hyperparameters(cfg),
+        model=cfg.model["name"],
+        metric=cfg.objective.metric,
+        mode=cfg.objective.mode,
+        max_epochs=cfg.scheduler.max_epochs,
+        report_epochs=schedulers.report_epochs(scheduler, cfg.scheduler.max_epochs, every),
+        checkpoint_every=every,
+        threads=cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)),
+    )
+    return SweepPlan(cfg, search, scheduler, setup, data_variants(cfg, dataset, search.space),
+                     column_types(cfg))
+
+
+def data_variants(cfg: SweepConfig, dataset: data_mod.Dataset, space: spaces.Space) -> Any:
+    """``dataset``, or one prepared copy per feature/target scaling the space can choose."""
+    def values(name: str, current: str) -> list[str]:
+        knob = space.knobs.get(name)
+        return list(dict.fromkeys(knob.values)) if knob is not None and knob.values else [current]
+
+    scales = values("scale", dataset.scale)
+    targets = (values("target_scale", dataset.target_scale) if dataset.task == "regression"
+               else [dataset.target_scale])
+    if scales == [dataset.scale] and targets == [dataset.target_scale]:
+        return dataset
+    return data_mod.load_variants(cfg, scales, targets, first=dataset)
+
+
+def column_types(cfg: SweepConfig) -> dict[str, pa.DataType]:
+    """The trials table's typed columns: every hyperparameter, metric and test score."""
+    types = schema.hyperparameter_types(cfg)
+    for name in METRIC_DIRECTIONS:
+        types[name] = types[f"final_{name}"] = types[f"best_{name}"] = pa.float64()
+        if name.startswith("val_"):
+            types[f"test_{name[4:]}"] = pa.float64()
+    for name in {n for names in DIAGNOSTICS.values() for n in names}:
+        types[f"test_{name[4:]}"] = pa.float64()
+    types["collapsed"] = pa.bool_()
+    return types

@@ -1,0 +1,136 @@
+"""Trial schedulers: a name -> factory table over Ray Tune's schedulers.
+
+A factory takes the sweep config and returns a :class:`SchedulerPlan`: the Ray Tune scheduler and
+the epochs at which it needs a result. Trials report to Tune only at those epochs (plus checkpoints
+and the last epoch); every epoch's metrics still reach the store, batched into those reports. Fewer
+round trips through the Tune driver is most of what makes short trials cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ray.tune.schedulers import (
+    AsyncHyperBandScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    MedianStoppingRule,
+    TrialScheduler,
+)
+
+from orchestrator.config.schema import asha_rungs
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import SweepConfig
+    from orchestrator.space.space import Space
+
+TIME_ATTR = "epoch"
+
+
+@dataclass
+class SchedulerPlan:
+    scheduler: TrialScheduler
+    # Epochs at which the scheduler decides; None means it wants every epoch.
+    decision_epochs: frozenset[int] | None
+
+
+def _asha(cfg: SweepConfig) -> SchedulerPlan:
+    s = cfg.scheduler
+    sched = AsyncHyperBandScheduler(
+        time_attr=TIME_ATTR,
+        max_t=s.max_epochs,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        brackets=1,
+    )
+    # Trials report only at the rungs (and their last epoch): ASHA decides nowhere else.
+    return SchedulerPlan(sched, frozenset(asha_rungs(s.max_epochs, s.grace_period, s.reduction_factor)))
+
+
+def _pbt_common(cfg: SweepConfig, space: Space, store_root: str | None, sweep_id: str,
+                exp_dir: str | None) -> dict[str, Any]:
+    s = cfg.scheduler
+    # metric and mode come from the Tuner's TuneConfig
+    return dict(perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction, synch=s.synch)
+
+
+def pbt_epochs(cfg: SweepConfig) -> frozenset[int]:
+    """PBT decides (and every trial checkpoints) at each multiple of the perturbation interval."""
+    s = cfg.scheduler
+    return frozenset(range(s.perturbation_interval, s.max_epochs + 1, s.perturbation_interval))
+
+
+def _pbt(cfg: SweepConfig, space: Space, store_root: str | None = None, sweep_id: str = "",
+         exp_dir: str | None = None) -> SchedulerPlan:
+    from orchestrator.tune.pbt import OrchPBT
+
+    s = cfg.scheduler
+    sched = OrchPBT(space, resample_probability=s.resample_probability,
+                    perturbation_factors=tuple(s.perturbation_factors), seed=cfg.search.seed,
+                    store_root=store_root, study=cfg.study, sweep_id=sweep_id, exp_dir=exp_dir,
+                    **_pbt_common(cfg, space, store_root, sweep_id, exp_dir))
+    return SchedulerPlan(sched, pbt_epochs(cfg))
+
+
+def _pb2(cfg: SweepConfig, space: Space, store_root: str | None = None, sweep_id: str = "",
+         exp_dir: str | None = None) -> SchedulerPlan:
+    from orchestrator.tune.pbt import pb2_scheduler
+
+    return SchedulerPlan(pb2_scheduler(cfg, space, store_root, sweep_id, exp_dir,
+                                       **_pbt_common(cfg, space, store_root, sweep_id, exp_dir)),
+                         pbt_epochs(cfg))
+
+
+def _fifo(cfg: SweepConfig) -> SchedulerPlan:
+    return SchedulerPlan(FIFOScheduler(), frozenset())
+
+
+def _hyperband(cfg: SweepConfig) -> SchedulerPlan:
+    s = cfg.scheduler
+    sched = HyperBandScheduler(time_attr=TIME_ATTR, max_t=s.max_epochs, reduction_factor=s.reduction_factor)
+    return SchedulerPlan(sched, None)
+
+
+def _median(cfg: SweepConfig) -> SchedulerPlan:
+    s = cfg.scheduler
+    sched = MedianStoppingRule(
+        time_attr=TIME_ATTR, grace_period=s.grace_period, min_samples_required=s.min_samples
+    )
+    return SchedulerPlan(sched, None)
+
+
+SCHEDULERS: dict[str, Callable[..., SchedulerPlan]] = {
+    "asha": _asha,
+    "fifo": _fifo,
+    "hyperband": _hyperband,
+    "median": _median,
+    "pbt": _pbt,
+    "pb2": _pb2,
+}
+POPULATION = ("pbt", "pb2")  # schedulers that change hyperparameters during training
+
+
+def names() -> list[str]:
+    return list(SCHEDULERS)
+
+
+def create(cfg: SweepConfig, space: Space | None = None, store_root: str | None = None, sweep_id: str = "",
+           exp_dir: str | None = None) -> SchedulerPlan:
+    """The scheduler plan for ``cfg.scheduler.name`` (validated by the config loader).
+
+    Population-based schedulers need the search space (what they may mutate) and where to record
+    their exploits.
+    """
+    if cfg.scheduler.name in POPULATION:
+        return SCHEDULERS[cfg.scheduler.name](cfg, space, store_root, sweep_id, exp_dir)
+    return SCHEDULERS[cfg.scheduler.name](cfg)
+
+
+def report_epochs(plan: SchedulerPlan, max_epochs: int, checkpoint_every: int) -> frozenset[int] | None:
+    """Epochs at which a trial reports to Tune: decisions, checkpoints and the last epoch."""
+    if plan.decision_epochs is None:
+        return None
+    checkpoints = range(checkpoint_every, max_epochs + 1, checkpoint_every)
+    return frozenset({*plan.decision_epochs, *checkpoints, max_epochs})
