@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=120.0, help="wall-time budget of each sweep (s)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from orchestrator.store import queries as results
+    from orchestrator.store import queries
 
     out: dict = {"budget_s": args.budget}
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +85,7 @@ def main() -> None:
         a, n_a = best_row(asha)
         p, n_p = best_row(pbt)
         fixed = fixed_run(a, 30)
-        _, segments = results.pbt_history(pbt, p["trial_id"])
+        _, segments = queries.pbt_history(pbt, p["trial_id"])
     out["asha"] = {"trials": n_a, "wall_s": t_asha, "best_val_loss": float(a["best_val_loss"]),
                    "final_val_loss": float(a["final_val_loss"]), "test_loss": float(a["test_loss"]),
                    "lr": float(a["config.lr"]), "epochs": int(a["epochs"])}

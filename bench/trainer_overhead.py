@@ -62,13 +62,13 @@ def orch_run(ds, base) -> float:
 def bare_run(ds, base) -> float:
     """The minimal loop: same model, Adam, cross-entropy, shuffled batches, gradient clipping at the
     same norm, validation loss per epoch."""
-    from orchestrator.config import models as registry
+    from orchestrator.config import models
 
     torch.set_num_threads(1)
     t = time.perf_counter()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    model = registry.build("mlp", ds.n_features, ds.n_outputs, hidden=base["hidden"], layers=base["layers"])
+    model = models.build("mlp", ds.n_features, ds.n_outputs, hidden=base["hidden"], layers=base["layers"])
     opt = torch.optim.Adam(model.parameters(), lr=base["lr"])
     x, y = torch.as_tensor(ds.x_train), torch.as_tensor(ds.y_train)
     xv, yv = torch.as_tensor(ds.x_val), torch.as_tensor(ds.y_val)

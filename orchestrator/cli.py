@@ -85,12 +85,14 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
     from orchestrator.tune import plan
 
     cfg = plan.load(config, overrides)  # before importing torch and Ray: errors come at once
-    from orchestrator.tune import driver as sweep_mod
+    from orchestrator.tune import driver
 
-    result = sweep_mod.run(cfg, store=Store(store_root(cfg, store)), address=address,
-                           resume=resume, verbose=verbose, sweep_id=sweep_id, report=not no_report)
-    sweep_mod.print_summary(result)
-    sweep_mod.announce_report(result, _echo_report)
+    result = driver.run(cfg, store=Store(store_root(cfg, store)), address=address,
+                           resume=resume, verbose=verbose, sweep_id=sweep_id, report=not no_report,
+                           summary=driver.print_summary)
+    if not result.finished:
+        driver.print_summary(result)
+    driver.announce_report(result, _echo_report)
     if not result.finished:
         from orchestrator.tune import stopping
 
@@ -205,12 +207,12 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
     tiers = f" (tiers {', '.join(cfg.search.tiers)})" if cfg.search.tiers else ""
     click.echo(f"Searches {len(space.searched)} knobs{tiers}, {n} trials of {cfg.search.algorithm} search{stages} "
                f"under {cfg.scheduler.name}: {space.describe() or '(none)'}")
-    held = {k: kb.values[0] for k, kb in space.knobs.items() if kb.dist == "fixed"}
+    held = {k: kb.middle() for k, kb in space.knobs.items() if not kb.distribution.searched}
     if held:
         click.echo("Fixed: " + ", ".join(f"{k}={v}" for k, v in held.items()))
     if config_only:
         return
-    from orchestrator.train import checks as diagnose
+    from orchestrator.train import diagnose
 
     point, checks, seconds = diagnose.run_checks(cfg, dataset, space)
     click.echo(diagnose.render(point, checks, seconds), nl=False)
@@ -220,9 +222,9 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
 
 def _check_machine(cfg: SweepConfig) -> None:
     """A sweep on this machine's own Ray: one trial's CPUs and GPUs must fit the machine."""
-    from orchestrator.tune import connect as cluster
+    from orchestrator.tune import connect
 
-    if cluster.ray_address(cfg, None) is not None:
+    if connect.ray_address(cfg, None) is not None:
         return  # a cluster: orch sweep waits for a node that fits (resources.wait_s)
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1
     gpus = cfg.ray.num_gpus
@@ -232,7 +234,7 @@ def _check_machine(cfg: SweepConfig) -> None:
             import torch
 
             gpus = torch.cuda.device_count()
-    cluster.check_machine(cfg, cpus, gpus)
+    connect.check_machine(cfg, cpus, gpus)
 
 
 @main.command()
@@ -243,16 +245,16 @@ def _check_machine(cfg: SweepConfig) -> None:
               help="The hyperparameter schedule of TRIAL of a population-based sweep (pbt, pb2).")
 def results(store: str | None, study: str | None, fmt: str, trial: str | None) -> None:
     """List sweeps and their best trials, newest first."""
-    from orchestrator.store import queries as results_mod
+    from orchestrator.store import queries
 
     root = _store_root(store)
     if trial is not None:
-        click.echo(results_mod.pbt_history_text(root, trial, study), nl=False)
+        click.echo(queries.pbt_history_text(root, trial, study), nl=False)
         return
-    df = results_mod.sweeps_table(root, study)
-    click.echo(results_mod.render(df, fmt), nl=False)
+    df = queries.sweeps_table(root, study)
+    click.echo(queries.render(df, fmt), nl=False)
     if fmt == "table" and len(df):
-        click.echo(results_mod.stages_text(root, study), nl=False)
+        click.echo(queries.stages_text(root, study), nl=False)
 
 
 @main.command()
@@ -261,9 +263,9 @@ def results(store: str | None, study: str | None, fmt: str, trial: str | None) -
 @click.option("--sweep", "sweep_id", default=None, help="Best of this sweep instead of the whole study.")
 def best(study: str, store: str | None, sweep_id: str | None) -> None:
     """Print the best config of STUDY as YAML, ready to train with."""
-    from orchestrator.store import queries as results_mod
+    from orchestrator.store import queries
 
-    click.echo(results_mod.best_yaml(_store_root(store), study, sweep_id), nl=False)
+    click.echo(queries.best_yaml(_store_root(store), study, sweep_id), nl=False)
 
 
 @main.command()
@@ -289,7 +291,7 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
     STUDIES may include retune.KEY=VALUE overrides of the studies' policies
     (retune.max_age_days=30 retune.drift_check=false ...).
     """
-    from orchestrator.retune import cron as schedule
+    from orchestrator.retune import cron
     from orchestrator.retune import decide as retune_mod
 
     overrides = [a for a in studies if "=" in a]
@@ -299,9 +301,9 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
     retune_mod.parse_now(now)  # checked first: a bad --now is an error even for --every
 
     def job() -> int:
-        with schedule.exclusive(root) as mine:
+        with cron.exclusive(root) as mine:
             if not mine:
-                click.echo(schedule.busy_message(root))
+                click.echo(cron.busy_message(root))
                 return 0
             return retune_mod.run(root, list(studies), all_studies=all_studies, now=retune_mod.parse_now(now),
                                   dry_run=dry_run, drift=not no_drift, address=address, echo=click.echo,
@@ -319,23 +321,23 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
     expr = install_cron or print_cron
     if expr:
         root.mkdir(parents=True, exist_ok=True)
-        line = schedule.cron_line(expr, workdir=Path.cwd(), argv=argv, log_file=root / "retune.log",
+        line = cron.cron_line(expr, workdir=Path.cwd(), argv=argv, log_file=root / "retune.log",
                                   env=dict(os.environ), store_root=root,
                                   option="--print-cron" if print_cron else "--install-cron")
         if print_cron:
             click.echo(line)
             return
-        schedule.install_cron(line, schedule.marker(root))
+        cron.install_cron(line, cron.marker(root))
         click.echo(f"installed in the crontab:\n{line}")
-        if not schedule.cron_running():
+        if not cron.cron_running():
             click.echo("orch: warning: no cron daemon is running on this machine; the line runs once one is", err=True)
         return
     if uninstall_cron:
-        removed = schedule.uninstall_cron(schedule.marker(root))
+        removed = cron.uninstall_cron(cron.marker(root))
         click.echo("removed the crontab line of this store" if removed else "no crontab line of this store to remove")
         return
     if every:
-        sys.exit(schedule.run_every(every, job, echo=click.echo))
+        sys.exit(cron.run_every(every, job, echo=click.echo))
     sys.exit(job())
 
 
@@ -382,9 +384,9 @@ def compact(store: str | None, study: str | None, table: str | None, max_rows: i
     Other Parquet readers (DuckDB, pandas) should not read the store while it runs. Exits 1 when a
     partition could not be compacted (a file that cannot be read: see orch store verify).
     """
-    from orchestrator.store import maintenance as store_admin
+    from orchestrator.store import maintenance
 
-    report = store_admin.compact(_store_root(store), study=study, table=table, max_rows=max_rows)
+    report = maintenance.compact(_store_root(store), study=study, table=table, max_rows=max_rows)
     click.echo(report.text(), nl=False)
     if report.errors:
         sys.exit(1)
@@ -397,9 +399,9 @@ def verify(store: str | None) -> None:
 
     Exits 1 when a file cannot be read, 0 otherwise.
     """
-    from orchestrator.store import maintenance as store_admin
+    from orchestrator.store import maintenance
 
-    report = store_admin.verify(_store_root(store), echo=lambda m: click.echo(f"orch: {m}", err=True))
+    report = maintenance.verify(_store_root(store), echo=lambda m: click.echo(f"orch: {m}", err=True))
     click.echo(report.text(), nl=False)
     if report.unreadable:
         sys.exit(1)

@@ -132,3 +132,27 @@ def test_a_projects_own_models_package_is_not_shadowed_by_orchs(tmp_path: Path) 
     theirs, ours = found.stdout.splitlines()
     assert Path(theirs) == project / "models" / "__init__.py"
     assert project not in Path(ours).parents
+
+
+def test_the_shipped_models_load_from_a_source_checkout_first_on_the_path(tmp_path: Path) -> None:
+    """A container's working directory or a Ray Job's working_dir puts the checkout first on
+    sys.path, ahead of the installed package: its ``orchestrator`` has no ``models`` folder, and
+    the checkout's top-level ``models/`` must still be found as ``orchestrator.models``."""
+    import site
+
+    script = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(ROOT)!r}]\n"
+        f"sys.path.extend({site.getsitepackages()!r})\n"  # the packages, without the .pth hooks
+        "from orchestrator.config import models\n"
+        "print(models.names(), models.get('mlp').__module__)\n"
+        "import orchestrator.models.mlp as m\n"
+        "print(m.__file__)\n"
+    )
+    # -S: no site processing, so the editable install's finder (a .pth hook) is not there.
+    run = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    names, module = run.stdout.splitlines()[0].rsplit(" ", 1)
+    assert names == "['mlp']" and module == "orchestrator.models.mlp"
+    assert run.stdout.splitlines()[1] == str(ROOT / "models" / "mlp.py")

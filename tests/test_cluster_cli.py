@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cluster import jobs
-from orchestrator.tune.callbacks import STATUS_FILE, Progress
+from orchestrator.tune.callbacks import Progress
+from orchestrator.tune.files import STATUS_FILE
 from tests.conftest import DEPLOY, ROOT, orch
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator.config import load as config
 from orchestrator.config import schema
-from orchestrator.store import queries as results
+from orchestrator.store import queries
 from orchestrator.store.tables import Store
 from orchestrator.tune import plan
 from tests.conftest import CONFIG, assert_user_error, cli
@@ -110,7 +110,7 @@ def test_results_csv(store_dir: Path) -> None:
     run = cli("results", "--store", store_dir, "--format", "csv")
     assert run.code == 0, run.stderr + run.detail
     df = pd.read_csv(io.StringIO(run.stdout))
-    assert list(df.columns) == results.SWEEP_COLUMNS
+    assert list(df.columns) == queries.SWEEP_COLUMNS
     assert df["sweep_id"].tolist() == NEWEST_FIRST
     assert df["study"].tolist() == [STUDY, OTHER_STUDY, STUDY, STUDY]
     assert df["trials"].tolist() == [3, 3, 3, 3]

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.tune.callbacks import STATUS_FILE
-from orchestrator.tune.searchers import STAGES_FILE
+from orchestrator.tune.files import STAGES_FILE, STATUS_FILE
 from tests.conftest import (
     CONFIG,
     SMALL,

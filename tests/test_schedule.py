@@ -23,7 +23,7 @@ import pytest
 from filelock import FileLock
 
 from orchestrator.errors import UserError
-from orchestrator.retune import cron as schedule
+from orchestrator.retune import cron
 from orchestrator.retune.cron import (
     busy_message,
     check_expression,
@@ -101,7 +101,7 @@ def test_retune_args_drop_the_scheduling_options_only():
             "--install-cron=0 3 * * *", "--uninstall-cron", "--print-cron", "@daily", "-v",
             "--", "--every"]
     assert retune_args(args) == ["study-a", "retune.max_age_days=30", "--store=s", "-v", "--", "--every"]
-    exe = schedule.orch_executable()
+    exe = cron.orch_executable()
     assert exe == str(Path(sys.executable).parent / "orch") and os.path.isabs(exe)
 
 
@@ -171,7 +171,7 @@ def test_cron_line_runs_as_a_shell_command_in_cron_bare_environment(tmp_path):
 
 
 def test_cron_line_runs_the_orch_executable(tmp_path):
-    orch = schedule.orch_executable()
+    orch = cron.orch_executable()
     log = tmp_path / "retune.log"
     kwargs = {"workdir": tmp_path, "log_file": log, "env": dict(os.environ), "store_root": tmp_path}
     # By default: this interpreter's orch, retune, the arguments.
@@ -288,7 +288,7 @@ class FakeClock:
         return self.t
 
     def sleep(self, seconds: float) -> None:
-        assert 0 < seconds <= schedule.SLICE_S
+        assert 0 < seconds <= cron.SLICE_S
         self.t += timedelta(seconds=seconds)
         self.slept += seconds
 
@@ -474,7 +474,7 @@ def test_two_processes_at_once_exactly_one_gets_the_store(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert f"another orch retune is running on {root} (pid {winner.pid}, since " in loser_out
     assert loser_out.rstrip().endswith("; nothing to do")
-    assert not (root / schedule.HOLDER_NAME).exists()  # the winner cleaned up
+    assert not (root / cron.HOLDER_NAME).exists()  # the winner cleaned up
     with exclusive(root) as got:
         assert got is True
 
@@ -491,13 +491,13 @@ def test_a_sigkilled_holders_lock_is_taken_over(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    stale = json.loads((root / schedule.HOLDER_NAME).read_text())
+    stale = json.loads((root / cron.HOLDER_NAME).read_text())
     assert stale["pid"] == proc.pid  # the dead holder could not clean up
     assert busy_message(root) == f"another orch retune is running on {root}; nothing to do"
     with exclusive(root) as got:
         assert got is True
-        assert schedule.holder(root).pid == os.getpid()
-    assert not (root / schedule.HOLDER_NAME).exists()
+        assert cron.holder(root).pid == os.getpid()
+    assert not (root / cron.HOLDER_NAME).exists()
 
 
 def test_a_stale_or_broken_holder_file_is_handled(tmp_path):
@@ -505,17 +505,17 @@ def test_a_stale_or_broken_holder_file_is_handled(tmp_path):
     root.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (root / schedule.HOLDER_NAME).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename,
+    (root / cron.HOLDER_NAME).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename,
                                                         "started": "long ago"}))
-    assert schedule.holder(root).alive() is False
+    assert cron.holder(root).alive() is False
     with exclusive(root) as got:
-        assert got is True and schedule.holder(root).pid == os.getpid()
+        assert got is True and cron.holder(root).pid == os.getpid()
 
     # Held by a live process whose file is garbage: busy, with no pid to show.
     proc = _holding(root, tmp_path)
     try:
-        (root / schedule.HOLDER_NAME).write_text("{not json")
-        assert schedule.holder(root) is None
+        (root / cron.HOLDER_NAME).write_text("{not json")
+        assert cron.holder(root) is None
         with exclusive(root) as got:
             assert got is False
         assert busy_message(root) == f"another orch retune is running on {root}; nothing to do"

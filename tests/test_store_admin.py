@@ -16,7 +16,7 @@ import pytest
 from filelock import FileLock
 
 from orchestrator.errors import StoreError, UserError
-from orchestrator.store import maintenance as store_admin
+from orchestrator.store import maintenance
 from orchestrator.store.tables import KEYS, MANIFEST, MERGED_PREFIX, TABLES, Store
 from tests.conftest import orch
 
@@ -98,7 +98,7 @@ def test_compaction_keeps_every_row_and_is_idempotent(tmp_path: Path) -> None:
     assert len(before["trials"]) == 14 and len(before["metrics"]) == 12
     assert parquet_count(root) == 13
 
-    report = store_admin.compact(root)
+    report = maintenance.compact(root)
     assert parquet_count(root) == 6  # one file per (table, study) partition
     for t in TABLES:
         pd.testing.assert_frame_equal(s.read(t), before[t], obj=t)  # same rows, same order, same types
@@ -117,7 +117,7 @@ def test_compaction_keeps_every_row_and_is_idempotent(tmp_path: Path) -> None:
 
     # Again: nothing to do, nothing touched.
     snap = layout(root)
-    again = store_admin.compact(root)
+    again = maintenance.compact(root)
     assert "Nothing to compact" in again.text()
     assert layout(root) == snap
     for t in TABLES:
@@ -127,7 +127,7 @@ def test_compaction_keeps_every_row_and_is_idempotent(tmp_path: Path) -> None:
 def test_evolved_schema_reads_after_compaction_in_every_reader(tmp_path: Path) -> None:
     root = tmp_path / "store"
     s = fill(root)
-    store_admin.compact(root)
+    maintenance.compact(root)
     s.append("trials", "a", trials("s3", 0, 2, score=3, **{"config.newer": "x"}), "s3")
     df = s.trials("a").set_index(["sweep_id", "trial_id"])
     assert df.loc[("s1", "t0000"), "config.new_knob"] != df.loc[("s1", "t0000"), "config.new_knob"]  # NaN
@@ -145,16 +145,16 @@ def test_compaction_splits_into_files_of_max_rows(tmp_path: Path) -> None:
     root = tmp_path / "store"
     s = batches_of_trials(root, 6, 4)
     before = s.trials()
-    store_admin.compact(root, max_rows=10)
+    maintenance.compact(root, max_rows=10)
     names = sorted(p.name for p in (root / "trials" / "study=a").glob("*.parquet"))
     assert [pq.read_metadata(root / "trials" / "study=a" / n).num_rows for n in names] == [10, 10, 4]
     pd.testing.assert_frame_equal(s.trials(), before)
     snap = layout(root)
-    store_admin.compact(root, max_rows=10)
+    maintenance.compact(root, max_rows=10)
     assert layout(root) == snap  # idempotent
     # New rows later: only the part that is not full is merged with them.
     s.append("trials", "a", trials("s2", 0, 3), "s2")
-    store_admin.compact(root, max_rows=10)
+    maintenance.compact(root, max_rows=10)
     after = sorted(p.name for p in (root / "trials" / "study=a").glob("*.parquet"))
     assert after[:2] == names[:2] and len(after) == 3
     assert pq.read_metadata(root / "trials" / "study=a" / after[2]).num_rows == 7
@@ -164,7 +164,7 @@ def test_compaction_splits_into_files_of_max_rows(tmp_path: Path) -> None:
 def test_rows_written_after_a_compaction(tmp_path: Path) -> None:
     root = tmp_path / "store"
     s = fill(root)
-    store_admin.compact(root, table="trials", study="a")
+    maintenance.compact(root, table="trials", study="a")
     assert parquet_count(root / "trials" / "study=a") == 1 and parquet_count(root / "trials" / "study=b") == 2
     # A row written again after the compaction: the first one (in the merged file) still wins.
     s.append("trials", "a", trials("s1", 0, 1, score=99), "s1")
@@ -174,7 +174,7 @@ def test_rows_written_after_a_compaction(tmp_path: Path) -> None:
     assert s.existing_keys("trials", "a", "s2") == {("s2", f"t{i:04d}") for i in range(3)}
     assert s.existing_keys("metrics", "a", "s1") == {("s1", "t0000", 0, e) for e in range(1, 6)} | \
         {("s1", "t0001", 0, e) for e in range(1, 6)}
-    store_admin.compact(root, table="metrics")
+    maintenance.compact(root, table="metrics")
     assert s.existing_keys("metrics", "a", "s1") == {("s1", "t0000", 0, e) for e in range(1, 6)} | \
         {("s1", "t0001", 0, e) for e in range(1, 6)}
     assert s.existing_keys("metrics", "a", "nope") == set()
@@ -222,7 +222,7 @@ def test_a_reader_never_sees_a_row_twice_or_misses_one_during_compactions(
                 read_done.set()
 
     for step in ("write_manifest", "publish"):
-        real = getattr(store_admin, step)
+        real = getattr(maintenance, step)
 
         def paused(*args, _real=real, _step=step, **kwargs):
             _real(*args, **kwargs)
@@ -230,7 +230,7 @@ def test_a_reader_never_sees_a_row_twice_or_misses_one_during_compactions(
             wanted.append((len(written), _step))
             assert read_done.wait(timeout=60), "the reader did not read"  # (a guard only)
 
-        monkeypatch.setattr(store_admin, step, paused)
+        monkeypatch.setattr(maintenance, step, paused)
     thread = threading.Thread(target=reader)
     thread.start()
     try:
@@ -238,7 +238,7 @@ def test_a_reader_never_sees_a_row_twice_or_misses_one_during_compactions(
             row = {"sweep_id": "s1", "trial_id": f"n{j:04d}", "best_val_loss": 0.5}
             s.append("trials", "a", [row], "s1")
             written.append(j)
-            store_admin.compact(root)
+            maintenance.compact(root)
     finally:
         stop.set()
         thread.join(timeout=60)
@@ -257,11 +257,11 @@ def test_interrupted_after_publishing_reads_correctly_and_the_next_compaction_re
     d = root / "trials" / "study=a"
     old = sorted(p.name for p in d.glob("*.parquet"))
     inputs = s.files("trials", "a")
-    tmps, finals, rows, dups = store_admin.write_merged("trials", d, inputs)
+    tmps, finals, rows, dups = maintenance.write_merged("trials", d, inputs)
     assert (rows, dups) == (10, 1)
     # A sweep appends while the compaction runs: its file is not superseded.
     late = s.append("trials", "a", trials("s4", 0, 2), "s4")
-    store_admin.publish(d, tmps, finals, [f.name for f in inputs])
+    maintenance.publish(d, tmps, finals, [f.name for f in inputs])
     # Crash here: merged file in place, superseded files not yet deleted.
     assert len(list(d.glob("*.parquet"))) == len(old) + 2
     assert [f.name for f in s.files("trials", "a")] == [*finals, late.name]
@@ -274,7 +274,7 @@ def test_interrupted_after_publishing_reads_correctly_and_the_next_compaction_re
     assert report.returncode == 0, report.stderr
     assert report.stdout.count("superseded: trials/study=a/") == len(old)
 
-    repaired = store_admin.compact(root)
+    repaired = maintenance.compact(root)
     assert f"trials/study=a: deleted {len(old)} files superseded by an interrupted compaction" in repaired.text()
     assert sorted(p.name for p in d.glob("*.parquet"))[0].startswith(MERGED_PREFIX)
     assert parquet_count(d) == 1  # repaired, then the merged file and the late file merged
@@ -292,15 +292,15 @@ def test_interrupted_before_every_merged_file_is_in_place_is_rolled_back(tmp_pat
     before = s.trials()
     d = root / "trials" / "study=a"
     inputs = s.files("trials", "a")
-    tmps, finals, _, _ = store_admin.write_merged("trials", d, inputs, max_rows=6)
+    tmps, finals, _, _ = maintenance.write_merged("trials", d, inputs, max_rows=6)
     assert len(finals) == 3
     # Crash after the manifest and the first rename: the merged files are not all there.
     entries = [{"merged": finals, "superseded": [f.name for f in inputs]}]
-    store_admin.write_manifest(d, entries)
+    maintenance.write_manifest(d, entries)
     tmps[0].rename(d / finals[0])
     assert [f.name for f in s.files("trials", "a")] == [f.name for f in inputs]
     pd.testing.assert_frame_equal(s.trials(), before)
-    report = store_admin.compact(root, max_rows=6)
+    report = maintenance.compact(root, max_rows=6)
     assert "rolled back an interrupted compaction (1 merged file removed)" in report.text()
     assert not list(d.glob(".*.tmp"))
     pd.testing.assert_frame_equal(s.trials(), before)
@@ -308,33 +308,33 @@ def test_interrupted_before_every_merged_file_is_in_place_is_rolled_back(tmp_pat
 
     # Crash before the manifest: only hidden temporary files, which the next compaction deletes.
     s.append("trials", "a", trials("s2", 0, 1), "s2")
-    store_admin.write_merged("trials", d, s.files("trials", "a"))
+    maintenance.write_merged("trials", d, s.files("trials", "a"))
     assert len(list(d.glob(".*.tmp"))) == 1
     assert len(s.trials()) == 16
-    assert "deleted 1 temporary file of" in store_admin.compact(root).text()
+    assert "deleted 1 temporary file of" in maintenance.compact(root).text()
     assert not list(d.glob(".*.tmp")) and len(s.trials()) == 16
 
 
 def test_compactions_take_turns(tmp_path: Path) -> None:
     root = tmp_path / "store"
     fill(root)
-    with FileLock(root / store_admin.LOCK_NAME), pytest.raises(StoreError, match="another compaction is running"):
-        store_admin.compact(root)
-    store_admin.compact(root)
+    with FileLock(root / maintenance.LOCK_NAME), pytest.raises(StoreError, match="another compaction is running"):
+        maintenance.compact(root)
+    maintenance.compact(root)
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no results store"):
-        store_admin.compact(tmp_path / "nothing")
+        maintenance.compact(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no results store"):
-        store_admin.verify(tmp_path / "empty")
+        maintenance.verify(tmp_path / "empty")
     root = tmp_path / "store"
     fill(root)
     with pytest.raises(UserError, match=r"--study: no study 'zz' .*studies: a, b"):
-        store_admin.compact(root, study="zz")
+        maintenance.compact(root, study="zz")
     with pytest.raises(UserError, match="--table: unknown table 'bogus'"):
-        store_admin.compact(root, table="bogus")
+        maintenance.compact(root, table="bogus")
 
 
 # -- verification -----------------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
 def test_verify(tmp_path: Path) -> None:
     root = tmp_path / "store"
     fill(root)
-    clean = store_admin.verify(root)
+    clean = maintenance.verify(root)
     assert not clean.problems
     assert (clean.tables, len(clean.studies), clean.files, clean.rows) == (4, 2, 13, 2 + 15 + 13 + 1)
 
@@ -353,7 +353,7 @@ def test_verify(tmp_path: Path) -> None:
     truncated.write_bytes(truncated.read_bytes()[:-30])
     (root / "trials" / "study=a" / ".s1-x.parquet.tmp").write_bytes(b"half")
     (root / "trials" / "notes.txt").write_text("mine")
-    report = store_admin.verify(root)
+    report = maintenance.verify(root)
     kinds = sorted((p.kind, p.path) for p in report.problems)
     assert kinds == [("outside the layout", "trials/notes.txt"),
                      ("temporary", "trials/study=a/.s1-x.parquet.tmp"),

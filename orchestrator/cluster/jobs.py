@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.errors import OrchError, UserError
-from orchestrator.tune import connect as cluster
-from orchestrator.tune.callbacks import STATUS_FILE
+from orchestrator.tune import connect
+from orchestrator.tune.files import STATUS_FILE
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -48,9 +48,9 @@ def client(address: str | None) -> tuple[JobSubmissionClient, str]:
     """A Jobs API client of the dashboard at ``address``, presenting the cluster token."""
     from ray.job_submission import JobSubmissionClient
 
-    url = cluster.dashboard_address(address)
+    url = connect.dashboard_address(address)
     try:
-        return JobSubmissionClient(url, headers=cluster.auth_headers()), url
+        return JobSubmissionClient(url, headers=connect.auth_headers()), url
     except Exception as err:  # noqa: BLE001 - Ray raises several kinds; each becomes one line
         raise UserError(_client_error(url, err)) from None
 
@@ -182,7 +182,7 @@ def cluster_jobs(address: str | None, show_all: bool = False) -> list[Running]:
     try:
         listed = jobs.list_jobs()
     except Exception as err:  # noqa: BLE001
-        raise UserError(_client_error(cluster.dashboard_address(address), err)) from None
+        raise UserError(_client_error(connect.dashboard_address(address), err)) from None
     rows = []
     for job in sorted(listed, key=lambda j: j.start_time or 0, reverse=True):
         name = job.submission_id or ""

@@ -7,9 +7,13 @@ The shipped models live in the repository's ``models/`` folder, installed as
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pkgutil
+import sys
+import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,12 +49,39 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import orchestrator.models as models
-
+    models = _shipped_models()
     for info in pkgutil.iter_modules(models.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"orchestrator.models.{info.name}")
     _discovered = True
+
+
+def _shipped_models() -> types.ModuleType:
+    """The package of orch's shipped models, ``orchestrator.models``.
+
+    An installed orch has it (the repository's ``models/`` folder is installed under that name).
+    Where a source checkout comes first on ``sys.path`` instead (a container's working directory,
+    a Ray Job's ``working_dir``), its ``orchestrator`` package has no ``models`` folder: the
+    checkout's top-level ``models/`` is loaded as ``orchestrator.models`` then.
+    """
+    try:
+        return importlib.import_module("orchestrator.models")
+    except ModuleNotFoundError as err:
+        if err.name != "orchestrator.models":
+            raise
+    import orchestrator
+
+    folder = Path(orchestrator.__file__).resolve().parent.parent / "models"
+    spec = importlib.util.spec_from_file_location(
+        "orchestrator.models", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    if spec is None or spec.loader is None or not (folder / "__init__.py").is_file():
+        raise ModuleNotFoundError("orch's shipped models are missing: no package orchestrator.models "
+                                  f"and no {folder}", name="orchestrator.models")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["orchestrator.models"] = module
+    spec.loader.exec_module(module)
+    orchestrator.models = module  # type: ignore[attr-defined]
+    return module
 
 
 def names() -> list[str]:

@@ -245,13 +245,14 @@ TIERS = ("A", "B", "C", "D")  # importance tiers of a search space's knobs (A: t
 
 
 def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
-    """The epochs at which ASHA compares trials, as Ray Tune's ``AsyncHyperBandScheduler`` with
-    one bracket places its rungs: ``grace_period * reduction_factor**k`` up to ``max_epochs``.
+    """The epochs at which ASHA compares trials: Ray Tune's ``AsyncHyperBandScheduler`` with one
+    bracket places its rungs at ``grace_period * reduction_factor**k`` up to ``max_epochs`` and
+    decides at the first report at or past each, so a fractional rung is the next whole epoch.
 
     The scheduler's decision epochs and the report's rung lines both come from here.
     """
     n = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) + 1)
-    return sorted({int(grace_period * reduction_factor**k) for k in range(max(n, 0))})
+    return sorted({math.ceil(grace_period * reduction_factor**k - 1e-9) for k in range(max(n, 0))})
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ class Hyperparameter:
     annotation: str  # the Python annotation, as text (decides the store column type)
     check: Check | None  # None for a model's: the model factory is its check
     mutable: bool = False
+    declared: Any = None  # the default its declaration gives (the type's fallback: not the config's)
 
 
 def _declared(cls: type) -> dict[str, tuple[dataclasses.Field, Rule]]:
@@ -277,7 +279,6 @@ def rules(section: str) -> dict[str, Rule]:
 
 
 RUNTIME_FIELDS = tuple(n for n, r in rules("train").items() if r.runtime)
-DATA_HYPERPARAMETERS = tuple(rules("data"))
 
 
 def hyperparameters(cfg: SweepConfig) -> dict[str, Hyperparameter]:
@@ -288,12 +289,12 @@ def hyperparameters(cfg: SweepConfig) -> dict[str, Hyperparameter]:
         for name, (f, rule) in _declared(cls).items():
             if not rule.runtime:
                 out[name] = Hyperparameter(name, section, getattr(values, name), str(f.type),
-                                           rule.check, rule.mutable)
+                                           rule.check, rule.mutable, f.default)
     model = cfg.model["name"]
     mutable = models.mutable(model)
     for name, (default, annotation) in models.signature(model).items():
         value = cfg.model.get(name, default)
-        out[name] = Hyperparameter(name, "model", value, annotation, None, name in mutable)
+        out[name] = Hyperparameter(name, "model", value, annotation, None, name in mutable, default)
     return out
 
 
@@ -333,6 +334,6 @@ def arrow_type(annotation: str, default: Any) -> pa.DataType | None:
 
 def hyperparameter_types(cfg: SweepConfig) -> dict[str, pa.DataType]:
     """Store column -> Arrow type for every ``config.<name>`` column (stable across sweeps)."""
-    types = {f"config.{n}": arrow_type(h.annotation, h.default)
+    types = {f"config.{n}": arrow_type(h.annotation, h.declared)
              for n, h in hyperparameters(cfg).items()}
     return {k: v for k, v in types.items() if v is not None}

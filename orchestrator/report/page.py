@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.config import load as config_mod
-from orchestrator.config.schema import asha_rungs
+from orchestrator.config.schema import TIERS, asha_rungs
 from orchestrator.errors import UserError
 from orchestrator.names import check_name
 from orchestrator.space import space as spaces
 from orchestrator.space.distributions import Axis
 from orchestrator.store import trials as trial_rules
 from orchestrator.store.tables import Store
+from orchestrator.store.trials import TrialStatus
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from orchestrator.config.schema import SweepConfig
 
 REPORT_DIR = "reports"
-TIER_ORDER = {"A": 0, "B": 1, "C": 2, "D": 3}
+TIER_ORDER = {tier: i for i, tier in enumerate(TIERS)}
 TOP_FRACTION = 0.1  # "best trials": this share of the usable trials (at least 3)
 PARALLEL_TOP = 20
 MIN_TRIALS_FOR_IMPORTANCE = 8
@@ -182,12 +183,12 @@ def plot_curves(sw: _Sweep, path: Path) -> None:
         for tid, g in m.groupby("trial_id", sort=False):
             y = pd.to_numeric(g[sw.metric], errors="coerce").to_numpy(float)
             x = g["epoch"].to_numpy()
-            st = status.get(tid, "completed")
+            st = status.get(tid, TrialStatus.COMPLETED)
             if tid in top:
                 continue  # drawn last, on top
-            if st == "stopped_early":
+            if st == TrialStatus.STOPPED_EARLY:
                 ax.plot(x, y, color="0.55", alpha=0.25, lw=0.8)
-            elif st == "diverged":
+            elif st == TrialStatus.DIVERGED:
                 ax.plot(x, y, color="#c0392b", alpha=0.35, lw=0.8, ls="--")
             elif tid in best:
                 ax.plot(x, y, color="#2471a3", alpha=0.9, lw=1.3)
@@ -209,7 +210,7 @@ def plot_curves(sw: _Sweep, path: Path) -> None:
         ax.set_ylim(*lim)
     ax.plot([], [], color="0.55", alpha=0.5, label="stopped early")
     ax.plot([], [], color="#2471a3", label=f"best {len(best)} trials")
-    if (sw.trials["status"] == "diverged").any():
+    if (sw.trials["status"] == TrialStatus.DIVERGED).any():
         ax.plot([], [], color="#c0392b", ls="--", label="diverged")
     ax.set_xlabel("epoch")
     ax.set_ylabel(sw.metric)
@@ -231,7 +232,7 @@ def plot_knobs(sw: _Sweep, path: Path) -> list[str]:
     """Objective against every searched knob; returns the knobs drawn."""
     plt = _plt()
     knobs = [sw.space.knobs[k] for k in sw.space.searched]
-    t = sw.trials[sw.trials["status"] != "error"] if len(sw.trials) else sw.trials
+    t = sw.trials[sw.trials["status"] != TrialStatus.ERROR] if len(sw.trials) else sw.trials
     y_all = pd.to_numeric(t.get(sw.objective, pd.Series(dtype=float)), errors="coerce").to_numpy(float)
     best = sw.best_ids()
     cols = 3
@@ -241,7 +242,7 @@ def plot_knobs(sw: _Sweep, path: Path) -> list[str]:
     for ax, knob in zip(list(axes.flat)[:len(knobs)], knobs, strict=True):
         data = _config(t, knob)
         is_best = t["trial_id"].isin(best).to_numpy()
-        early = (t["status"] == "stopped_early").to_numpy()
+        early = (t["status"] == TrialStatus.STOPPED_EARLY).to_numpy()
         axis = knob.distribution.axis()
         if axis.scale != "category":
             x, label, log = _knob_axis(knob, data)
@@ -468,7 +469,7 @@ def summary(sw: _Sweep) -> dict[str, Any]:
     spent = float(pd.to_numeric(t.get("train_time_s"), errors="coerce").fillna(0).sum()) if len(t) else 0.0
     max_epochs = int(sw.cfg.scheduler.max_epochs)
     saved = 0.0
-    early = t[t["status"] == "stopped_early"] if len(t) else t
+    early = t[t["status"] == TrialStatus.STOPPED_EARLY] if len(t) else t
     for _, r in early.iterrows():
         epochs, secs = r.get("epochs") or 0, r.get("train_time_s") or 0.0
         if epochs and secs and epochs < max_epochs:
@@ -546,7 +547,8 @@ def _page(sw: _Sweep, rep: Report, s: dict[str, Any]) -> str:
     row = sw.row
     e = html.escape
     counts = s["counts"]
-    statuses = [(k, counts.get(k, 0)) for k in ("completed", "stopped_early", "diverged", "collapsed", "error")]
+    order = (TrialStatus.COMPLETED, TrialStatus.STOPPED_EARLY, TrialStatus.DIVERGED, "collapsed", TrialStatus.ERROR)
+    statuses = [(str(k), counts.get(str(k), 0)) for k in order]
     total = len(sw.trials)
     best = s["best"]
     best_rows = [(e(k), _fmt(v)) for k, v in s["config"].items()]

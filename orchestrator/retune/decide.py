@@ -38,7 +38,6 @@ from orchestrator.store import trials as trial_rules
 from orchestrator.store.tables import Store
 
 if TYPE_CHECKING:
-    from orchestrator.space.space import Space
     from orchestrator.train.data import Dataset
 
 REASONS = ("data_changed", "drift", "code_changed", "stale_age")  # the sweep's reason: the first that fired
@@ -155,14 +154,14 @@ def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
            policy: dict[str, Any] | None = None, sweeps: pd.DataFrame | None = None) -> Decision:
     """Whether ``study`` is stale at ``now``, with the evidence (``policy`` overrides its ``retune:``;
     ``sweeps``: the store's sweeps table, when the caller has read it already)."""
-    from orchestrator.store import queries as results
+    from orchestrator.store import queries
 
     sweeps = store.sweeps(study) if sweeps is None else sweeps[sweeps["study"].astype(str) == study]
     if sweeps.empty:
         return Decision(study, "error", error=f"no finished sweep of {study}")
     last = sweeps.sort_values("ended_at", kind="stable").iloc[-1]
     usable = sweeps.dropna(subset=["best_trial_id", "best_value"])
-    best = results._promoted(usable) if len(usable) else None
+    best = queries._promoted(usable) if len(usable) else None
     last_tuned: datetime = pd.Timestamp(last["ended_at"]).to_pydatetime()
     d = Decision(study, "fresh", last_tuned=last_tuned, best=best, row=last, overrides=dict(policy or {}))
     cfg = _light(last, d.overrides)
@@ -262,11 +261,6 @@ def rescore(store: Store, best: pd.Series, cfg: schema.SweepConfig, dataset: Dat
     return float(value) if value is not None else float("nan")
 
 
-def _space(cfg: schema.SweepConfig) -> Space:
-    from orchestrator.space import space as spaces
-
-    return spaces.compile_space(cfg)
-
 
 def warm_config(store: Store, d: Decision) -> schema.SweepConfig:
     """The re-tune sweep's config: the previous top configs first, the space zoomed around them."""
@@ -327,7 +321,7 @@ def run(store_root: str | Path, names: list[str], *, all_studies: bool, now: dat
         policy: dict[str, Any] | None = None, report: bool = True) -> int:
     """Decide for every named study (or all), re-tune the stale ones (``report``: and write each
     re-tune's report). Returns the exit status."""
-    from orchestrator.tune import driver as sweep_mod
+    from orchestrator.tune import driver
 
     store = Store(store_root)
     known = studies(store)
@@ -350,7 +344,7 @@ def run(store_root: str | Path, names: list[str], *, all_studies: bool, now: dat
         echo(f"\nRe-tuning {d.study} ({', '.join(d.reasons)}): {cfg.search.num_samples} trials, the previous "
              f"{len(cfg.search.points_to_evaluate or [])} best first, space zoomed around them")
         reference = d.evidence.get("rescored") if isinstance(d.evidence.get("rescored"), float) else None
-        result = sweep_mod.run(cfg, store=store, address=address, echo=echo, reason=d.reason or "stale_age",
+        result = driver.run(cfg, store=store, address=address, echo=echo, reason=d.reason or "stale_age",
                                parent_sweep_id=d.best["sweep_id"] if d.best is not None else None,
                                reference=reference, report=report)
         if not result.finished:
@@ -365,5 +359,5 @@ def run(store_root: str | Path, names: list[str], *, all_studies: bool, now: dat
             outcome = f"kept the current best ({ref:.6g}); the re-tune reached {best}"
         echo(f"{d.study}: {outcome}")
         record(store, d, now, result.sweep_id, result.promoted, outcome)
-        sweep_mod.announce_report(result, echo)
+        driver.announce_report(result, echo)
     return status

@@ -255,12 +255,6 @@ def pbt_history(root: str | Path, trial_id: str, study: str | None = None,
     return row, walk(trial_id, None, int(row["epochs"]))
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
 
 
 def changing_knobs(segments: list[dict[str, Any]]) -> list[str]:

@@ -34,15 +34,6 @@ class TrialStatus(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED
-
-    @property
-    def usable(self) -> bool:
-        """Whether a trial that ended so can be a sweep's best."""
-        return self in USABLE
-
 
 FINISHED = (TrialStatus.COMPLETED, TrialStatus.STOPPED_EARLY, TrialStatus.DIVERGED, TrialStatus.ERROR)
 USABLE = (TrialStatus.COMPLETED, TrialStatus.STOPPED_EARLY)
@@ -145,8 +136,3 @@ def decode_config(row: pd.Series | dict[str, Any], names: Any = None) -> dict[st
         if value is not None:
             out[name] = value
     return out
-
-
-def config_columns(trials: pd.DataFrame) -> list[str]:
-    return [c for c in trials.columns if str(c).startswith(CONFIG_PREFIX)]
-

@@ -143,7 +143,7 @@ def check_task(cfg: SweepConfig, data: Dataset, space: Space) -> None:
     """
     from orchestrator.config.load import did_you_mean
     from orchestrator.errors import ConfigError
-    from orchestrator.train.trainer import METRIC_DIRECTIONS, TASK_METRICS
+    from orchestrator.train.metrics import METRIC_DIRECTIONS, TASK_METRICS
 
     valid = TASK_METRICS[data.task]
     if cfg.objective.metric not in valid:

@@ -23,6 +23,7 @@ from torch import nn
 from orchestrator.store.trials import TrialStatus
 from orchestrator.train import data as data_mod
 from orchestrator.train.losses import TaskLoss, evaluate
+from orchestrator.train.metrics import METRIC_DIRECTIONS, TASK_METRICS
 from orchestrator.train.optim import (
     LRSchedule,
     apply_hyperparameters,
@@ -34,24 +35,6 @@ from orchestrator.train.optim import (
 if TYPE_CHECKING:
     from orchestrator.train.data import Dataset, Variants
 
-# Direction of every metric the trainer reports: +1 higher is better, -1 lower is better.
-METRIC_DIRECTIONS = {
-    "train_loss": -1,
-    "val_loss": -1,
-    "val_accuracy": +1,
-    "val_rmse": -1,
-    "val_mae": -1,
-    "val_r2": +1,
-}
-TASK_METRICS = {
-    "classification": ("train_loss", "val_loss", "val_accuracy"),
-    "regression": ("train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"),
-}
-# Reported every epoch too, but diagnostics rather than scores (no best value).
-DIAGNOSTICS = {
-    "classification": ("val_top_class_share", "val_collapsed"),
-    "regression": ("val_pred_std_ratio", "val_collapsed"),
-}
 CHECKPOINT_FILE = "trial.pt"
 
 
@@ -113,12 +96,12 @@ def hyperparameters(config: dict[str, Any], base: dict[str, Any]) -> dict[str, A
 def build(hp: dict[str, Any], data: Dataset | Variants, model_name: str, max_epochs: int, direction: int = -1,
           dev: torch.device | None = None) -> Parts:
     """Model, optimiser, schedule and loss for ``hp`` (``data`` may hold several scalings)."""
-    from orchestrator.config import models as registry
+    from orchestrator.config import models
 
     data = data_mod.select(data, hp)
     loss = TaskLoss(hp, data)
-    model_hp = {k: hp[k] for k in registry.hyperparameters(model_name) if k in hp}
-    model = registry.build(model_name, data.n_features, loss.n_outputs, **model_hp).to(dev or torch.device("cpu"))
+    model_hp = {k: hp[k] for k in models.hyperparameters(model_name) if k in hp}
+    model = models.build(model_name, data.n_features, loss.n_outputs, **model_hp).to(dev or torch.device("cpu"))
     if loss.weights is not None:
         loss.weights = loss.weights.to(dev or torch.device("cpu"))
     optimizer = build_optimizer(model.parameters(), hp)
@@ -361,7 +344,7 @@ def _result(metrics: dict[str, Any], history: list[dict[str, Any]], best: dict[s
         best={k: v for k, v in best.items() if not k.startswith("_")},
         best_epoch=best_epoch,
         final=last,
-        trial_status=status if last else "running",
+        trial_status=status if last else TrialStatus.RUNNING.value,
         stop_reason=reason,
         train_time_s=elapsed,
     )

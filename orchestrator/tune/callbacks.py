@@ -23,7 +23,7 @@ from ray.tune import Callback
 from orchestrator.store import trials as trial_rules
 from orchestrator.store.tables import Store
 from orchestrator.store.trials import TrialStatus
-from orchestrator.train.trainer import METRIC_DIRECTIONS
+from orchestrator.train.metrics import METRIC_DIRECTIONS
 from orchestrator.tune.searchers import STAGE_KEY
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ METRIC_TYPES = {"generation": pa.int64(), "epoch": pa.int64(), "batch_size": pa.
                 "resumed_val_loss": pa.float64(), "lr": pa.float64()}
 FLUSH_INTERVAL_S = float(os.environ.get("ORCH_STORE_FLUSH_S", "10"))  # most seconds a row waits in the driver
 FLUSH_ROWS = 5000
-STATUS_FILE = "orch_status.json"  # in each sweep's experiment directory, rewritten while it runs
 
 
 def trial_status(trial: Trial) -> tuple[str, str]:
@@ -289,11 +288,11 @@ class Progress(Callback):
         elapsed = time.monotonic() - self._t0
         parts = [f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}]",
                  f"trials {done}/{self.total} done", f"{self.running} running",
-                 f"{c['stopped_early']} stopped early"]
-        if c["diverged"]:
-            parts.append(f"{c['diverged']} diverged")
-        if c["error"]:
-            parts.append(f"{c['error']} failed")
+                 f"{c[TrialStatus.STOPPED_EARLY]} stopped early"]
+        if c[TrialStatus.DIVERGED]:
+            parts.append(f"{c[TrialStatus.DIVERGED]} diverged")
+        if c[TrialStatus.ERROR]:
+            parts.append(f"{c[TrialStatus.ERROR]} failed")
         if self.best is not None:
             parts.append(f"best {self.metric} {self.best[0]:.4g} ({self.best[1]})")
         return " | ".join([parts[0] + " " + parts[1], *parts[2:]])

@@ -19,7 +19,8 @@ from orchestrator.config.schema import SweepConfig
 from orchestrator.space import space as spaces
 from orchestrator.train import data as data_mod
 from orchestrator.train.losses import check_task
-from orchestrator.train.trainer import DIAGNOSTICS, METRIC_DIRECTIONS, TrialSetup
+from orchestrator.train.metrics import DIAGNOSTICS, METRIC_DIRECTIONS
+from orchestrator.train.trainer import TrialSetup
 from orchestrator.tune import schedulers
 
 

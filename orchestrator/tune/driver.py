@@ -35,20 +35,18 @@ from orchestrator.store import trials as trial_rules
 from orchestrator.store.tables import Store, new_sweep_id, store_root
 from orchestrator.store.trials import TrialStatus
 from orchestrator.train import data as data_mod
-from orchestrator.train.trainer import (
-    METRIC_DIRECTIONS,
-    tune_trainable,
-)
+from orchestrator.train.metrics import METRIC_DIRECTIONS
+from orchestrator.train.trainer import tune_trainable
 from orchestrator.tune import schedulers, searchers
 from orchestrator.tune.compile import SweepPlan, compile_sweep
 from orchestrator.tune.connect import ray_address
+from orchestrator.tune.files import STAGES_FILE, STATUS_FILE, SWEEP_CONFIG_FILE
 
 if TYPE_CHECKING:
     from orchestrator.space.space import Space
     from orchestrator.tune.state_guard import StateKey
 
 log = logging.getLogger(__name__)
-SWEEP_CONFIG_FILE = "orch_sweep.yaml"
 
 
 @dataclass
@@ -91,11 +89,10 @@ def start_ray(cfg: SweepConfig, address: str | None, verbose: bool) -> tuple[str
     """
     import tempfile
 
-    from orchestrator.tune import connect as cluster
-    from orchestrator.tune import stopping
+    from orchestrator.tune import connect, stopping
 
-    if address is None or address == "auto" or cluster.is_loopback(cluster.split_address(address)[0]):
-        cluster.keep_loopback()  # a loopback cluster stays on loopback
+    if address is None or address == "auto" or connect.is_loopback(connect.split_address(address)[0]):
+        connect.keep_loopback()  # a loopback cluster stays on loopback
     import ray
 
     if ray.is_initialized():
@@ -140,21 +137,20 @@ def _join_ray(address: str, kwargs: dict[str, Any]) -> Any:
     token, is a one-line UserError in seconds (Ray itself would retry for minutes)."""
     import ray
 
-    from orchestrator.tune import connect as cluster
-    from orchestrator.tune import ray_adapter, stopping
+    from orchestrator.tune import connect, ray_adapter, stopping
 
-    cluster.use_token()
+    connect.use_token()
     if address == "auto":
         try:
             address = ray_adapter.resolve_auto()
         except ConnectionError:
             raise UserError("--address auto: no Ray cluster runs on this machine "
                             "(deploy/ray-head starts one)") from None
-    cluster.reachable(address)
+    connect.reachable(address)
     cannot = f"cannot join the Ray cluster at {address}"
     refused = (f"{cannot}: it refused this machine's token (set RAY_AUTH_TOKEN or "
                "RAY_AUTH_TOKEN_PATH to the cluster's token)")
-    timeout = cluster.connect_timeout_s()
+    timeout = connect.connect_timeout_s()
     with stopping.native(f"joining the Ray cluster at {address}", timeout,
                          f"the Ray cluster at {address} did not answer within {timeout:g}s "
                          "(is that a Ray head's GCS port? ORCH_RAY_TIMEOUT_S waits longer)"):
@@ -166,7 +162,7 @@ def _join_ray(address: str, kwargs: dict[str, Any]) -> Any:
             why = _first_line(err)
             raise UserError(f"{cannot}: {why} (is that a Ray head's GCS port?)") from None
     cwd = os.getcwd()
-    join_s = max(cluster.JOIN_TIMEOUT_S, 4 * timeout)
+    join_s = max(connect.JOIN_TIMEOUT_S, 4 * timeout)
     with stopping.native(f"joining the Ray cluster at {address}", join_s,
                          f"joining the Ray cluster at {address} did not finish within {join_s:g}s "
                          "(is this machine a node of the cluster?)"):
@@ -194,19 +190,18 @@ def _start_local_ray(cfg: SweepConfig, kwargs: dict[str, Any], output: str | Non
     import ray
     from filelock import FileLock, Timeout
 
-    from orchestrator.tune import connect as cluster
-    from orchestrator.tune import stopping
+    from orchestrator.tune import connect, ray_adapter, stopping
 
     # Choosing the dashboard's port and Ray binding it are two steps: orch processes on this
     # machine take turns from one to the other (ray.init returns once the dashboard is up).
     lock = FileLock(os.path.join(tempfile.gettempdir(), f"orch-ray-start-{os.getuid()}.lock"))
-    wait_s = cluster.START_TIMEOUT_S + 60
+    wait_s = connect.START_TIMEOUT_S + 60
     try:
         lock.acquire(timeout=wait_s)
     except Timeout:
         raise SweepFailed(f"another orch process on this machine has been starting Ray for over "
                           f"{wait_s:g}s (lock {lock.lock_file})") from None
-    start_s = cluster.START_TIMEOUT_S
+    start_s = connect.START_TIMEOUT_S
     where = f" (Ray's output: {output})" if output else ""
     try:
         late = f"Ray did not start on this machine within {start_s:g}s{where}"
@@ -220,7 +215,7 @@ def _start_local_ray(cfg: SweepConfig, kwargs: dict[str, Any], output: str | Non
                     include_dashboard=True,
                     dashboard_host=cfg.ray.dashboard_host,
                     dashboard_port=_free_port(cfg.ray.dashboard_host, cfg.ray.dashboard_port),
-                    _node_ip_address="127.0.0.1",
+                    **ray_adapter.local_node_kwargs(),
                     **kwargs,
                 )
             except Exception as err:  # noqa: BLE001 - Ray raises several kinds for a failed start
@@ -293,9 +288,7 @@ def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
 
 def _own_files() -> tuple[str, ...]:
     """orch's files in a sweep's experiment directory (Tune never reads them: not signed)."""
-    from orchestrator.tune.callbacks import STATUS_FILE
-
-    return SWEEP_CONFIG_FILE, STATUS_FILE, searchers.STAGES_FILE, f"{searchers.STAGES_FILE}.tmp"
+    return SWEEP_CONFIG_FILE, STATUS_FILE, STAGES_FILE, f"{STAGES_FILE}.tmp"
 
 
 def _check_tune_state(store: Store, sweep_id: str, key: StateKey | None = None) -> str:
@@ -317,13 +310,15 @@ def _check_tune_state(store: Store, sweep_id: str, key: StateKey | None = None) 
 def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = None, resume: str | None = None,
         verbose: bool = False, progress_interval_s: float | None = None,
         echo: Callable[[str], None] = print, reason: str = "manual", parent_sweep_id: str | None = None,
-        reference: float | None = None, sweep_id: str | None = None, report: bool = False) -> SweepResult:
+        reference: float | None = None, sweep_id: str | None = None, report: bool = False,
+        summary: Callable[[SweepResult], None] | None = None) -> SweepResult:
     """Run (or resume) the sweep described by ``cfg`` and record it in the store.
 
     ``reason`` and ``parent_sweep_id`` are the sweep's lineage (a re-tune names why and what it
     re-tunes); the sweep is promoted (``orch best`` returns it) when its best beats ``reference``,
     else the study's current best value. ``sweep_id``: the new sweep's id (``orch submit`` picks it).
-    ``report``: also write the sweep's report (:func:`announce_report` says where it went).
+    ``report``: also write the sweep's report (:func:`announce_report` says where it went);
+    ``summary``: called with the result once the store has it, before the report is built.
 
     Raises:
         UserError: bad data, a metric the task does not report, nothing to resume.
@@ -382,7 +377,7 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     result.elapsed_s = time.monotonic() - t_start
     if result.finished:
         finish(cfg, store, result, dataset.fingerprint, started_at, reason=reason,
-               parent_sweep_id=parent_sweep_id, reference=reference, report=report)
+               parent_sweep_id=parent_sweep_id, reference=reference, report=report, summary=summary)
     return result
 
 
@@ -405,9 +400,7 @@ def _trainable(cfg: SweepConfig, sweep_id: str, base: Callable[..., Any], per_tr
 
     name = f"orch:{cfg.study}:{sweep_id}"
 
-    class OrchTrial(ray_adapter.function_trainable(base)):  # type: ignore[misc]  # (a class made at run time)
-        _name = name
-
+    class OrchTrial(ray_adapter.function_trainable(base, name)):  # type: ignore[misc]  # (a class made at run time)
         def __repr__(self) -> str:
             trial = getattr(self, "trial_id", None) if per_trial_actors else None
             return f"{name}:{trial}" if trial and trial != "default" else name
@@ -422,7 +415,7 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
     from ray import tune
 
     from orchestrator.tune import ray_adapter, state_guard
-    from orchestrator.tune.callbacks import STATUS_FILE, Progress, StoreWriter, SweepStatus
+    from orchestrator.tune.callbacks import Progress, StoreWriter, SweepStatus
     from orchestrator.tune.connect import current_job
 
     cfg = plan.cfg
@@ -455,7 +448,14 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
     key = state_guard.load_key(store.root)
     if resuming and ray_adapter.restorable(exp_dir):
         _check_tune_state(store, sweep_id, key)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
+        except (ModuleNotFoundError, AttributeError) as err:
+            # Tune's state names orch's classes by module path: those of an older orch are gone.
+            if "orchestrator" not in str(err):
+                raise
+            raise UserError(f"--resume: sweep {sweep_id} was started by an older version of orch and "
+                            f"cannot be resumed by this one ({err}); start a new sweep") from None
         # The restored callbacks, scheduler and searcher hold the paths of when the sweep
         # started: the store may have moved since.
         search_alg = ray_adapter.rebind_restored(tuner, callbacks=[writer, progress, status],
@@ -569,17 +569,18 @@ def _shown_path(path: str) -> str:
 
 def finish(cfg: SweepConfig, store: Store, result: SweepResult, data_fingerprint: str,
            started_at: datetime, *, reason: str = "manual", parent_sweep_id: str | None = None,
-           reference: float | None = None, report: bool = False) -> None:
+           reference: float | None = None, report: bool = False,
+           summary: Callable[[SweepResult], None] | None = None) -> None:
     """Everything that follows a finished sweep, for ``orch sweep`` and ``orch retune`` alike: the
     sweeps row, promotion (when its best beats ``reference``, else the study's current best), the
-    study's best file and, with ``report``, the report (a report that fails is a warning: the
-    results are in the store either way)."""
+    study's best file, ``summary`` (what the user reads first) and, with ``report``, the report (a
+    report that fails is a warning: the results are in the store either way)."""
     from orchestrator.report import page as report_mod
-    from orchestrator.store import queries as results_mod
+    from orchestrator.store import queries
 
     sweep_id = result.sweep_id
 
-    current = results_mod.current_best(store.root, cfg.study)
+    current = queries.current_best(store.root, cfg.study)
     if reference is None and current is not None:
         reference = float(current["best_value"])
     # Promoted only on a real improvement (a re-run of the same config that matches the best to the
@@ -610,7 +611,9 @@ def finish(cfg: SweepConfig, store: Store, result: SweepResult, data_fingerprint
         "orch_version": __version__,
     }], sweep_id)
     if better:
-        results_mod.write_best_file(store.root, cfg.study)
+        queries.write_best_file(store.root, cfg.study)
+    if summary is not None:
+        summary(result)
     if report:
         try:
             result.report = report_mod.build(store.root, cfg.study, sweep_id).html
@@ -632,10 +635,10 @@ def code_version(cfg: SweepConfig) -> str:
     import hashlib
     import inspect
 
-    from orchestrator.config import models as registry
+    from orchestrator.config import models
     from orchestrator.train import losses, optim, trainer
 
-    model_module = inspect.getmodule(registry.get(cfg.model["name"]))
+    model_module = inspect.getmodule(models.get(cfg.model["name"]))
     assert model_module is not None  # (a registered factory is a function of a module)
     h = hashlib.sha256()
     for module in (trainer, losses, optim, data_mod, model_module):

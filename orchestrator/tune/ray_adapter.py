@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
     from ray.tune.search import SearchAlgorithm, Searcher
-    from ray.tune.trainable.function_trainable import FunctionTrainable
 
 log = logging.getLogger(__name__)
 
@@ -340,12 +339,20 @@ def forgetting_address_file() -> Iterator[None]:
 # -- the trainable's actor class, loopback addresses, the auth token --------------------------------
 
 
-def function_trainable(fn: Callable[..., Any]) -> type[FunctionTrainable]:
-    """Tune's actor class for the function trainable ``fn`` (``wrap_function``: private). orch
-    subclasses it so that the dashboard's actor list names each actor for its sweep and trial."""
+def function_trainable(fn: Callable[..., Any], actor_name: str) -> type:
+    """Tune's actor class for the function trainable ``fn`` (``wrap_function`` is private), named
+    ``actor_name`` in the dashboard's actor list (Tune reads the private class attribute
+    ``_name``). orch subclasses it to name each actor for its sweep and trial."""
     from ray.tune.trainable.function_trainable import wrap_function
 
-    return wrap_function(fn)
+    cls = wrap_function(fn)
+    return type("OrchTrainable", (cls,), {"_name": actor_name})
+
+
+def local_node_kwargs() -> dict[str, Any]:
+    """``ray.init`` arguments that keep an embedded Ray's node on 127.0.0.1 (``_node_ip_address``
+    is private; without it Ray registers the node under the machine's outward address)."""
+    return {"_node_ip_address": "127.0.0.1"}
 
 
 def keep_loopback_resolution(is_loopback: Callable[[str], bool]) -> None:

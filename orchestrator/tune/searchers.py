@@ -24,6 +24,7 @@ import numpy as np
 from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
 
 from orchestrator.space.space import SearchPlan, Space, stage_sizes
+from orchestrator.tune.files import STAGES_FILE
 
 if TYPE_CHECKING:
     import optuna
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from orchestrator.config.schema import SweepConfig
 
 STAGE_KEY = "_stage"  # in a trial's config: the coarse-to-fine stage it was sampled in (1-based)
-STAGES_FILE = "stages.json"  # in the sweep's experiment directory: each stage's ranges and trials
 
 
 def trial_score(result: dict[str, Any] | None, metric: str) -> float | None:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from orchestrator.store.trials import TrialStatus
+
 if TYPE_CHECKING:
     from orchestrator.config.schema import SweepConfig
     from orchestrator.space.space import Space
@@ -216,7 +218,7 @@ def check_stable(cfg: SweepConfig, point: dict[str, Any], space: Space, dataset:
     shown = " -> ".join(f"{v:.4g}" for v in losses)
     detail = (f"{len(losses)} epoch{'s' if len(losses) > 1 else ''}, lr {history[-1]['lr']:.3g}, "
               f"batch {history[-1]['batch_size']}: training loss {shown}")
-    if result["trial_status"] == "diverged":
+    if result["trial_status"] == TrialStatus.DIVERGED:
         return Check("trains stably", False, f"{detail}: diverged: {result['stop_reason']}")
     if len(losses) >= 2 and not losses[-1] < (1.0 - STABLE_MIN_DROP) * losses[0]:
         return Check("trains stably", False, f"{detail}: the loss does not fall (learning rate too high or too low)")
