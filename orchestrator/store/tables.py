@@ -403,12 +403,13 @@ def _read_file(path: Path, columns: list[str] | None, sweep_id: str | None = Non
     with pq.ParquetFile(path) as f:
         # Arrow's threads cost more than they save on the small files that appends write.
         threads = f.metadata.num_rows >= 100_000
+        if columns is None and sweep_id is None:
+            return f.read(use_threads=threads)
         present = set(f.schema_arrow.names)
         wanted = None if columns is None else [c for c in columns if c in present]
         if sweep_id is not None:
             return _read_sweep(f, wanted, sweep_id, threads)
-        if columns is None:
-            return f.read(use_threads=threads)
+        assert columns is not None
         if wanted:
             return f.read(columns=wanted, use_threads=threads)
         # None of the columns: keep the row count (an untyped column of nulls).
