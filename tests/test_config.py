@@ -97,6 +97,12 @@ CASES: dict[str, Callable[[Path], tuple[list[object], list[str]]]] = {
         [CONFIG, f"search_space={d / 'log_zero.yaml'}"], ["search_space.lr.loguniform", "[0, 0.1]"]),
     "log1m_outside_unit_interval": lambda d: (
         [CONFIG, f"search_space={d / 'log1m.yaml'}"], ["search_space.beta1.log1m", "[0.5, 1.0]", "(0, 1)"]),
+    "qloguniform_bounds_off_the_step": lambda d: (
+        [CONFIG, "search_space={lr: {qloguniform: [0.001, 0.1], q: 0.003}}"],
+        ["search_space.lr.qloguniform", "multiples of q=0.003", "[0.001, 0.1]"]),
+    "q_on_another_distribution": lambda d: (
+        [CONFIG, "search_space={lr: {loguniform: [0.001, 0.1], q: 0.001}}"],
+        ["search_space.lr.q", "only qloguniform knobs take q"]),
     "base_cycle": lambda d: (
         [d / "a.yaml"], ["base", "cycle", str(d / "a.yaml"), str(d / "b.yaml")]),
     "override_without_equals": lambda d: (

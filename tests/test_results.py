@@ -191,3 +191,16 @@ def test_best_unknown_study(store_dir: Path) -> None:
 
 def test_best_unknown_sweep(store_dir: Path) -> None:
     assert_user_error(cli("best", STUDY, "--store", store_dir, "--sweep", "s-zzz"), "--sweep", "'s-zzz'")
+
+
+def test_config_cells_round_trip_and_missing_cells_of_any_width_are_left_out() -> None:
+    import numpy as np
+
+    from orchestrator.store import trials as trial_rules
+
+    hp = {"lr": 0.01, "widths": [64, 32], "optimizer": "adam", "nesterov": True}
+    cells = trial_rules.encode_config(hp)
+    assert cells["config.widths"] == "[64, 32]"
+    assert trial_rules.decode_config(cells) == hp
+    row = {**cells, "config.momentum": np.float32("nan"), "config.batch_size": np.int64(64)}
+    assert trial_rules.decode_config(row, ["momentum", "batch_size", "lr"]) == {"batch_size": 64, "lr": 0.01}

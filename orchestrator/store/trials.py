@@ -108,9 +108,9 @@ def encode_value(value: Any) -> Any:
 
 def decode_value(value: Any) -> Any:
     """A ``config.<name>`` cell back as the value a trial was given (None when missing)."""
+    value = value.item() if hasattr(value, "item") else value  # a NumPy scalar of any width
     if is_missing(value):
         return None
-    value = value.item() if hasattr(value, "item") else value
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
