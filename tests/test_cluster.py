@@ -60,6 +60,16 @@ def sweep_id_of(out: str) -> str:
     return m.group(1)
 
 
+def trial_actors_on(cluster: Cluster, node_id: str) -> int:
+    """How many trial actors are alive on a node (Ray's state API)."""
+    try:
+        actors = cluster.api("/api/v0/actors?limit=1000&detail=1")["data"]["result"]["result"]
+    except (OSError, KeyError, ValueError):
+        return 0
+    return sum(a.get("class_name") == "OrchTrial" and a.get("state") == "ALIVE" and a.get("node_id") == node_id
+               for a in actors)
+
+
 def max_overlap(trials: pd.DataFrame) -> int:
     events = sorted([(t, 1) for t in trials["started_at"]] + [(t, -1) for t in trials["ended_at"]])
     level = peak = 0
@@ -78,11 +88,11 @@ def test_a_sweep_spreads_over_both_nodes_and_survives_losing_one(cluster: Cluste
                         f"search.num_samples={n}", "scheduler.name=fifo", f"scheduler.max_epochs={epochs}",
                         "train.checkpoint_every=2", "failure.max_retries=3", "ray.reuse_actors=false")
     # Kill the worker node once a trial has finished there (so the store shows both nodes) while
-    # others still run on it.
+    # another trial's actor is alive on it (one actor per trial: that trial is still training).
     deadline = time.monotonic() + 180
     while True:
         trials = trials_of(store)
-        if len(trials) and (trials["node"] == worker.node_id).any():
+        if len(trials) and (trials["node"] == worker.node_id).any() and trial_actors_on(cluster, worker.node_id):
             break
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"no trial finished on the worker node:\n{wait_for(proc, 10)[-4000:]}")
