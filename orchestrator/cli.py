@@ -67,6 +67,27 @@ def main(debug: bool) -> None:
         warnings.formatwarning = lambda message, category, *args, **kwargs: f"orch: warning: {message}\n"
 
 
+@main.command()
+@click.argument("directory", default=".", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite the project's files where they exist.")
+def init(directory: Path, force: bool) -> None:
+    """Write a starter project into DIRECTORY (default: here) that `orch sweep conf/sweep.yaml` runs as is.
+
+    conf/sweep.yaml (a small sweep on scikit-learn's bundled digits), search_spaces/, models/net.py
+    (a model factory), train.py (a training loop) and a README.md. Overwrites nothing without --force.
+    """
+    import shlex
+
+    from orchestrator import starter
+
+    written = starter.write(directory, force=force)
+    here = directory.resolve() == Path.cwd().resolve()
+    click.echo(f"Wrote a starter project in {'the current directory' if here else directory}:")
+    for rel in written:
+        click.echo(f"  {rel}")
+    click.echo(f"Next: {'' if here else f'cd {shlex.quote(str(directory))} && '}orch sweep {starter.CONFIG}")
+
+
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
@@ -195,14 +216,15 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
     from orchestrator.train import data as data_mod
     from orchestrator.train.losses import check_task
     from orchestrator.tune import plan
+    from orchestrator.tune.plan import check_model
 
     cfg, search = plan.load_with_search(config, overrides)
     _check_machine(cfg)
     dataset = data_mod.load(cfg)
     check_task(cfg, dataset, search.space)
+    check_model(cfg, dataset)
     space, n = search.space, search.n_trials
-    click.echo(f"{config}: ok. study {cfg.study}; {dataset.n_rows} rows, {dataset.n_features} features, "
-               f"{dataset.task}; data fingerprint {dataset.fingerprint}")
+    click.echo(f"{config}: ok. study {cfg.study}; {dataset.describe()}; data fingerprint {dataset.fingerprint}")
     stages = f" in {cfg.search.stages} stages" if cfg.search.stages > 1 else ""
     tiers = f" (tiers {', '.join(cfg.search.tiers)})" if cfg.search.tiers else ""
     click.echo(f"Searches {len(space.searched)} knobs{tiers}, {n} trials of {cfg.search.algorithm} search{stages} "

@@ -78,7 +78,7 @@ CASES: dict[str, Callable[[Path], tuple[list[object], list[str]]]] = {
     "scheduler_typo": lambda d: (
         [CONFIG, "scheduler.name=ashaa"], ["scheduler.name", "'ashaa'", "did you mean 'asha'"]),
     "unknown_model": lambda d: (
-        [CONFIG, "model.name=transformer"], ["model.name", "'transformer'", "valid: mlp"]),
+        [CONFIG, "model.name=transformer"], ["model.name", "'transformer'", "valid: cnn, mlp"]),
     "unknown_model_knob": lambda d: (
         [CONFIG, "model.hiden=3"], ["model.hiden", "did you mean 'hidden'"]),
     "unknown_dataset": lambda d: (
@@ -192,7 +192,7 @@ def test_debug_shows_traceback_in_process() -> None:
 def test_valid_config_checks_ok() -> None:
     run = cli("check", CONFIG, "data.source=sklearn:iris", "study=iris-check")
     assert run.code == 0, run.stderr + run.detail
-    assert "ok. study iris-check; 150 rows, 4 features, classification" in run.stdout
+    assert "ok. study iris-check; 150 rows x 4 features (classification)" in run.stdout
     assert "Searches 8 knobs, 200 trials of random search under asha: lr 0.0001..0.1 (log)" in run.stdout
     assert "beta1 0.8..0.999 (log 1-x)" in run.stdout
 

@@ -8,16 +8,21 @@ the bad value, so the CLI can print it and exit 2 before anything is started or 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Mapping
+from os import PathLike
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from orchestrator import shipped
 from orchestrator.config import models, schema
 from orchestrator.config.addresses import check_address
 from orchestrator.config.checks import check_choice, check_range, did_you_mean, fail
+from orchestrator.config.imports import import_callable, project_dir, project_on_path
 from orchestrator.config.schema import (
     BUNDLED_DATASETS,
     CLASSIFICATION_LOSSES,
@@ -31,9 +36,15 @@ from orchestrator.config.schema import (
 from orchestrator.errors import ConfigError
 from orchestrator.names import check_name, shown
 
+if TYPE_CHECKING:
+    from orchestrator.shipped import Traversable
+
 # Each hyperparameter field's value check, train and data alike (the schema declares them).
 _RULES = {name: rule.check for section in ("train", "data")
           for name, rule in schema.rules(section).items() if rule.check is not None}
+MAPPING = "config"  # what errors call a config given as a mapping or an object instead of a file
+# A shipped search space's name (search_space: mlp_adam): no folder, no suffix.
+_SPACE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 def _schema_at(path: list[str]) -> type | None:
     """The dataclass that holds the keys under ``path`` (e.g. ["train"] -> TrainConfig)."""
@@ -112,19 +123,51 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
     return list(overrides)
 
 
-def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+def _mapping_layers(data: Mapping[str, Any]) -> list[tuple[Path | str, dict[str, Any]]]:
+    """A config given as a mapping and its base configs (paths from the working directory), base first."""
+    data = dict(data)
+    bases = data.pop("base", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, (str, PathLike)):
+        bases = [bases]
+    elif not isinstance(bases, (list, tuple)) or not all(isinstance(b, (str, PathLike)) for b in bases):
+        raise ConfigError(f"{MAPPING}: base: expected a path or a list of paths, got {bases!r}")
+    layers: list[tuple[Path | str, dict[str, Any]]] = []
+    for base in bases:
+        if not Path(base).is_file():
+            raise ConfigError(f"{MAPPING}: base: file not found: {base} (looked at {Path(base).resolve()})")
+        layers.extend(_layers(Path(base)))
+    layers.append((MAPPING, data))
+    return layers
+
+
+def load(source: str | PathLike[str] | Mapping[str, Any] | SweepConfig,
+         overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     """Load a sweep config: base configs, then the file, then ``key=value`` overrides; validate.
 
     Args:
-        path: the YAML config file.
+        source: the YAML config file; or its contents as a mapping (the same structure: relative
+            paths in it, base configs included, resolve from the working directory); or a config
+            object (checked again, with ``overrides`` applied to a copy).
         overrides: dotlist overrides from the command line, applied last.
 
     Raises:
         ConfigError: on any unknown key, wrong type, out-of-range value or missing file.
     """
-    path = Path(path)
     merged: Container = OmegaConf.structured(SweepConfig)
-    for layer_path, data in _layers(path):
+    layers: list[tuple[Path | str, dict[str, Any]]] = []
+    if isinstance(source, SweepConfig):
+        where, source_file = MAPPING, source.source_file
+        merged = OmegaConf.structured(source)
+    elif isinstance(source, Mapping):
+        where, source_file = MAPPING, None
+        layers = _mapping_layers(source)
+    else:
+        path = Path(source)
+        where, source_file = str(path), str(path.resolve())
+        layers = list(_layers(path))
+    for layer_path, data in layers:
         try:
             merged = OmegaConf.merge(merged, OmegaConf.create(data))
         except OmegaConfBaseException as err:
@@ -136,13 +179,19 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep
     try:
         cfg = cast(SweepConfig, OmegaConf.to_object(merged))
     except OmegaConfBaseException as err:
-        raise ConfigError(_omegaconf_message(err, str(path))) from None
-    cfg.source_file = str(path.resolve())
-    cfg.model = _plain(cfg.model)
-    cfg.search_space = _plain(cfg.search_space)
-    cfg.search.points_to_evaluate = _plain(cfg.search.points_to_evaluate)
+        raise ConfigError(_omegaconf_message(err, where)) from None
+    cfg.source_file = source_file
+    _plain_fields(cfg)
     validate(cfg)
     return cfg
+
+
+def _plain_fields(cfg: SweepConfig) -> None:
+    cfg.model = _plain(cfg.model)
+    cfg.params = _plain(cfg.params) or {}
+    cfg.data.args = _plain(cfg.data.args) or {}
+    cfg.search_space = _plain(cfg.search_space)
+    cfg.search.points_to_evaluate = _plain(cfg.search.points_to_evaluate)
 
 
 def _plain(value: Any) -> Any:
@@ -160,16 +209,23 @@ def to_yaml(cfg: SweepConfig) -> str:
     data.pop("source_file", None)
     if cfg.data.path:  # absolute, so that the text works from any directory (re-tunes from cron)
         data["data"]["path"] = str(resolve_path(cfg, cfg.data.path).resolve())
+    if uses_project_code(cfg):  # ... and the code it names imports from there too
+        data["project"] = project_dir(cfg.project)
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def uses_project_code(cfg: SweepConfig) -> bool:
+    """Whether the config names code by import path (a model or data factory, a trainable)."""
+    return bool(cfg.model.get("factory") or cfg.data.factory or cfg.trainable)
 
 
 def from_yaml(text: str) -> SweepConfig:
     """Rebuild a config from :func:`to_yaml` output (used on resume and by ``orch best``)."""
     merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.create(yaml.safe_load(text)))
     cfg = cast(SweepConfig, OmegaConf.to_object(merged))
-    cfg.model = _plain(cfg.model)
-    cfg.search_space = _plain(cfg.search_space)
-    cfg.search.points_to_evaluate = _plain(cfg.search.points_to_evaluate)
+    _plain_fields(cfg)
+    if cfg.project:
+        project_on_path(cfg.project)
     return cfg
 
 
@@ -236,19 +292,15 @@ def resolve_path(cfg: SweepConfig, value: str) -> Path:
 
 
 def load_space(cfg: SweepConfig) -> dict[str, Any]:
-    """The raw space of a config: inline mapping, a YAML file, or nothing."""
+    """The raw space of a config: inline mapping, a YAML file, a shipped space by name, or nothing."""
     spec = cfg.search_space
     if spec is None:
         return {}
     if isinstance(spec, str):
-        path = resolve_path(cfg, spec)
-        if path.is_dir():
-            raise ConfigError(f"search_space: {shown(spec)} is a directory; name a YAML file")
-        if not path.is_file():
-            raise ConfigError(f"search_space: file not found (got {shown(spec)})")
+        path = _space_file(cfg, spec)
         # Errors name the file and the line, never its contents (it may be any file the user can read).
         try:
-            text = Path(path).read_text()
+            text = path.read_text()
             spec = yaml.safe_load(text) or {}
         except (OSError, UnicodeDecodeError) as err:
             why = getattr(err, "strerror", None) or type(err).__name__
@@ -265,6 +317,23 @@ def load_space(cfg: SweepConfig) -> dict[str, Any]:
     return spec
 
 
+def _space_file(cfg: SweepConfig, spec: str) -> Path | Traversable:
+    """The file ``search_space: spec`` names: a path (see :func:`resolve_path`), else, for a bare
+    name such as ``mlp_adam`` (no folder, no .yaml suffix), the search space orch ships under it."""
+    path = resolve_path(cfg, spec)
+    if path.is_dir():
+        raise ConfigError(f"search_space: {shown(spec)} is a directory; name a YAML file")
+    if path.is_file():
+        return path
+    if not _SPACE_NAME.fullmatch(spec) or spec.lower().endswith((".yaml", ".yml")):
+        raise ConfigError(f"search_space: file not found (got {shown(spec)})")
+    spaces = shipped.search_spaces()
+    if spec not in spaces:
+        raise ConfigError(f"search_space: no file {spec!r} and no shipped search space of that name"
+                          f"{did_you_mean(spec, list(spaces))}; shipped: {', '.join(spaces)}")
+    return spaces[spec]
+
+
 def validate(cfg: SweepConfig) -> None:
     """Check every value of ``cfg``; raise ConfigError naming the first bad key.
 
@@ -275,10 +344,36 @@ def validate(cfg: SweepConfig) -> None:
         fail("study", "a study name is required", cfg.study)
     check_name(cfg.study, "study", ConfigError)
 
+    if cfg.project is not None and not Path(cfg.project).expanduser().is_dir():
+        fail("project", "not a directory", cfg.project)
+    project_on_path(cfg.project)
     d = cfg.data
-    if (d.source is None) == (d.path is None):
-        fail("data", "give exactly one of data.source (e.g. sklearn:digits) or data.path",
-             {"source": d.source, "path": d.path})
+    given = {k: v for k, v in (("source", d.source), ("path", d.path), ("factory", d.factory)) if v is not None}
+    if len(given) != 1:
+        fail("data", "give exactly one of data.source (e.g. sklearn:digits), data.path (a CSV or Parquet file) or "
+             "data.factory (a function of yours, 'package.module:function')", given)
+    if d.factory is not None:
+        import_callable(d.factory, "data.factory")
+        if d.target is not None:
+            fail("data.target", "is for data.path; a data factory returns its targets itself", d.target)
+    elif d.args:
+        fail("data.args", "are a data factory's keyword arguments: set data.factory too", d.args)
+    check_choice("data.load_in", d.load_in, schema.DATA_LOAD_IN)
+    if d.load_in == "trial" and d.factory is None:
+        fail("data.load_in", "trial: each trial calls data.factory; tables (data.source, data.path) load in "
+             "the driver", d.load_in)
+    check_range("data.num_workers", d.num_workers, 0, 64)
+    if not isinstance(d.args, dict):
+        fail("data.args", "a mapping of keyword arguments", d.args)
+    if cfg.trainable is not None:
+        import_callable(cfg.trainable, "trainable")
+    if not isinstance(cfg.params, dict):
+        fail("params", "a mapping of name: default value", cfg.params)
+    for name, value in cfg.params.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            fail(f"params.{name}", "a hyperparameter name is a Python identifier", name)
+        if not isinstance(value, (bool, int, float, str)) and value is not None:
+            fail(f"params.{name}", "a default is a number, a string, true/false or null", value)
     if d.source is not None:
         check_source(d.source)
     if d.path is not None:
@@ -298,9 +393,12 @@ def validate(cfg: SweepConfig) -> None:
     if d.val_fraction + d.test_fraction >= 1:
         fail("data.test_fraction", "val_fraction + test_fraction must be below 1", d.val_fraction + d.test_fraction)
 
-    if not isinstance(cfg.model, dict) or "name" not in cfg.model:
-        fail("model.name", "a model name is required", cfg.model)
+    if not isinstance(cfg.model, dict):
+        fail("model", "a mapping: name (or factory) and the model's hyperparameters", cfg.model)
     models.check(cfg.model, "model")
+    clash = sorted(set(cfg.params) & (set(_RULES) | set(models.hyperparameters(models.model_id(cfg.model)))))
+    if clash:
+        fail(f"params.{clash[0]}", "is already a hyperparameter of orch's or the model's; set it there", clash[0])
 
     for section, values in (("train", cfg.train), ("data", cfg.data)):
         for name, rule in schema.rules(section).items():

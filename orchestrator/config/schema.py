@@ -54,10 +54,21 @@ SCHEDULER_NAMES = ("asha", "fifo", "hyperband", "median", "pbt", "pb2")
 SEARCHER_NAMES = ("random", "tpe", "grid")
 
 
+DATA_LOAD_IN = ("driver", "trial")
+
+
 @dataclass
 class DataConfig:
     source: str | None = None  # "sklearn:<name>"
     path: str | None = None  # CSV or Parquet file
+    # A function of the user's ("package.module:function") returning the splits (see
+    # orchestrator/train/data.py, from_factory), called with ``args`` as keyword arguments.
+    factory: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    # Driver: load once and share through Ray's object store; trial: each trial calls the factory
+    # (data too large for the driver, read from a path every node sees).
+    load_in: str = "driver"
+    num_workers: int = 0  # DataLoader worker processes per trial (factory data as torch Datasets)
     target: str | None = None
     task: str | None = None  # classification | regression | None (inferred)
     val_fraction: float = 0.2
@@ -221,8 +232,17 @@ class SweepConfig:
     study: str = "???"
     base: Any = None  # a path (or list of paths) of configs this one extends
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
+    # name: a shipped model (default mlp), or factory: "package.module:function"; then its hyperparameters.
+    model: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The training function, "package.module:function" called as fn(config, ctx) (see
+    # orchestrator/train/context.py); None: orch's own trainer.
+    trainable: str | None = None
+    # Hyperparameters of the user's own code (a trainable's, a data factory's): name -> default.
+    params: dict[str, Any] = field(default_factory=dict)
+    # The directory the import paths above resolve from first; None: the directory orch runs in
+    # (a sweep records it, so that a resume or a re-tune from elsewhere imports the same code).
+    project: str | None = None
     search_space: Any = None  # path of a search-space YAML file, or the space inline
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -290,23 +310,26 @@ def hyperparameters(cfg: SweepConfig) -> dict[str, Hyperparameter]:
             if not rule.runtime:
                 out[name] = Hyperparameter(name, section, getattr(values, name), str(f.type),
                                            rule.check, rule.mutable, f.default)
-    model = cfg.model["name"]
+    model = models.model_id(cfg.model)
     mutable = models.mutable(model)
     for name, (default, annotation) in models.signature(model).items():
         value = cfg.model.get(name, default)
         out[name] = Hyperparameter(name, "model", value, annotation, None, name in mutable, default)
+    for name, value in (cfg.params or {}).items():
+        # The user's code applies them itself (after a PBT exploit too): any of them may change.
+        out[name] = Hyperparameter(name, "params", value, type(value).__name__, None, True, value)
     return out
 
 
 def hyperparameter_names(cfg: SweepConfig) -> dict[str, str]:
-    """Every tunable name -> the config section that holds it ("train", "model" or "data")."""
+    """Every tunable name -> the config section that holds it ("train", "model", "data" or "params")."""
     return {name: h.section for name, h in hyperparameters(cfg).items()}
 
 
 def base_hyperparameters(cfg: SweepConfig) -> dict[str, Any]:
     """The values every trial starts from: model defaults, the model section, train and data."""
     hps = hyperparameters(cfg)
-    order = ("model", "train", "data")  # the order trials have always seen them in
+    order = ("model", "train", "data", "params")  # the order trials have always seen them in
     return {n: h.default for s in order for n, h in hps.items() if h.section == s}
 
 

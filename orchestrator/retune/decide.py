@@ -133,6 +133,7 @@ def _light(row: pd.Series, overrides: dict[str, Any]) -> Any:
         data=schema.DataConfig(**(raw.get("data") or {})),
         retune=dataclasses.replace(schema.RetuneConfig(**(raw.get("retune") or {})), **overrides),
         source_file=path if isinstance(path, str) and path else None,
+        project=raw.get("project"), trainable=raw.get("trainable"), params=raw.get("params") or {},
     )
 
 

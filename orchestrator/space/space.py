@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from orchestrator.config import schema
+from orchestrator.config import models, schema
 from orchestrator.config.load import check_hyperparameter, did_you_mean, load_space
 from orchestrator.config.schema import TIERS
 from orchestrator.errors import ConfigError
@@ -379,7 +379,7 @@ def full_space(cfg: SweepConfig) -> Space:
                               f"valid: {', '.join(sorted(names))}")
         knob = knobs[name] = parse_knob(name, spec, key)
         for value in knob.bounds() + ([knob.default] if knob.has_default else []):
-            check_hyperparameter(f"{key}.{knob.dist}", name, value, cfg.model["name"])
+            check_hyperparameter(f"{key}.{knob.dist}", name, value, models.model_id(cfg.model))
     for name, knob in knobs.items():
         for parent, allowed in knob.when:
             key = f"search_space.{name}.when.{parent}"
@@ -436,7 +436,7 @@ def check_points(cfg: SweepConfig, space: Space) -> list[dict[str, Any]]:
             if name not in sampled:
                 raise ConfigError(f"{key}.{name}: not a sampled knob{did_you_mean(str(name), sampled)}; "
                                   f"sampled: {', '.join(sampled) or '(none)'}")
-            check_hyperparameter(f"{key}.{name}", name, value, cfg.model["name"])
+            check_hyperparameter(f"{key}.{name}", name, value, models.model_id(cfg.model))
     return [dict(p) for p in points]
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from orchestrator.config import schema
+from orchestrator.config import models, schema
 from orchestrator.errors import UserError
 from orchestrator.names import check_name
 from orchestrator.store import trials as trial_rules
@@ -170,7 +170,9 @@ def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
     sections = schema.hyperparameter_names(cfg)
     types = schema.hyperparameter_types(cfg)
     base = schema.base_hyperparameters(cfg)
-    out: dict[str, Any] = {"data": {}, "model": {"name": cfg.model["name"]}, "train": {}}
+    model = models.model_id(cfg.model)
+    out: dict[str, Any] = {"data": {}, "model": {"factory" if models.is_path(model) else "name": model}, "train": {},
+                           "params": {}}
     for col, value in t.items():
         if not col.startswith("config.") or col[7:] not in sections:
             continue
@@ -182,8 +184,9 @@ def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
         if isinstance(value, float) and value.is_integer() and pa.types.is_integer(types.get(col, pa.null())):
             value = int(value)
         out[sections[col[7:]]][col[7:]] = value
-    if not out["data"]:
-        del out["data"]
+    for section in ("data", "params"):
+        if not out[section]:
+            del out[section]
     if s["scheduler"] in ("pbt", "pb2"):
         # The hyperparameters changed during training: the schedule is the result, not only the
         # last values (which are what train: holds).

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from orchestrator.config import models
 from orchestrator.store.trials import TrialStatus
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Check:
 
 def check_inputs(data: Dataset) -> Check:
     x = np.asarray(data.x_train, dtype=np.float64)
+    x = x.reshape(len(x), -1)  # images, sequences: every value a feature
     mean, std = np.abs(x.mean(axis=0)), x.std(axis=0)
     worst = int(np.argmax(np.maximum(mean, std)))
     name = data.feature_names[worst] if worst < len(data.feature_names) else str(worst)
@@ -135,8 +137,8 @@ def check_gradients(parts: Parts, x: torch.Tensor, y: torch.Tensor) -> Check:
     model.train()
     model.zero_grad(set_to_none=True)
     parts.loss(model(x), y).backward()
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    layers = [(f"{i + 1} ({m.in_features}->{m.out_features})", m) for i, m in enumerate(linears)]
+    weighted = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    layers = [(f"{i + 1} ({_shape(m)})", m) for i, m in enumerate(weighted)]
     norms = []
     for name, layer in layers:
         g = layer.weight.grad
@@ -146,12 +148,19 @@ def check_gradients(parts: Parts, x: torch.Tensor, y: torch.Tensor) -> Check:
     wild = [n for n, v in norms if not math.isfinite(v) or v > GRAD_EXPLODING]
     shown = ", ".join(f"{n}: {v:.2g}" for n, v in norms)
     if dead:
-        return Check("gradients flow", False, f"no gradient reaches linear layer {', '.join(dead)} (weight "
+        return Check("gradients flow", False, f"no gradient reaches layer {', '.join(dead)} (weight "
                      "gradient norm 0): dead units (a negative bias_init, dying ReLUs) or a broken model")
     if wild:
-        return Check("gradients flow", False, f"exploding gradient at linear layer {', '.join(wild)} ({shown}): "
+        return Check("gradients flow", False, f"exploding gradient at layer {', '.join(wild)} ({shown}): "
                      "scale the inputs, or lower the initial weights")
-    return Check("gradients flow", True, f"to all {len(norms)} linear layers (weight gradient norms {shown})")
+    return Check("gradients flow", True, f"to all {len(norms)} linear and convolution layers (weight gradient norms "
+                 f"{shown})")
+
+
+def _shape(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return f"{layer.in_features}->{layer.out_features}"
+    return f"conv {layer.in_channels}->{layer.out_channels}"
 
 
 def check_memorise(cfg: SweepConfig, hp: dict[str, Any], data: Dataset | Variants, model_name: str,
@@ -207,17 +216,21 @@ def check_memorise(cfg: SweepConfig, hp: dict[str, Any], data: Dataset | Variant
 
 def check_stable(cfg: SweepConfig, point: dict[str, Any], space: Space, dataset: Dataset | Variants) -> Check:
     """A short run of the real training loop: it must not diverge, and the loss must fall."""
+    from orchestrator.train.context import BUILT_IN
     from orchestrator.train.trainer import TrialSetup, run_trial
 
-    setup = TrialSetup(base=space.base, model=cfg.model["name"], metric=cfg.objective.metric,
+    setup = TrialSetup(base=space.base, model=models.model_id(cfg.model), metric=cfg.objective.metric,
                        mode=cfg.objective.mode, max_epochs=STABLE_EPOCHS, report_epochs=None,
-                       checkpoint_every=STABLE_EPOCHS + 1)
+                       checkpoint_every=STABLE_EPOCHS + 1, trainable=cfg.trainable or BUILT_IN,
+                       num_workers=cfg.data.num_workers, project=cfg.project)
     history: list[dict[str, Any]] = []
     result = run_trial(point, dataset, setup, lambda r, _: history.extend(r["history"]))
-    losses = [h["train_loss"] for h in history]
+    losses = [h["train_loss"] for h in history if "train_loss" in h]
     shown = " -> ".join(f"{v:.4g}" for v in losses)
-    detail = (f"{len(losses)} epoch{'s' if len(losses) > 1 else ''}, lr {history[-1]['lr']:.3g}, "
-              f"batch {history[-1]['batch_size']}: training loss {shown}")
+    last = history[-1] if history else {}
+    knobs = "".join(f", {name} {last[key]:.3g}" for key, name in (("lr", "lr"), ("batch_size", "batch"))
+                    if isinstance(last.get(key), (int, float)))
+    detail = f"{len(losses)} epoch{'s' if len(losses) > 1 else ''}{knobs}: training loss {shown}"
     if result["trial_status"] == TrialStatus.DIVERGED:
         return Check("trains stably", False, f"{detail}: diverged: {result['stop_reason']}")
     if len(losses) >= 2 and not losses[-1] < (1.0 - STABLE_MIN_DROP) * losses[0]:
@@ -236,18 +249,39 @@ def run_checks(cfg: SweepConfig, dataset: Dataset | Variants,
     seed = int(hp.get("seed", 0))
     checks: list[Check] = []
     data_view = _select(dataset, hp)
-    checks.append(check_inputs(data_view))
-    checks.append(check_target(data_view))
-    seed_everything(seed)
-    parts = build(hp, dataset, cfg.model["name"], cfg.scheduler.max_epochs)
-    d = parts.data
-    rows = np.random.default_rng(seed).permutation(len(d.x_train))[:512]
-    x, y = torch.as_tensor(d.x_train[rows]), torch.as_tensor(d.y_train[rows])
-    checks.append(check_initial_loss(parts, x, y))
-    checks.append(check_gradients(parts, x, y))
-    checks.append(check_memorise(cfg, hp, dataset, cfg.model["name"], seed))
+    if data_view.inputs == 1:
+        # Samples served by a torch Dataset: the model checks look at the first of them, in memory.
+        sample = data_view if data_view.in_memory else _in_memory(data_view, SAMPLE_ROWS)
+        checks.append(check_inputs(sample))
+        checks.append(check_target(data_view))
+        seed_everything(seed)
+        parts = build(hp, sample, models.model_id(cfg.model), cfg.scheduler.max_epochs)
+        d = parts.data
+        rows = np.random.default_rng(seed).permutation(len(d.x_train))[:512]
+        x, y = torch.as_tensor(d.x_train[rows]), torch.as_tensor(d.y_train[rows])
+        checks.append(check_initial_loss(parts, x, y))
+        checks.append(check_gradients(parts, x, y))
+        checks.append(check_memorise(cfg, hp, sample, models.model_id(cfg.model), seed))
+    else:
+        checks.append(check_target(data_view))
     checks.append(check_stable(cfg, point, space, dataset))
     return point, checks, time.perf_counter() - t0
+
+
+SAMPLE_ROWS = 2048  # of a Dataset's training split, for the model checks
+
+
+def _in_memory(data: Dataset, n: int) -> Dataset:
+    """The first ``n`` training samples of ``data``'s torch Dataset as arrays."""
+    import dataclasses
+
+    assert data.sets is not None
+    train = data.sets["train"]
+    items = [train[i] for i in range(min(n, len(train)))]
+    x = np.stack([np.asarray(item[0]) for item in items]).astype(np.float32)
+    y = np.asarray([np.asarray(item[1]) for item in items])
+    return dataclasses.replace(data, sets=None, x_train=x, y_train=y, x_val=x[:0], y_val=y[:0], x_test=x[:0],
+                               y_test=y[:0], sample_shape=tuple(x.shape[1:]))
 
 
 def _select(dataset: Dataset | Variants, hp: dict[str, Any]) -> Dataset:

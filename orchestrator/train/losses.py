@@ -9,11 +9,14 @@ losses, weights, smoothing or target scaling compare on one scale.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from orchestrator.train.scores import classification_scores
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import SweepConfig
@@ -97,15 +100,35 @@ class TaskLoss:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: Dataset, loss: TaskLoss, prefix: str,
              y_units: np.ndarray | None = None) -> dict[str, float]:
-    """Loss, task metrics and collapse diagnostics on one split.
+    """Loss, task metrics and collapse diagnostics of ``model`` on one split held in tensors."""
+    model.eval()
+    return scores(model(x), y, data, loss, prefix, y_units)
+
+
+@torch.no_grad()
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], data: Dataset,
+                     loss: TaskLoss, prefix: str) -> dict[str, float]:
+    """:func:`evaluate` over a split served in batches (several inputs: ``x`` a tuple)."""
+    model.eval()
+    outs, ys = [], []
+    for x, y in batches:
+        outs.append(model(*x) if isinstance(x, (tuple, list)) else model(x))
+        ys.append(y)
+    out, y = torch.cat(outs), torch.cat(ys)
+    units = y.double().cpu().numpy() if data.task == "regression" else None
+    return scores(out, y, data, loss, prefix, units)
+
+
+def scores(out: torch.Tensor, y: torch.Tensor, data: Dataset, loss: TaskLoss, prefix: str,
+           y_units: np.ndarray | None = None) -> dict[str, float]:
+    """Loss, task metrics and collapse diagnostics of a split's model outputs.
 
     Classification: ``loss``, ``accuracy``, ``top_class_share`` (the share of the most predicted
-    class). Regression, in the target's units (``y_units``): ``loss`` (see module doc), ``rmse``,
-    ``mae``, ``r2``, ``pred_std_ratio`` (spread of the predictions over the target's). Plus
-    ``collapsed`` (1.0 or 0.0).
+    class), ``f1`` (macro F1) and ``auc`` (ROC AUC, one-vs-rest for more than two classes; see
+    :mod:`orchestrator.train.scores`). Regression, in the target's units (``y_units``): ``loss``
+    (see module doc), ``rmse``, ``mae``, ``r2``, ``pred_std_ratio`` (spread of the predictions over
+    the target's). Plus ``collapsed`` (1.0 or 0.0).
     """
-    model.eval()
-    out = model(x)
     if data.task == "classification":
         pred = loss.classes(out)
         counts = torch.bincount(pred, minlength=max(len(data.classes), 1))
@@ -113,9 +136,13 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: Dat
         share = float(counts[top]) / max(len(pred), 1)
         true_share = float((y == top).float().mean()) if len(y) else 0.0
         collapsed = share >= COLLAPSE_SHARE and share > true_share + 0.01
+        ranked = classification_scores(out.detach().float().cpu().numpy(), y.cpu().numpy(),
+                                       max(len(data.classes), 2), binary_logit=loss.kind == "bce")
         return {
             f"{prefix}_loss": loss.plain(out, y),
             f"{prefix}_accuracy": float((pred == y).float().mean()),
+            f"{prefix}_f1": ranked["f1"],
+            f"{prefix}_auc": ranked["auc"],
             f"{prefix}_top_class_share": share,
             f"{prefix}_collapsed": float(collapsed),
         }

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from orchestrator.config import models
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def range_test(cfg: SweepConfig, min_lr: float, max_lr: float, steps: int | None
     torch.set_num_threads(cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)))  # as a trial
     gen = trainer.seed_everything(int(hp["seed"]), bool(hp.get("deterministic")))
     dev = trainer.device()
-    parts = trainer.build(hp, data, cfg.model["name"], cfg.scheduler.max_epochs, dev=dev)
+    parts = trainer.build(hp, data, models.model_id(cfg.model), cfg.scheduler.max_epochs, dev=dev)
     model, optimizer, loss_fn = parts.model, parts.optimizer, parts.loss
     x_train = torch.as_tensor(np.array(parts.data.x_train)).to(dev)
     y_train = torch.as_tensor(np.array(parts.data.y_train)).to(dev)

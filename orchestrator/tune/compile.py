@@ -14,14 +14,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator.config import schema
+from orchestrator.config import models, schema
 from orchestrator.config.schema import SweepConfig
 from orchestrator.space import space as spaces
 from orchestrator.train import data as data_mod
+from orchestrator.train.context import BUILT_IN, TrialSetup
 from orchestrator.train.losses import check_task
 from orchestrator.train.metrics import DIAGNOSTICS, METRIC_DIRECTIONS
-from orchestrator.train.trainer import TrialSetup
 from orchestrator.tune import schedulers
+from orchestrator.tune.plan import check_model
 
 
 @dataclass
@@ -32,7 +33,7 @@ class SweepPlan:
     search: spaces.SearchPlan
     scheduler: schedulers.SchedulerPlan
     setup: TrialSetup
-    data: Any  # a Dataset, or Variants: one per feature/target scaling the space can choose
+    data: Any  # a Dataset, Variants (one per scaling the space can choose), or None (data.load_in: trial)
     columns: dict[str, pa.DataType]  # store column -> type, stable across sweeps of the study
 
     @property
@@ -57,13 +58,17 @@ def compile_sweep(cfg: SweepConfig, dataset: data_mod.Dataset, store_root: str |
     """
     search = spaces.check_search(cfg)
     check_task(cfg, dataset, search.space)
+    check_model(cfg, dataset)
     scheduler = schedulers.create(cfg, search.space, store_root, sweep_id, exp_dir)
     population = cfg.scheduler.name in schedulers.POPULATION
     # PBT copies weights at its perturbation steps: every trial checkpoints at each of them.
     every = cfg.scheduler.perturbation_interval if population else cfg.train.checkpoint_every
     setup = TrialSetup(
         base=schema.base_hyperparameters(cfg),
-        model=cfg.model["name"],
+        model=models.model_id(cfg.model),
+        trainable=cfg.trainable or BUILT_IN,
+        num_workers=cfg.data.num_workers,
+        project=cfg.project,
         metric=cfg.objective.metric,
         mode=cfg.objective.mode,
         max_epochs=cfg.scheduler.max_epochs,
@@ -71,8 +76,8 @@ def compile_sweep(cfg: SweepConfig, dataset: data_mod.Dataset, store_root: str |
         checkpoint_every=every,
         threads=cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)),
     )
-    return SweepPlan(cfg, search, scheduler, setup, data_variants(cfg, dataset, search.space),
-                     column_types(cfg))
+    data = None if cfg.data.load_in == "trial" else data_variants(cfg, dataset, search.space)
+    return SweepPlan(cfg, search, scheduler, setup, data, column_types(cfg))
 
 
 def data_variants(cfg: SweepConfig, dataset: data_mod.Dataset, space: spaces.Space) -> Any:
@@ -81,6 +86,8 @@ def data_variants(cfg: SweepConfig, dataset: data_mod.Dataset, space: spaces.Spa
         knob = space.knobs.get(name)
         return list(dict.fromkeys(knob.values)) if knob is not None and knob.values else [current]
 
+    if dataset.sets is not None or cfg.data.factory:
+        return dataset  # a factory's data: no scalings to choose between
     scales = values("scale", dataset.scale)
     targets = (values("target_scale", dataset.target_scale) if dataset.task == "regression"
                else [dataset.target_scale])

@@ -29,6 +29,34 @@ if TYPE_CHECKING:
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
+# Ray's settings for sweeps of many short trials, each where the user has not set it. Ray reads them
+# as it starts, runs a Tuner or starts a trial's process, so a sweep sets them as it starts Ray and
+# importing orch changes nothing.
+RAY_ENVIRONMENT = {
+    # Ray Tune's per-result loggers (CSV, JSON, TensorBoard) write files for every report; the store
+    # replaces them. Read when a Tuner starts.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Usage statistics would contact a server. Read by ray.init.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # A result without the objective's metric is no error (Tune's check would raise). Read at each
+    # result.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Ray Train's older, lighter implementation (the newer one imports pydantic in every trial's
+    # process). Read as a process imports ray.train: Tune passes this process's value on to every
+    # trial's actor as it creates it, and Ray's own processes inherit it from ray.init. (The driver
+    # has imported ray.train by then; which implementation it holds makes no difference to orch.)
+    "RAY_TRAIN_V2_ENABLED": "0",
+}
+
+
+def ray_environment() -> None:
+    """Set :data:`RAY_ENVIRONMENT` in this process's environment, each where the user has not.
+
+    Called as a sweep starts (or joins) Ray; importing orch changes nothing in the process.
+    """
+    for name, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
 
 def ray_address(cfg: SweepConfig, address: str | None) -> str | None:
     """The cluster to join: ``--address``, else ``ray.address``, else the Ray Job's own (RAY_ADDRESS).

@@ -1,7 +1,8 @@
 """Run one sweep: load data once, start (or join) Ray, run the Tuner, write the store.
 
-The environment settings below are the difference between Ray Tune's defaults and a sweep of many
-short trials that costs little more than the training itself (see BENCHMARKS.md).
+The environment settings of :func:`~orchestrator.tune.connect.ray_environment` (set as Ray starts)
+are the difference between Ray Tune's defaults and a sweep of many short trials that costs little
+more than the training itself (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,13 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Ray Tune's per-result loggers (CSV, JSON, TensorBoard) write files for every report; the store
-# replaces them. Usage statistics would contact a server. Both are off unless the user says so.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
-
 from orchestrator import __version__
 from orchestrator.config import load as config_mod
 from orchestrator.config.schema import SweepConfig
@@ -36,7 +30,6 @@ from orchestrator.store.tables import Store, new_sweep_id, store_root
 from orchestrator.store.trials import TrialStatus
 from orchestrator.train import data as data_mod
 from orchestrator.train.metrics import METRIC_DIRECTIONS
-from orchestrator.train.trainer import tune_trainable
 from orchestrator.tune import schedulers, searchers
 from orchestrator.tune.compile import SweepPlan, compile_sweep
 from orchestrator.tune.connect import ray_address
@@ -91,6 +84,7 @@ def start_ray(cfg: SweepConfig, address: str | None, verbose: bool) -> tuple[str
 
     from orchestrator.tune import connect, stopping
 
+    connect.ray_environment()  # before Ray starts: its processes inherit the environment
     if address is None or address == "auto" or connect.is_loopback(connect.split_address(address)[0]):
         connect.keep_loopback()  # a loopback cluster stays on loopback
     import ray
@@ -360,8 +354,7 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
         # A trial no node can run would wait forever: stop (or wait for one) before any starts.
         check_resources(cfg, joined=address is not None, echo=echo)
         echo(f"Sweep {sweep_id} of {cfg.study}: {plan.n_trials} trials ({cfg.search.algorithm} search), "
-             f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, "
-             f"{dataset.n_rows} rows x {dataset.n_features} features ({dataset.task})")
+             f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, {dataset.describe()}")
         if cfg.scheduler.name in schedulers.POPULATION:
             echo(_population_line(cfg, plan.space, plan.n_trials))
         result = _run_tuner(plan, store, sweep_id, resume is not None, verbose, progress_interval_s,
@@ -427,8 +420,11 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
 
     reuse = cfg.ray.reuse_actors
     # Resources on the function, so that the actor class (the one the dashboard shows) stays OrchTrial.
+    from orchestrator.tune.trial import tune_trainable
+
+    data_config = cfg if plan.data is None else None  # data.load_in: trial
     trainable = _trainable(cfg, sweep_id, tune.with_resources(
-        tune.with_parameters(tune_trainable, data=plan.data, setup=plan.setup),
+        tune.with_parameters(tune_trainable, data=plan.data, setup=plan.setup, data_config=data_config),
         {"cpu": cfg.resources.cpu_per_trial, "gpu": cfg.resources.gpu_per_trial},
     ), per_trial_actors=not reuse)
     space, n_trials = plan.space, plan.n_trials
@@ -527,6 +523,9 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
     elif finished and len(trials):
         errors = trials[trials["status"] == TrialStatus.ERROR]["stop_reason"].dropna()
         why = f": {errors.iloc[0]}" if len(errors) else ""
+        if len(errors) and errors.str.match(r"trial \S+: ").all():
+            # Every trial broke the trial contract the same way: the training function is wrong (exit 2).
+            raise UserError(f"trainable: {errors.iloc[0]}")
         raise SweepFailed(f"sweep {sweep_id}: no trial produced a usable result{why}")
     return result
 
@@ -631,18 +630,25 @@ def announce_report(result: SweepResult, echo: Callable[[str], None] = print) ->
 
 
 def code_version(cfg: SweepConfig) -> str:
-    """A hash of the code a trial runs: the trainer's modules and the model's."""
+    """A hash of the code a trial runs: the trainer's modules, the model's, and the modules of the
+    training function and the data factory a config names."""
     import hashlib
     import inspect
 
     from orchestrator.config import models
-    from orchestrator.train import losses, optim, trainer
+    from orchestrator.config.imports import import_callable
+    from orchestrator.train import context, losses, optim, trainer
 
-    model_module = inspect.getmodule(models.get(cfg.model["name"]))
-    assert model_module is not None  # (a registered factory is a function of a module)
+    modules = [trainer, context, losses, optim, data_mod, inspect.getmodule(models.get(models.model_id(cfg.model)))]
+    for spec, key in ((cfg.trainable, "trainable"), (cfg.data.factory, "data.factory")):
+        if spec:
+            modules.append(inspect.getmodule(import_callable(spec, key)))
     h = hashlib.sha256()
-    for module in (trainer, losses, optim, data_mod, model_module):
-        h.update(inspect.getsource(module).encode())
+    for module in dict.fromkeys(m for m in modules if m is not None):
+        try:
+            h.update(inspect.getsource(module).encode())
+        except (OSError, TypeError):
+            h.update(module.__name__.encode())  # no source to read (a compiled module)
     return h.hexdigest()[:12]
 
 

@@ -9,10 +9,15 @@ needs). Importing this module imports neither torch nor Ray.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.config import load as config
+from orchestrator.config import models, schema
 from orchestrator.config.schema import SweepConfig
 from orchestrator.space import space as spaces
+
+if TYPE_CHECKING:
+    from orchestrator.train.data import Dataset
 
 
 def check(cfg: SweepConfig) -> spaces.SearchPlan:
@@ -40,3 +45,22 @@ def load_with_search(path: str | Path, overrides: list[str] | tuple[str, ...] = 
     """:func:`load`, and the search plan its check compiled (space, points, number of trials)."""
     cfg = config.load(path, overrides)
     return cfg, spaces.check_search(cfg)
+
+
+def check_model(cfg: SweepConfig, dataset: Dataset) -> None:
+    """The config's model, built for the data's shape (on PyTorch's meta device) with the base
+    hyperparameters, takes a batch of the data and gives one output per class (or one for
+    regression).
+
+    Raises:
+        ConfigError: naming ``model`` (or ``model.factory``): the factory's error, something that is
+            not an nn.Module, or outputs of the wrong shape.
+    """
+    from orchestrator.train.losses import TaskLoss
+
+    model = models.model_id(cfg.model)
+    base = schema.base_hyperparameters(cfg)
+    hp = {k: base[k] for k in models.hyperparameters(model) if k in base}
+    n_outputs = TaskLoss(base, dataset).n_outputs if cfg.trainable is None else dataset.n_outputs
+    models.check_built(model, dataset.input_shape, n_outputs, dataset.task, hp,
+                       key="model.factory" if models.is_path(model) else "model", inputs=dataset.inputs)

@@ -1,0 +1,1 @@
+"""orch's example sweep configs (YAML), installed as the data package ``orchestrator.conf``."""

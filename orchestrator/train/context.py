@@ -1,0 +1,410 @@
+"""The trial contract: what a training function is given, and what orch does with what it reports.
+
+A training function is ``fit(config, ctx)`` (config key ``trainable: "package.module:function"``;
+orch's own trainer, :func:`orchestrator.train.trainer.fit`, is one such function). ``config`` is
+the trial's hyperparameters: the sweep's base values with the sampled ones applied. ``ctx`` is a
+:class:`TrialContext`:
+
+- ``ctx.report(epoch, metrics, state=None)`` once per epoch (epochs count from 1, and on from the
+  restored epoch after a resume). ``metrics`` are numbers by name; the objective must be among
+  them. ``state`` (a dict of tensors and plain values, or a function returning one, called only
+  when a checkpoint is due) is what :meth:`TrialContext.restore` gives back. The scheduler decides
+  at reports; orch records every epoch in the store, keeps each metric's best, and ends the trial
+  when a reported loss is not finite or grows past ``train.divergence_factor`` times its first
+  value (``diverged``), or after ``train.patience`` epochs without improving the objective.
+- ``ctx.should_stop``: true once the trial is over (its last epoch, divergence, patience): leave
+  the loop. A report after that raises :class:`TrialStopped`.
+- ``ctx.restore()``: the state to resume from, or None. After a lost worker or node it is the
+  trial's own last checkpoint; after a population-based-training exploit it is another trial's,
+  and ``config`` holds the new hyperparameters (apply them after loading an optimizer's state).
+- ``ctx.device`` (the trial's GPU when Ray gave it one, else the CPU), ``ctx.data`` (the splits:
+  ``.train``, ``.val``, ``.test`` as torch Datasets of (x, y), ``.task``, ``.n_outputs``,
+  ``.input_shape``), ``ctx.loader(split)`` (a DataLoader: ``batch_size`` from the config,
+  ``data.num_workers``, pinned memory on CUDA), ``ctx.build_model()`` (the config's model with this
+  trial's hyperparameters, on ``ctx.device``), ``ctx.max_epochs``, ``ctx.start_epoch``,
+  ``ctx.trial_id``.
+
+Everything else is orch's: scheduling, checkpoints and exploits, retries, GPU placement, the store,
+re-tuning and the report. The backend (Ray Tune in a sweep, a plain callback in a benchmark or a
+test) only carries results out and checkpoints in.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from orchestrator.store.trials import TrialStatus
+from orchestrator.train.metrics import METRIC_DIRECTIONS
+
+if TYPE_CHECKING:
+    from orchestrator.train.data import Dataset, Variants
+
+CHECKPOINT_FILE = "trial.pt"
+BUILT_IN = "orchestrator.train.trainer:fit"  # orch's own trainer, the default trainable
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares (sent once with the trainable, not per trial)."""
+
+    base: dict[str, Any]  # hyperparameters before the sampled ones are applied
+    model: str  # a shipped model's name or a factory's import path
+    metric: str
+    mode: str
+    max_epochs: int
+    report_epochs: frozenset[int] | None  # None: report every epoch
+    checkpoint_every: int
+    threads: int = 1
+    trainable: str = BUILT_IN
+    num_workers: int = 0  # DataLoader workers
+    project: str | None = None  # where the import paths resolve
+
+
+class TrialStopped(Exception):
+    """Raised by :meth:`TrialContext.report` after the trial has ended (see ``should_stop``)."""
+
+
+class ContractError(Exception):
+    """A training function broke the trial contract (the message names the trial and the rule)."""
+
+
+class Backend(Protocol):
+    """Where a trial's results go and its checkpoint comes from."""
+
+    trial_id: str
+
+    def report(self, result: dict[str, Any], checkpoint: dict[str, Any] | None) -> None: ...
+
+    def checkpoint(self) -> dict[str, Any] | None: ...
+
+
+class LocalBackend:
+    """Results to a function, a checkpoint given up front (benchmarks, tests, ``orch check``)."""
+
+    def __init__(self, report: Callable[[dict[str, Any], dict[str, Any] | None], None],
+                 state: dict[str, Any] | None = None, trial_id: str = "local") -> None:
+        self._report, self._state, self.trial_id = report, state, trial_id
+
+    def report(self, result: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        self._report(result, checkpoint)
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        return self._state
+
+
+def hyperparameters(config: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's hyperparameters: the sweep's base, then the sampled values (``_``-keys are orch's)."""
+    return {**base, **{k: v for k, v in config.items() if not k.startswith("_")}}
+
+
+def default_device() -> torch.device:
+    """CUDA when this process can see a GPU (Ray hides GPUs from trials it gave none), else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_better(value: float, best: float | None, direction: int, min_delta: float = 0.0) -> bool:
+    if not math.isfinite(value):
+        return False
+    return best is None or (value - best) * direction > min_delta
+
+
+class TrialContext:
+    """One trial's side of the contract (see the module's docstring)."""
+
+    def __init__(self, config: Mapping[str, Any], setup: TrialSetup, data: Dataset | Variants | None,
+                 backend: Backend, device: torch.device | None = None,
+                 load_data: Callable[[], Dataset | Variants] | None = None) -> None:
+        self.config = hyperparameters(config, setup.base)
+        self.generation = int(config.get("_generation", 0))  # exploits (population-based training) so far
+        self.setup = setup
+        self.device = device or default_device()
+        self.trial_id = backend.trial_id
+        self.should_stop = False
+        # The loss the divergence check compares with: the first reported train_loss, unless the
+        # training function sets it first (orch's trainer: its first batch's loss).
+        self.first_loss: float | None = None
+        self._data, self._load_data, self._backend = data, load_data, backend
+        self._history: list[dict[str, Any]] = []
+        self._best: dict[str, float] = {}
+        self._best_epoch = self._since_best = self._epoch = 0
+        self._last: dict[str, Any] = {}
+        self._final: dict[str, Any] | None = None
+        self._status, self._reason = TrialStatus.COMPLETED.value, ""
+        self._restored: dict[str, Any] | None = None
+        self._restored_epoch = 0
+        self.reporting = False  # inside the backend's report (its exceptions are not the trial's)
+        self._t_last = self._started = time.perf_counter()
+        self.direction = METRIC_DIRECTIONS.get(setup.metric, -1 if setup.mode == "min" else +1)
+        seed = int(self.config.get("seed", 0) or 0)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        checkpoint = backend.checkpoint()
+        if checkpoint is not None:
+            own = checkpoint.get("orch")
+            if not isinstance(own, dict) or "epoch" not in own:
+                raise ContractError(f"trial {self.trial_id}: the checkpoint to resume from is not one of this "
+                                    "version of orch")
+            self._restored = checkpoint.get("user")
+            self._epoch = self._restored_epoch = int(own["epoch"])
+            self._best = dict(own.get("best") or {})
+            self._best_epoch, self._since_best = int(own.get("best_epoch", 0)), int(own.get("since_best", 0))
+            self.first_loss = own.get("first_loss")
+
+    # -- what a training function reads ----------------------------------------------------------
+    @property
+    def max_epochs(self) -> int:
+        return self.setup.max_epochs
+
+    @property
+    def start_epoch(self) -> int:
+        """The first epoch to train: 1, or the one after the restored checkpoint's."""
+        return self._restored_epoch + 1
+
+    @property
+    def data(self) -> Dataset:
+        """The trial's data (for a table, prepared with this trial's scaling)."""
+        from orchestrator.train.data import select
+
+        if self._data is None:
+            if self._load_data is None:
+                raise ContractError(f"trial {self.trial_id}: this trial has no data")
+            self._data = self._load_data()
+        return select(self._data, self.config)
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state to resume from (as given to :meth:`report`), or None for a fresh start."""
+        return self._restored
+
+    def loader(self, split: str = "train", batch_size: int | None = None, shuffle: bool | None = None,
+               **kwargs: Any) -> torch.utils.data.DataLoader:
+        """A DataLoader over ``split``: the config's ``batch_size``, shuffled for "train" (seeded by
+        ``seed``), ``data.num_workers`` workers, pinned memory when training on CUDA."""
+        from torch.utils.data import DataLoader
+
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"ctx.loader: split is train, val or test (got {split!r})")
+        workers = kwargs.pop("num_workers", self.setup.num_workers)
+        generator = kwargs.pop("generator", None) or torch.Generator().manual_seed(
+            int(self.config.get("seed", 0) or 0) + self._epoch)
+        return DataLoader(
+            self.data.split(split), batch_size=int(batch_size or self.config.get("batch_size", 64)),
+            shuffle=(split == "train") if shuffle is None else shuffle, generator=generator,
+            num_workers=workers, persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda", **kwargs)
+
+    def build_model(self, n_outputs: int | None = None) -> torch.nn.Module:
+        """The config's model (``model.name`` or ``model.factory``) with this trial's
+        hyperparameters, sized for the data, on ``ctx.device``."""
+        from orchestrator.config import models
+
+        data = self.data
+        hp = {k: self.config[k] for k in models.hyperparameters(self.setup.model) if k in self.config}
+        model = models.build(self.setup.model, data.input_shape, n_outputs or data.n_outputs, data.task, **hp)
+        return model.to(self.device)
+
+    # -- what a training function calls ----------------------------------------------------------
+    def report(self, epoch: int, metrics: Mapping[str, Any],
+               state: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+               test: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None) -> None:
+        """Record one epoch; see the module's docstring.
+
+        ``test``: held-out scores (``test_<name>``), or a function computing them, called only when
+        this report goes to the scheduler (the store keeps those of the trial's last report).
+
+        Raises:
+            TrialStopped: the trial had already ended.
+            ContractError: an epoch that does not follow the last one, a metric that is not a
+                number, no objective among the metrics, a state that is not tensors and plain values.
+        """
+        if self._final is not None:
+            raise TrialStopped(f"trial {self.trial_id} has ended (ctx.should_stop)")
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch <= self._epoch:
+            after = f"after epoch {self._epoch}" if self._epoch else "as the first"
+            raise ContractError(f"trial {self.trial_id}: ctx.report: epoch {epoch!r} {after}: epochs are whole "
+                                f"numbers that grow from 1 (from ctx.start_epoch after a resume)")
+        epoch = int(epoch)
+        row: dict[str, Any] = {}
+        tests: dict[str, float] = {}
+        for name, value in metrics.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ContractError(f"trial {self.trial_id}: ctx.report: metric {name!r} is a "
+                                    f"{type(value).__name__}, not a number")
+            (tests if str(name).startswith("test_") else row)[str(name)] = float(value)
+        objective = row.get(self.setup.metric)
+        if objective is None:
+            raise ContractError(f"trial {self.trial_id}: ctx.report: epoch {epoch}'s metrics have no "
+                                f"{self.setup.metric!r}, the sweep's objective (reported: {', '.join(row) or 'none'})")
+        now = time.perf_counter()
+        row.setdefault("generation", self.generation)
+        row["epoch_time_s"] = now - self._t_last
+        row["epoch"] = epoch
+        row["timestamp"] = time.time()  # wall clock: when this epoch's numbers were known
+        self._t_last = now
+        self._epoch = epoch
+        self._history.append(row)
+        self._last = row
+        self._track(epoch, row, objective)
+        last = epoch >= self.setup.max_epochs or self._status != TrialStatus.COMPLETED
+        r = self.setup.report_epochs
+        if last or r is None or epoch in r:
+            result = self._result(row, last)
+            if self._status != TrialStatus.DIVERGED:
+                extra = test() if callable(test) else (test or {})
+                tests.update({k: float(v) for k, v in extra.items()})
+                if tests:
+                    result["test"] = tests
+            checkpoint = None
+            if state is not None and not last and (epoch % self.setup.checkpoint_every == 0 or r is None):
+                checkpoint = self._checkpoint(epoch, state() if callable(state) else state)
+            self._send(result, checkpoint)
+        if last:
+            self.should_stop = True
+
+    def finish(self) -> dict[str, Any]:
+        """After the training function returned: its final result (sent now if it stopped on its own).
+
+        Raises:
+            ContractError: it never reported an epoch.
+        """
+        if self._final is not None:
+            return self._final
+        if not self._last:
+            raise ContractError(
+                f"trial {self.trial_id}: {self.setup.trainable} returned without reporting an epoch: a training "
+                f"function calls ctx.report(epoch, metrics) every epoch, with the objective {self.setup.metric!r}")
+        self._status = TrialStatus.STOPPED_EARLY.value
+        self._reason = f"the training function returned after epoch {self._epoch} of {self.setup.max_epochs}"
+        result = self._result(self._last, True)
+        self._send(result, None)
+        return result
+
+    # -- orch's side -------------------------------------------------------------------------------
+    def _track(self, epoch: int, row: dict[str, Any], objective: float) -> None:
+        for name, value in row.items():
+            d = METRIC_DIRECTIONS.get(name)
+            if d is not None and is_better(value, self._best.get(name), d):
+                self._best[name] = value
+        if is_better(objective, self._best.get("_objective"), self.direction,
+                     float(self.config.get("min_delta", 0.0) or 0.0)):
+            self._best["_objective"], self._best_epoch, self._since_best = objective, epoch, 0
+        else:
+            self._since_best += 1
+        train_loss = row.get("train_loss")
+        if self.first_loss is None and train_loss is not None and math.isfinite(train_loss):
+            self.first_loss = train_loss
+        factor = self.config.get("divergence_factor")
+        patience = self.config.get("patience")
+        lr = f" (lr {row['lr']:.3g})" if isinstance(row.get("lr"), float) else ""
+        # The losses and the objective (a score such as AUC may be undefined on a split without
+        # every class: that is no divergence).
+        scored = [v for k, v in row.items() if k.endswith("_loss") or k == self.setup.metric]
+        if not all(math.isfinite(v) for v in scored):
+            self._status = TrialStatus.DIVERGED.value
+            self._reason = f"non-finite loss at epoch {epoch}{lr}: lower the learning rate"
+        elif (factor and self.first_loss is not None and self.first_loss > 0 and train_loss is not None
+              and train_loss > factor * self.first_loss):
+            self._status = TrialStatus.DIVERGED.value
+            self._reason = (f"training loss {train_loss:.4g} at epoch {epoch} is over {factor:g}x its "
+                            f"first value {self.first_loss:.4g}{lr}: lower the learning rate")
+        elif patience and self._since_best >= int(patience):
+            self._status = TrialStatus.STOPPED_EARLY.value
+            self._reason = f"no improvement of {self.setup.metric} for {self._since_best} epochs"
+
+    def _result(self, row: dict[str, Any], last: bool) -> dict[str, Any]:
+        result = dict(row)
+        result["collapsed"] = bool(row.get("val_collapsed"))
+        # Schedulers need a number: a diverged trial is the worst possible result (not NaN, and not
+        # the huge but finite loss it stopped at).
+        objective = result.get(self.setup.metric, float("nan"))
+        if self._status == TrialStatus.DIVERGED or not math.isfinite(objective):
+            result[self.setup.metric] = float("inf") if self.setup.mode == "min" else float("-inf")
+        result.update(
+            history=self._history,
+            best={k: v for k, v in self._best.items() if not k.startswith("_")},
+            best_epoch=self._best_epoch,
+            final=last,
+            trial_status=self._status if last else TrialStatus.RUNNING.value,
+            stop_reason=self._reason,
+            train_time_s=time.perf_counter() - self._started,
+        )
+        return result
+
+    def _checkpoint(self, epoch: int, state: Any) -> dict[str, Any]:
+        if not isinstance(state, dict):
+            raise ContractError(f"trial {self.trial_id}: ctx.report: state is a {type(state).__name__}; give a "
+                                "dict of tensors and plain values")
+        try:
+            user = plain(state)
+        except TypeError as err:
+            raise ContractError(f"trial {self.trial_id}: ctx.report: state: {err} (a checkpoint is loaded with "
+                                "torch.load(weights_only=True), which runs no code)") from None
+        return {"user": user, "orch": plain({
+            "epoch": epoch, "best": self._best, "best_epoch": self._best_epoch, "since_best": self._since_best,
+            "first_loss": self.first_loss, "hp": self.config})}
+
+    def _send(self, result: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        self.reporting = True
+        self._backend.report(result, checkpoint)
+        self.reporting = False
+        self._history = []
+        if result["final"]:
+            self._final = result
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers, arrays as tensors, and containers rebuilt
+    from plain values: what ``torch.load(weights_only=True)`` reads back.
+
+    Raises:
+        TypeError: ``value`` holds something else (an object ``weights_only`` would refuse).
+    """
+    if isinstance(value, torch.Tensor) or value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):  # (an OrderedDict, such as a state_dict, stays one)
+        return type(value)((plain(k), plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    for kind in (bool, int, float, str):  # a subclass (an IntEnum): its plain value
+        if isinstance(value, kind):
+            return kind(value)
+    raise TypeError(f"a checkpoint holds only tensors and plain values, not {type(value).__name__}")
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A trial checkpoint as a trial wrote it: tensors and plain values only.
+
+    Read with ``weights_only=True``: a file that holds anything else (a pickled object, which
+    could run code when loaded) is refused.
+
+    Raises:
+        CheckpointError: the file is not such a checkpoint.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise CheckpointError(f"refusing to load checkpoint {path}: not a checkpoint of tensors "
+                              f"and plain values ({first[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"refusing to load checkpoint {path}: not a checkpoint of this "
+                              "trainer")
+    return state
+
+
+class CheckpointError(Exception):
+    """A trial checkpoint that cannot (or must not) be loaded."""

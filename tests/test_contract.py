@@ -1,0 +1,130 @@
+"""The trial contract (orchestrator/train/context.py) without Ray: what a training function's reports
+become, and the rules a function that breaks the contract is told about."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from orchestrator.train.context import (
+    ContractError,
+    LocalBackend,
+    TrialContext,
+    TrialSetup,
+    TrialStopped,
+)
+
+
+def setup_for(max_epochs: int = 5, report_epochs: frozenset[int] | None = None, **base: Any) -> TrialSetup:
+    return TrialSetup(base={"seed": 0, "divergence_factor": 10.0, "patience": None, **base}, model="mlp",
+                      metric="val_loss", mode="min", max_epochs=max_epochs, report_epochs=report_epochs,
+                      checkpoint_every=2, trainable="tests:fit")
+
+
+def context(setup: TrialSetup, state: dict | None = None, config: dict | None = None
+            ) -> tuple[TrialContext, list[tuple[dict, dict | None]]]:
+    sent: list[tuple[dict, dict | None]] = []
+    ctx = TrialContext(config or {}, setup, None, LocalBackend(lambda r, c: sent.append((r, c)), state, "t1"),
+                       torch.device("cpu"))
+    return ctx, sent
+
+
+def test_every_epoch_is_kept_and_the_scheduler_sees_only_its_epochs() -> None:
+    ctx, sent = context(setup_for(max_epochs=4, report_epochs=frozenset({2})))
+    calls = []
+
+    def state() -> dict:
+        calls.append(1)
+        return {"w": torch.ones(2)}
+
+    for epoch, loss in enumerate([1.0, 0.5, 0.7, 0.6], start=1):
+        ctx.report(epoch, {"train_loss": loss, "val_loss": loss, "val_accuracy": 1 - loss}, state=state)
+    assert ctx.should_stop
+    assert [r["epoch"] for r, _ in sent] == [2, 4]  # the rung, then the last epoch
+    assert [[h["epoch"] for h in r["history"]] for r, _ in sent] == [[1, 2], [3, 4]]
+    first, last = sent[0][0], sent[1][0]
+    assert not first["final"] and last["final"] and last["trial_status"] == "completed"
+    assert last["best"] == {"train_loss": 0.5, "val_loss": 0.5, "val_accuracy": 0.5} and last["best_epoch"] == 2
+    # A checkpoint only where one is due (epoch 2: checkpoint_every=2), none at the end.
+    assert sent[0][1] is not None and sent[1][1] is None and len(calls) == 1
+    assert sent[0][1]["user"]["w"].tolist() == [1.0, 1.0] and sent[0][1]["orch"]["epoch"] == 2
+    with pytest.raises(TrialStopped):
+        ctx.report(5, {"val_loss": 0.1})
+    assert ctx.finish() is last
+
+
+def test_restore_gives_back_the_state_and_the_epochs_go_on() -> None:
+    ctx, sent = context(setup_for(max_epochs=6))
+    for epoch in (1, 2):
+        ctx.report(epoch, {"val_loss": 1.0 / epoch}, state={"step": epoch})
+    checkpoint = sent[-1][1]
+    assert checkpoint is not None
+    resumed, sent2 = context(setup_for(max_epochs=6), state=checkpoint, config={"lr": 0.5})
+    assert resumed.restore() == {"step": 2} and resumed.start_epoch == 3 and resumed.config["lr"] == 0.5
+    with pytest.raises(ContractError, match=r"trial t1: ctx.report: epoch 1 after epoch 2"):
+        resumed.report(1, {"val_loss": 0.1})
+    resumed.report(3, {"val_loss": 0.9})
+    assert sent2[-1][0]["best"]["val_loss"] == 0.5 and sent2[-1][0]["best_epoch"] == 2  # carried over
+
+
+@pytest.mark.parametrize("metrics, message", [
+    ({"train_loss": 0.1}, "epoch 1's metrics have no 'val_loss', the sweep's objective (reported: train_loss)"),
+    ({"val_loss": "low"}, "metric 'val_loss' is a str, not a number"),
+])
+def test_a_report_that_breaks_the_contract_names_the_trial_and_the_rule(metrics: dict, message: str) -> None:
+    ctx, _ = context(setup_for())
+    with pytest.raises(ContractError) as err:
+        ctx.report(1, metrics)
+    assert str(err.value) == f"trial t1: ctx.report: {message}"
+
+
+def test_returning_without_a_report_is_an_error_and_stopping_early_is_recorded() -> None:
+    ctx, _ = context(setup_for())
+    with pytest.raises(ContractError, match="trial t1: tests:fit returned without reporting an epoch"):
+        ctx.finish()
+    ctx, sent = context(setup_for(max_epochs=5))
+    ctx.report(1, {"val_loss": 0.3})
+    result = ctx.finish()
+    assert result["final"] and result["trial_status"] == "stopped_early"
+    assert result["stop_reason"] == "the training function returned after epoch 1 of 5" and sent[-1][0] is result
+
+
+def test_divergence_and_patience_come_from_the_reported_losses() -> None:
+    ctx, sent = context(setup_for(max_epochs=9))
+    ctx.report(1, {"train_loss": 1.0, "val_loss": 1.0})
+    ctx.report(2, {"train_loss": 12.0, "val_loss": 2.0})
+    assert ctx.should_stop and sent[-1][0]["trial_status"] == "diverged"
+    assert "training loss 12 at epoch 2 is over 10x its first value 1" in sent[-1][0]["stop_reason"]
+    assert sent[-1][0]["val_loss"] == math.inf  # the worst value, for the scheduler
+    ctx, sent = context(setup_for(max_epochs=9))
+    ctx.report(1, {"val_loss": math.nan})
+    assert sent[-1][0]["trial_status"] == "diverged" and "non-finite loss at epoch 1" in sent[-1][0]["stop_reason"]
+    ctx, sent = context(setup_for(max_epochs=9, patience=2))
+    for epoch, v in enumerate([0.5, 0.6, 0.7], start=1):
+        ctx.report(epoch, {"val_loss": v})
+    assert sent[-1][0]["trial_status"] == "stopped_early" and sent[-1][0]["epoch"] == 3
+
+
+def test_test_scores_are_computed_at_reports_only_and_a_state_must_be_plain() -> None:
+    ctx, sent = context(setup_for(max_epochs=3, report_epochs=frozenset({2})))
+    computed = []
+
+    def test() -> dict:
+        computed.append(1)
+        return {"test_loss": 0.25}
+
+    ctx.report(1, {"val_loss": 0.5, "test_accuracy": 0.9}, test=test)
+    assert not computed
+    ctx.report(2, {"val_loss": 0.4, "test_accuracy": 0.91}, test=test)
+    assert computed == [1] and sent[-1][0]["test"] == {"test_accuracy": 0.91, "test_loss": 0.25}
+    assert "test_accuracy" not in sent[-1][0]["history"][0]
+
+    class Opaque:
+        pass
+
+    ctx, _ = context(setup_for(max_epochs=3))
+    with pytest.raises(ContractError, match="state: a checkpoint holds only tensors and plain values, not Opaque"):
+        ctx.report(1, {"val_loss": 0.5}, state={"thing": Opaque()})
