@@ -166,6 +166,7 @@ def fit(config, ctx):
 '''
 
 
+@pytest.mark.slow
 def test_a_users_own_ray_setting_wins_and_orchs_reach_the_trials(tmp_path: Path) -> None:
     # The negative control of the sweep above: with the user's TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0,
     # Tune's loggers write their files. And RAY_TRAIN_V2_ENABLED, set after this process imported

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.conftest import CONFIG, SMALL, orch
 
 
+@pytest.mark.slow
 def test_two_stages_land_in_the_store_and_in_orch_results(store: Path) -> None:
     p = orch("sweep", CONFIG, *SMALL, "search.num_samples=10", "search.stages=2", "--store", store)
     assert p.returncode == 0, p.stderr
@@ -37,6 +39,7 @@ def test_two_stages_land_in_the_store_and_in_orch_results(store: Path) -> None:
     assert "  1: 5 trials: lr 0.0001..0.1" in r.stdout and "  2: 5 trials: lr " in r.stdout
 
 
+@pytest.mark.slow
 def test_tpe_with_conditional_knobs(store: Path) -> None:
     p = orch("sweep", CONFIG, *SMALL, "search.num_samples=8", "search.algorithm=tpe",
              "search_space=search_spaces/mlp_any_optimizer.yaml",

@@ -165,6 +165,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(store: Path) -> None:
     assert not outlived(tree)
 
 
+@pytest.mark.slow
 def test_collapsed_trials_are_flagged_and_never_best(store: Path) -> None:
     """A dead network (every ReLU off) predicts one class: flagged in the store, left out of the best."""
     space = "search_space={lr: {loguniform: [0.001, 0.01]}, bias_init: {choice: [0.0, -10.0]}}"
@@ -198,6 +199,7 @@ def test_a_sweep_of_only_collapsed_trials_reports_no_best(store: Path) -> None:
     assert b.returncode == 2 and "no sweep produced a usable trial" in b.stderr
 
 
+@pytest.mark.slow
 def test_regression_sweep_reports_in_the_target_units(store: Path) -> None:
     config = ROOT / "conf" / "tabular_regression.yaml"
     p = orch("sweep", config, "ray.num_cpus=2", "search.num_samples=4", "scheduler.max_epochs=6",
