@@ -445,7 +445,8 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
     if resuming and ray_adapter.restorable(exp_dir):
         _check_tune_state(store, sweep_id, key)
         try:
-            tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(str(exp_dir.resolve()), trainable, resume_unfinished=True,
+                                       resume_errored=True)  # (a relative path is no URI to pyarrow)
         except (ModuleNotFoundError, AttributeError) as err:
             # Tune's state names orch's classes by module path: those of an older orch are gone.
             if "orchestrator" not in str(err):
