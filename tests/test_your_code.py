@@ -9,12 +9,14 @@ state together with the new hyperparameters.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.store.tables import Store
@@ -147,7 +149,7 @@ def write_project(root: Path) -> Path:
     return root
 
 
-def test_a_sweep_of_the_users_model_data_and_loop_and_every_reader_of_it(project: Path) -> None:
+def test_a_sweep_of_the_users_model_data_and_loop_and_every_reader_of_it(project: Path, tmp_path: Path) -> None:
     store = project / "results"
     p = orch("sweep", "conf/sweep.yaml", cwd=project)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -170,6 +172,24 @@ def test_a_sweep_of_the_users_model_data_and_loop_and_every_reader_of_it(project
     retune = orch("retune", "--all", "--dry-run", "--store", store, cwd=elsewhere)
     assert retune.returncode == 0, retune.stdout + retune.stderr
     assert "mine" in retune.stdout and "error" not in retune.stdout, retune.stdout
+
+    # Readers of the store import none of the code its configs name: they work with the model gone.
+    (project / "models" / "net.py").rename(project / "models" / "net.txt")
+    best_again = orch("best", "mine", "--store", store, cwd=elsewhere)
+    assert best_again.returncode == 0 and best_again.stdout == best.stdout, best_again.stderr
+
+    # A store writer points the stored config at code of its own: re-tuning refuses to import it.
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "ran"
+    (evil / "data.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef load(**kw):\n    return None\n")
+    for f in (store / "sweeps").rglob("*.parquet"):
+        table = pq.read_table(f).to_pandas()
+        table["config_yaml"] = [re.sub(r"(?m)^project: .*$", f"project: {evil}", t) for t in table["config_yaml"]]
+        table.to_parquet(f, index=False)
+    retune = orch("retune", "--all", "--dry-run", "--store", store, cwd=elsewhere)
+    assert "not signed by this machine's key" in retune.stdout and retune.returncode == 1, retune.stdout
+    assert not marker.exists(), "the store's code ran"
 
 
 @pytest.mark.slow
@@ -260,3 +280,17 @@ def test_data_loaded_in_each_trial_and_resumed_after_the_driver_is_killed(projec
     assert len(after) == 8 and after["trial_id"].is_unique
     assert set(before["trial_id"]) <= set(after["trial_id"])
     assert (after["epochs"] == 6).all() and set(after["status"]) == {"completed"}
+
+
+def test_resume_refuses_a_saved_config_naming_code_that_this_machine_did_not_sign(inside: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    exp = store / "_ray" / "20261202-000000-abcd"
+    exp.mkdir(parents=True)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "data.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    (exp / "orch_sweep.yaml").write_text(f"study: mine\ndata: {{factory: 'data:load'}}\nproject: {evil}\n")
+    run = cli("sweep", "conf/sweep.yaml", "--store", store, "--resume", "20261202-000000-abcd")
+    assert_user_error(run, "--resume: sweep 20261202-000000-abcd", "names code to import",
+                      "not signed by this machine's key")
+    assert not (tmp_path / "ran").exists()

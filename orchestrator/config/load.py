@@ -8,6 +8,7 @@ the bad value, so the CLI can print it and exit 2 before anything is started or 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from os import PathLike
@@ -192,6 +193,7 @@ def _plain_fields(cfg: SweepConfig) -> None:
     cfg.data.args = _plain(cfg.data.args) or {}
     cfg.search_space = _plain(cfg.search_space)
     cfg.search.points_to_evaluate = _plain(cfg.search.points_to_evaluate)
+    cfg.model_signature = _plain(cfg.model_signature)
 
 
 def _plain(value: Any) -> Any:
@@ -211,6 +213,9 @@ def to_yaml(cfg: SweepConfig) -> str:
         data["data"]["path"] = str(resolve_path(cfg, cfg.data.path).resolve())
     if uses_project_code(cfg):  # ... and the code it names imports from there too
         data["project"] = project_dir(cfg.project)
+    if models.is_path(models.model_id(cfg.model)):  # readers of the store import none of it
+        data["model_signature"] = json.loads(json.dumps(
+            {k: list(v) for k, v in schema.model_signature(cfg).items()}, default=str))
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -223,9 +228,7 @@ def from_yaml(text: str) -> SweepConfig:
     """Rebuild a config from :func:`to_yaml` output (used on resume and by ``orch best``)."""
     merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.create(yaml.safe_load(text)))
     cfg = cast(SweepConfig, OmegaConf.to_object(merged))
-    _plain_fields(cfg)
-    if cfg.project:
-        project_on_path(cfg.project)
+    _plain_fields(cfg)  # (nothing imported: see uses_project_code and state_guard.trust_config)
     return cfg
 
 

@@ -243,6 +243,9 @@ class SweepConfig:
     # The directory the import paths above resolve from first; None: the directory orch runs in
     # (a sweep records it, so that a resume or a re-tune from elsewhere imports the same code).
     project: str | None = None
+    # Written by orch with a sweep whose model is a factory of the user's: its hyperparameters
+    # (name -> [default, annotation, mutable]), so that readers of the store need not import it.
+    model_signature: dict[str, Any] | None = None
     search_space: Any = None  # path of a search-space YAML file, or the space inline
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -310,15 +313,24 @@ def hyperparameters(cfg: SweepConfig) -> dict[str, Hyperparameter]:
             if not rule.runtime:
                 out[name] = Hyperparameter(name, section, getattr(values, name), str(f.type),
                                            rule.check, rule.mutable, f.default)
-    model = models.model_id(cfg.model)
-    mutable = models.mutable(model)
-    for name, (default, annotation) in models.signature(model).items():
+    for name, (default, annotation, is_mutable) in model_signature(cfg).items():
         value = cfg.model.get(name, default)
-        out[name] = Hyperparameter(name, "model", value, annotation, None, name in mutable, default)
+        out[name] = Hyperparameter(name, "model", value, annotation, None, is_mutable, default)
     for name, value in (cfg.params or {}).items():
         # The user's code applies them itself (after a PBT exploit too): any of them may change.
         out[name] = Hyperparameter(name, "params", value, type(value).__name__, None, True, value)
     return out
+
+
+def model_signature(cfg: SweepConfig) -> dict[str, tuple[Any, str, bool]]:
+    """The model's hyperparameters -> (default, annotation, mutable): as recorded with a sweep
+    read from the store (no import of the user's code), else from the factory."""
+    if cfg.model_signature is not None and models.is_path(models.model_id(cfg.model)):
+        return {k: (v[0], str(v[1]), bool(v[2])) for k, v in cfg.model_signature.items()}
+    model = models.model_id(cfg.model)
+    mutable = models.mutable(model)
+    return {name: (default, annotation, name in mutable)
+            for name, (default, annotation) in models.signature(model).items()}
 
 
 def hyperparameter_names(cfg: SweepConfig) -> dict[str, str]:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from orchestrator.config import schema
 from orchestrator.config.checks import check_range, did_you_mean
+from orchestrator.config.load import uses_project_code
 from orchestrator.errors import UserError
 from orchestrator.store import trials as trial_rules
 from orchestrator.store.tables import Store
@@ -134,6 +135,7 @@ def _light(row: pd.Series, overrides: dict[str, Any]) -> Any:
         retune=dataclasses.replace(schema.RetuneConfig(**(raw.get("retune") or {})), **overrides),
         source_file=path if isinstance(path, str) and path else None,
         project=raw.get("project"), trainable=raw.get("trainable"), params=raw.get("params") or {},
+        model_signature=raw.get("model_signature"),
     )
 
 
@@ -178,6 +180,17 @@ def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
         return d
     d.evidence.update(best_sweep_id=best["sweep_id"], best_value=float(best["best_value"]), metric=best["metric"])
 
+    if uses_project_code(cfg):
+        # Its data, model or training function is code of the user's, named by the store: imported
+        # only if this machine signed that config.
+        from orchestrator.tune import state_guard
+
+        try:
+            state_guard.trust_config(state_guard.load_key(store.root), str(last["sweep_id"]), "config_yaml",
+                                     str(last["config_yaml"]), last.get("config_sig"), f"study {study}")
+        except UserError as err:
+            d.verdict, d.error = "error", str(err)
+            return d
     try:
         dataset = _load_cached(cfg)
     except Exception as err:  # a data file that went missing: say so, decide nothing
@@ -257,7 +270,7 @@ def rescore(store: Store, best: pd.Series, cfg: schema.SweepConfig, dataset: Dat
     point = best_point(store, best, _config(best))
     plan = compile_sweep(cfg, dataset)
     setup = dataclasses.replace(plan.setup, report_epochs=frozenset({plan.setup.max_epochs}))
-    result = run_trial(point, plan.data, setup, lambda r, c: None)
+    result = run_trial(point, plan.data if plan.data is not None else dataset, setup, lambda r, c: None)
     value = (result.get("best") or {}).get(best["metric"], float("nan"))
     return float(value) if value is not None else float("nan")
 

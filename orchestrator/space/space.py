@@ -379,7 +379,7 @@ def full_space(cfg: SweepConfig) -> Space:
                               f"valid: {', '.join(sorted(names))}")
         knob = knobs[name] = parse_knob(name, spec, key)
         for value in knob.bounds() + ([knob.default] if knob.has_default else []):
-            check_hyperparameter(f"{key}.{knob.dist}", name, value, models.model_id(cfg.model))
+            check_hyperparameter(f"{key}.{knob.dist}", name, value, _model_to_check(cfg))
     for name, knob in knobs.items():
         for parent, allowed in knob.when:
             key = f"search_space.{name}.when.{parent}"
@@ -436,7 +436,7 @@ def check_points(cfg: SweepConfig, space: Space) -> list[dict[str, Any]]:
             if name not in sampled:
                 raise ConfigError(f"{key}.{name}: not a sampled knob{did_you_mean(str(name), sampled)}; "
                                   f"sampled: {', '.join(sampled) or '(none)'}")
-            check_hyperparameter(f"{key}.{name}", name, value, models.model_id(cfg.model))
+            check_hyperparameter(f"{key}.{name}", name, value, _model_to_check(cfg))
     return [dict(p) for p in points]
 
 
@@ -492,3 +492,9 @@ def stage_sizes(num_samples: int, stages: int) -> list[int]:
 
 
 __all__ = ["Knob", "Space", "SearchPlan", "compile_space", "check_search", "check_points", "stage_sizes"]
+
+
+def _model_to_check(cfg: Any) -> str | None:
+    """The model whose factory checks a knob's values: none for a config read back from the store
+    with its model's recorded signature (checked when the sweep ran; its code is not imported)."""
+    return None if cfg.model_signature is not None else models.model_id(cfg.model)

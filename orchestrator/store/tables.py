@@ -67,7 +67,7 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 COLUMN_TYPES: dict[str, pa.DataType] = {
     "sweep_id": pa.string(), "trial_id": pa.string(), "status": pa.string(), "reason": pa.string(),
     "parent_sweep_id": pa.string(), "scheduler": pa.string(), "searcher": pa.string(),
-    "config_yaml": pa.string(), "best_trial_id": pa.string(), "metric": pa.string(),
+    "config_yaml": pa.string(), "config_sig": pa.string(), "best_trial_id": pa.string(), "metric": pa.string(),
     "mode": pa.string(), "best_value": pa.float64(), "data_fingerprint": pa.string(),
     "orch_version": pa.string(), "started_at": TIMESTAMP, "ended_at": TIMESTAMP,
     "epoch": pa.int64(), "epochs": pa.int64(), "best_epoch": pa.int64(), "time_s": pa.float64(),

@@ -13,7 +13,13 @@ the trial's hyperparameters: the sweep's base values with the sampled ones appli
   when a reported loss is not finite or grows past ``train.divergence_factor`` times its first
   value (``diverged``), or after ``train.patience`` epochs without improving the objective.
 - ``ctx.should_stop``: true once the trial is over (its last epoch, divergence, patience): leave
-  the loop. A report after that raises :class:`TrialStopped`.
+  the loop. A report after that raises :class:`TrialStopped`. (A trial the scheduler stops early,
+  ASHA's, is ended by Ray inside ``ctx.report``.)
+- ``ctx.report(..., test=...)``: held-out scores (``test_<name>``), or a function computing them,
+  called only when the report goes to the scheduler; the store keeps those of the last one.
+- The objective must be one of the metrics orch knows for the task (``val_loss``, ``val_accuracy``,
+  ``val_f1``, ``val_auc``; ``val_rmse``, ``val_mae``, ``val_r2``): those get best and final columns
+  in the store. Any other metric is kept per epoch.
 - ``ctx.restore()``: the state to resume from, or None. After a lost worker or node it is the
   trial's own last checkpoint; after a population-based-training exploit it is another trial's,
   and ``config`` holds the new hyperparameters (apply them after loading an optimizer's state).
@@ -48,6 +54,10 @@ if TYPE_CHECKING:
     from orchestrator.train.data import Dataset, Variants
 
 CHECKPOINT_FILE = "trial.pt"
+# What a report carries besides the metrics, and the store's keys: no metric may take these names.
+RESERVED = frozenset({"epoch", "generation", "timestamp", "epoch_time_s", "time_s", "history", "best", "best_epoch",
+                      "final", "trial_status", "stop_reason", "train_time_s", "collapsed", "test", "done",
+                      "training_iteration", "trial_id", "sweep_id", "study", "node_id", "device", "gpu_ids"})
 BUILT_IN = "orchestrator.train.trainer:fit"  # orch's own trainer, the default trainable
 
 
@@ -192,14 +202,17 @@ class TrialContext:
 
         if split not in ("train", "val", "test"):
             raise ValueError(f"ctx.loader: split is train, val or test (got {split!r})")
-        workers = kwargs.pop("num_workers", self.setup.num_workers)
-        generator = kwargs.pop("generator", None) or torch.Generator().manual_seed(
-            int(self.config.get("seed", 0) or 0) + self._epoch)
-        return DataLoader(
-            self.data.split(split), batch_size=int(batch_size or self.config.get("batch_size", 64)),
-            shuffle=(split == "train") if shuffle is None else shuffle, generator=generator,
-            num_workers=workers, persistent_workers=workers > 0,
-            pin_memory=self.device.type == "cuda", **kwargs)
+        kwargs.setdefault("num_workers", self.setup.num_workers)
+        kwargs.setdefault("persistent_workers", kwargs["num_workers"] > 0)
+        kwargs.setdefault("pin_memory", self.device.type == "cuda")
+        if kwargs.get("generator") is None:
+            kwargs["generator"] = torch.Generator().manual_seed(int(self.config.get("seed", 0) or 0) + self._epoch)
+        if shuffle is None:
+            shuffle = split == "train" and kwargs.get("sampler") is None and kwargs.get("batch_sampler") is None
+        if kwargs.get("batch_sampler") is not None:
+            return DataLoader(self.data.split(split), **kwargs)
+        return DataLoader(self.data.split(split), batch_size=int(batch_size or self.config.get("batch_size", 64)),
+                          shuffle=shuffle, **kwargs)
 
     def build_model(self, n_outputs: int | None = None) -> torch.nn.Module:
         """The config's model (``model.name`` or ``model.factory``) with this trial's
@@ -241,12 +254,16 @@ class TrialContext:
                 raise ContractError(f"trial {self.trial_id}: ctx.report: metric {name!r} is a "
                                     f"{type(value).__name__}, not a number")
             (tests if str(name).startswith("test_") else row)[str(name)] = float(value)
+        reserved = sorted(set(row) & RESERVED)
+        if reserved:
+            raise ContractError(f"trial {self.trial_id}: ctx.report: {reserved[0]!r} is a name orch reports itself; "
+                                f"name the metric otherwise (reserved: {', '.join(sorted(RESERVED))})")
         objective = row.get(self.setup.metric)
         if objective is None:
             raise ContractError(f"trial {self.trial_id}: ctx.report: epoch {epoch}'s metrics have no "
                                 f"{self.setup.metric!r}, the sweep's objective (reported: {', '.join(row) or 'none'})")
         now = time.perf_counter()
-        row.setdefault("generation", self.generation)
+        row["generation"] = self.generation
         row["epoch_time_s"] = now - self._t_last
         row["epoch"] = epoch
         row["timestamp"] = time.time()  # wall clock: when this epoch's numbers were known
@@ -261,7 +278,11 @@ class TrialContext:
             result = self._result(row, last)
             if self._status != TrialStatus.DIVERGED:
                 extra = test() if callable(test) else (test or {})
-                tests.update({k: float(v) for k, v in extra.items()})
+                for name, value in extra.items():
+                    if not str(name).startswith("test_"):
+                        raise ContractError(f"trial {self.trial_id}: ctx.report: test score {name!r} must be named "
+                                            "test_<metric>")
+                    tests[str(name)] = float(value)
                 if tests:
                     result["test"] = tests
             checkpoint = None
@@ -309,9 +330,12 @@ class TrialContext:
         # The losses and the objective (a score such as AUC may be undefined on a split without
         # every class: that is no divergence).
         scored = [v for k, v in row.items() if k.endswith("_loss") or k == self.setup.metric]
-        if not all(math.isfinite(v) for v in scored):
+        if not all(math.isfinite(v) for k, v in row.items() if k.endswith("_loss")):
             self._status = TrialStatus.DIVERGED.value
             self._reason = f"non-finite loss at epoch {epoch}{lr}: lower the learning rate"
+        elif not all(math.isfinite(v) for v in scored):
+            self._status = TrialStatus.DIVERGED.value
+            self._reason = f"{self.setup.metric} is {objective} at epoch {epoch}: the objective must be a number"
         elif (factor and self.first_loss is not None and self.first_loss > 0 and train_loss is not None
               and train_loss > factor * self.first_loss):
             self._status = TrialStatus.DIVERGED.value

@@ -458,6 +458,9 @@ def _task_and_classes(cfg: SweepConfig, where: str, y_train: np.ndarray, ys: lis
             raise DataError(f"{where}: classification targets are class ids 0, 1, 2, ... (integers), "
                             f"got {y.dtype} values such as {y[:3].tolist()}")
     n_classes = int(max(int(y.max()) for y in ys if len(y)) + 1)
+    if n_classes > MAX_INFERRED_CLASSES and not (cfg.data.task or extra.get("task") or extra.get("classes")):
+        raise DataError(f"{where}: integer targets up to {n_classes - 1} were taken as {n_classes} classes; set "
+                        "data.task: regression for a quantity (or classification, or return 'classes', for classes)")
     classes = list(extra.get("classes") or range(n_classes))
     if len(classes) < n_classes:
         raise DataError(f"{where}: 'classes' lists {len(classes)} labels but the targets go up to class id "
@@ -555,16 +558,25 @@ def _from_sets(cfg: SweepConfig, where: str, splits: dict[str, Any], extra: dict
     labels = getattr(sets["train"], "targets", None)
     y_train = (_array(labels, f"{where}: train targets") if labels is not None
                else np.asarray([np.asarray(_y_of(sets["train"][i])) for i in range(len(sets["train"]))]))
-    ys = [y_train] + [np.atleast_1d(np.asarray(_y_of(ds[0]))) for n, ds in sets.items() if n != "train"]
+    for name, ds in sets.items():
+        if np.asarray(_y_of(ds[0])).size != 1:
+            raise DataError(f"{where}: a {name} sample's target has shape {np.asarray(_y_of(ds[0])).shape}; one "
+                            "number per sample (a class id, or a regression target)")
+    ys = [y_train] + [np.atleast_1d(np.asarray(_y_of(ds[0]))).reshape(-1) for n, ds in sets.items() if n != "train"]
     if y_train.ndim == 2 and y_train.shape[1] == 1:
         y_train = y_train[:, 0]
-    task, classes = _task_and_classes(cfg, where, y_train, [y_train], extra)
+    task, classes = _task_and_classes(cfg, where, y_train, [y_train, *ys[1:]], extra)
     if task == "classification":
         for target in ys[1:]:
             if not np.issubdtype(target.dtype, np.integer):
                 raise DataError(f"{where}: classification targets are integer class ids, got {target.dtype}")
     h = hashlib.sha256(f"{cfg.data.factory}|{cfg.data.args}|{[len(ds) for ds in sets.values()]}".encode())
     h.update(np.ascontiguousarray(y_train).tobytes())
+    for ds in sets.values():  # the inputs too: a few samples of each split, spread over it
+        for i in np.linspace(0, len(ds) - 1, num=min(len(ds), 16)).astype(int):
+            x = ds[int(i)][0]
+            for t in x if isinstance(x, (tuple, list)) else (x,):
+                h.update(np.ascontiguousarray(_array(t, where)).tobytes())
     empty = np.zeros((0,), np.float32)
     inputs = len(shapes["train"])
     return Dataset(

@@ -157,7 +157,13 @@ def range_test(cfg: SweepConfig, min_lr: float, max_lr: float, steps: int | None
     check_options(min_lr, max_lr, steps)
     hp, chosen = starting_point(cfg)
     hp["lr"] = min_lr
+    if cfg.trainable:
+        raise UserError(f"trainable: orch lr-find runs orch's own trainer; {cfg.trainable} is a training function "
+                        "of yours (run a learning-rate range test inside it)")
     data = data_mod.load(cfg, hp.get("scale"), hp.get("target_scale"))
+    if not data.in_memory:
+        raise UserError(f"data.factory: orch lr-find needs in-memory splits; {cfg.data.factory} returns torch "
+                        "Datasets (return (x, y) tensors to use it)")
     torch.set_num_threads(cfg.train.threads or max(1, int(cfg.resources.cpu_per_trial)))  # as a trial
     gen = trainer.seed_everything(int(hp["seed"]), bool(hp.get("deterministic")))
     dev = trainer.device()

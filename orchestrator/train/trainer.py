@@ -134,14 +134,15 @@ class Splits:
         loader = self.ctx.loader("train", batch_size=batch_size, shuffle=shuffle,
                                  generator=torch.Generator().manual_seed(seed))
         for x, y in loader:
-            yield _to(x, self.dev), y.to(self.dev, non_blocking=True)
+            yield _to(x, self.dev), y.reshape(-1).to(self.dev, non_blocking=True)  # (B, 1) targets: (B,)
 
     def evaluate(self, model: nn.Module, loss: TaskLoss, split: str, batch_size: int) -> dict[str, float]:
         units = self.data.y_val_units if split == "val" else self.data.y_test_units
         if self.data.in_memory:
             return evaluate(model, self.x[split], self.y[split], self.data, loss, split, units)
         loader = self.ctx.loader(split, batch_size=max(batch_size, 256), shuffle=False)
-        return evaluate_batches(model, ((_to(x, self.dev), y.to(self.dev, non_blocking=True)) for x, y in loader),
+        return evaluate_batches(model, ((_to(x, self.dev), y.reshape(-1).to(self.dev, non_blocking=True))
+                                        for x, y in loader),
                                 self.data, loss, split)
 
 
@@ -225,8 +226,10 @@ def run_trial(config: dict[str, Any], data: Dataset | Variants, setup: TrialSetu
     ``result["history"]`` holds every epoch since the previous report. ``state``: a checkpoint
     (as ``report`` was given) to resume from, its hyperparameters replaced by ``config``'s.
     """
+    fn = trainable(setup)
+    torch.set_num_threads(setup.threads)
     ctx = TrialContext(config, setup, data, LocalBackend(report, state), dev)
-    trainable(setup)(ctx.config, ctx)
+    fn(ctx.config, ctx)
     return ctx.finish()
 
 
@@ -235,9 +238,9 @@ def trainable(setup: TrialSetup) -> Callable[[dict[str, Any], TrialContext], Non
     from orchestrator.config.imports import import_callable, project_on_path
     from orchestrator.train.context import BUILT_IN
 
+    project_on_path(setup.project)
     if setup.trainable == BUILT_IN:
         return fit
-    project_on_path(setup.project)
     return import_callable(setup.trainable, "trainable")
 
 

@@ -280,6 +280,21 @@ def find_resumable(store: Store, study: str, sweep_id: str | None) -> str:
     return _check_tune_state(store, sorted(candidates)[-1])
 
 
+def _trust_saved_config(store: Store, sweep_id: str, text: str) -> None:
+    """Refuse to resume a sweep whose saved config names code unless this machine signed it."""
+    from orchestrator.tune import state_guard
+
+    exp_dir = store.sweep_dir(sweep_id)
+    key = state_guard.load_key(store.root)
+    try:
+        signatures = state_guard.read_signatures(exp_dir).get(SWEEP_CONFIG_FILE, [])
+    except state_guard.SignaturesError:
+        signatures = []
+    mine = state_guard.digest(key, sweep_id, SWEEP_CONFIG_FILE, exp_dir / SWEEP_CONFIG_FILE)
+    state_guard.trust_config(key, sweep_id, SWEEP_CONFIG_FILE, text, mine if mine in signatures else None,
+                             f"--resume: sweep {sweep_id}")
+
+
 def _own_files() -> tuple[str, ...]:
     """orch's files in a sweep's experiment directory (Tune never reads them: not signed)."""
     return SWEEP_CONFIG_FILE, STATUS_FILE, STAGES_FILE, f"{STAGES_FILE}.tmp"
@@ -323,7 +338,10 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     if resume:
         sweep_id = find_resumable(store, cfg.study, resume)
         saved = store.sweep_dir(sweep_id) / SWEEP_CONFIG_FILE
-        cfg = dataclasses.replace(config_mod.from_yaml(saved.read_text()), source_file=cfg.source_file)
+        text = saved.read_text()
+        cfg = dataclasses.replace(config_mod.from_yaml(text), source_file=cfg.source_file)
+        if config_mod.uses_project_code(cfg):
+            _trust_saved_config(store, sweep_id, text)
         echo(f"Resuming sweep {sweep_id} of {cfg.study} (config as saved when it started)")
     else:
         sweep_id = sweep_id or new_sweep_id()
@@ -332,6 +350,9 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
 
     # Everything that can be wrong with the input is found before Ray starts or a file is written:
     # a bad table is reported in seconds, not after Ray's start and shutdown.
+    from orchestrator.config.imports import project_on_path
+
+    project_on_path(cfg.project)  # the code the config names (Ray's local workers inherit sys.path)
     address = ray_address(cfg, address)
     store.check_writable()
     dataset = data_mod.load(cfg)
@@ -415,8 +436,11 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
     ray_dir = store.ray_dir()
     exp_dir = store.sweep_dir(sweep_id)
     exp_dir.mkdir(parents=True, exist_ok=True)
+    key = state_guard.load_key(store.root)
     if not resuming:
         (exp_dir / SWEEP_CONFIG_FILE).write_text(config_mod.to_yaml(cfg))
+        # Signed: a resume imports the code it names only if this machine wrote it.
+        state_guard.sign(exp_dir, {SWEEP_CONFIG_FILE: exp_dir / SWEEP_CONFIG_FILE}, key, sweep_id)
 
     reuse = cfg.ray.reuse_actors
     # Resources on the function, so that the actor class (the one the dashboard shows) stays OrchTrial.
@@ -441,7 +465,6 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
                                                            "cluster": joined, "job": current_job()})
     # Restoring unpickles Tune's files of the store: only those this machine's key signed (see
     # orchestrator/tune/state_guard.py), checked before Tune reads any and again as it reads them.
-    key = state_guard.load_key(store.root)
     if resuming and ray_adapter.restorable(exp_dir):
         _check_tune_state(store, sweep_id, key)
         try:
@@ -577,8 +600,12 @@ def finish(cfg: SweepConfig, store: Store, result: SweepResult, data_fingerprint
     report that fails is a warning: the results are in the store either way)."""
     from orchestrator.report import page as report_mod
     from orchestrator.store import queries
+    from orchestrator.tune import state_guard
 
     sweep_id = result.sweep_id
+    # The config, signed with this machine's key: a re-tune imports the code it names only then.
+    config_yaml = config_mod.to_yaml(cfg)
+    config_sig = state_guard.text_digest(state_guard.load_key(store.root), sweep_id, "config_yaml", config_yaml)
 
     current = queries.current_best(store.root, cfg.study)
     if reference is None and current is not None:
@@ -594,7 +621,8 @@ def finish(cfg: SweepConfig, store: Store, result: SweepResult, data_fingerprint
         "parent_sweep_id": parent_sweep_id,
         "scheduler": cfg.scheduler.name,
         "searcher": cfg.search.algorithm,
-        "config_yaml": config_mod.to_yaml(cfg),
+        "config_yaml": config_yaml,
+        "config_sig": config_sig,
         "config_path": cfg.source_file,
         "started_at": started_at,
         "ended_at": datetime.now(timezone.utc),

@@ -134,6 +134,29 @@ def digest(key: StateKey, sweep_id: str, name: str, path: str | Path) -> str:
     return mac.hexdigest()
 
 
+def text_digest(key: StateKey, sweep_id: str, name: str, text: str) -> str:
+    """:func:`digest` of ``text`` (a sweep's config as the store's sweeps table holds it)."""
+    prefix = _DOMAIN + sweep_id.encode() + b"\0" + name.encode() + b"\0"
+    return hmac.new(key.secret, prefix + text.encode(), hashlib.sha256).hexdigest()
+
+
+def trust_config(key: StateKey, sweep_id: str, name: str, text: str, signature: object, context: str) -> None:
+    """Refuse a stored config that names code to import unless this machine's key signed it.
+
+    A config read from the store (a resume, a re-tune) may name a model, a data factory or a
+    training function by import path, and a project directory to import them from: importing
+    runs code, so only a config this machine (or one holding its key) wrote is imported.
+
+    Raises:
+        UserError: the signature is missing or does not match.
+    """
+    if not (isinstance(signature, str) and hmac.compare_digest(signature, text_digest(key, sweep_id, name, text))):
+        raise UserError(f"{context}: the config stored for sweep {sweep_id} names code to import (a model or data "
+                        f"factory, a training function) and is not signed by this machine's key ({key.where}); "
+                        "refusing to import it. Run the study's config file with orch sweep, or set "
+                        f"{KEY_ENV} to the key of the machine that wrote the sweep")
+
+
 class SignaturesError(ValueError):
     """The signatures file is missing or malformed."""
 

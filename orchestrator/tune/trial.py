@@ -91,9 +91,12 @@ def tune_trainable(config: dict[str, Any], data: Dataset | Variants | None = Non
     import ray
     from ray import tune
 
+    from orchestrator.config.imports import project_on_path
     from orchestrator.train.trainer import trainable
 
     assert setup is not None  # tune.with_parameters passes it
+    project_on_path(setup.project)  # before anything imports the user's code (a model factory too)
+    torch.set_num_threads(setup.threads)
     dev, gpu_ids = ray_device()
     where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(dev), "gpu_ids": gpu_ids}
     ctx: TrialContext | None = None

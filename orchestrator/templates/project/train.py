@@ -12,7 +12,8 @@ to orch:
     ctx.max_epochs      the last epoch (scheduler.max_epochs)
     ctx.report(epoch, metrics, state=...)   once per epoch, from 1: the scheduler compares trials on
                         the metrics, and the state is the checkpoint to continue from
-    ctx.should_stop     true once the scheduler stopped the trial (ASHA's early stopping)
+    ctx.should_stop     true once the trial is over (its last epoch, a diverging loss, train.patience);
+                        when the scheduler stops a trial early (ASHA), Ray ends it inside ctx.report
     ctx.restore()       None, or the state of a report to continue from: after a lost node, or when
                         population-based training copied a better trial's weights into this one
 """
