@@ -128,3 +128,34 @@ def test_test_scores_are_computed_at_reports_only_and_a_state_must_be_plain() ->
     ctx, _ = context(setup_for(max_epochs=3))
     with pytest.raises(ContractError, match="state: a checkpoint holds only tensors and plain values, not Opaque"):
         ctx.report(1, {"val_loss": 0.5}, state={"thing": Opaque()})
+
+
+def test_the_model_check_runs_the_datas_own_samples_integer_token_ids_included() -> None:
+    from torch import nn
+
+    from orchestrator.config import models
+    from orchestrator.errors import ConfigError
+
+    class Bag(nn.Module):
+        def __init__(self, vocab: int, n_outputs: int) -> None:
+            super().__init__()
+            self.embed, self.out = nn.Embedding(vocab, 4), nn.Linear(4, n_outputs)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.out(self.embed(tokens).mean(1))
+
+    import sys
+    import types
+
+    module = types.ModuleType("bag_of_tokens")
+    module.build = lambda n_outputs, vocab=50: Bag(vocab, n_outputs)  # type: ignore[attr-defined]
+    module.three = lambda n_outputs: Bag(50, 3)  # type: ignore[attr-defined]  # (ignores n_outputs)
+    sys.modules["bag_of_tokens"] = module
+    try:
+        tokens = torch.randint(0, 50, (2, 7))
+        models.check_built("bag_of_tokens:build", (7,), 3, "classification", {}, example=[tokens])
+        with pytest.raises(ConfigError, match=r"output for a batch of 2 samples of shape \(7,\) is \(2, 3\), "
+                                              r"expected \(2, 5\)"):
+            models.check_built("bag_of_tokens:three", (7,), 5, "classification", {}, example=[tokens])
+    finally:
+        del sys.modules["bag_of_tokens"]

@@ -247,10 +247,11 @@ def probe(name: str, **hyperparameters: Any) -> nn.Module:
 
 
 def check_built(name: str, input_shape: tuple[int, ...], n_outputs: int, task: str, hyperparameters: dict[str, Any],
-                key: str = "model", inputs: int = 1) -> None:
+                key: str = "model", inputs: int = 1, example: list[Any] | None = None) -> None:
     """Build the model for the data's shape on PyTorch's meta device and run a batch of two through
-    it: the factory's errors, something that is not an ``nn.Module``, or outputs of the wrong shape
-    are one-line ConfigErrors naming ``key``."""
+    it (``example``: two samples of the data, one tensor per input): the factory's errors, something
+    that is not an ``nn.Module``, or outputs of the wrong shape are one-line ConfigErrors naming
+    ``key``."""
     import torch
 
     from orchestrator.errors import ConfigError
@@ -267,7 +268,10 @@ def check_built(name: str, input_shape: tuple[int, ...], n_outputs: int, task: s
     except Exception as err:  # noqa: BLE001 - the user's factory
         raise ConfigError(f"{key}: {name} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                           f"{shown_hp}") from None
-    batch = [torch.empty((2, *input_shape), device="meta") for _ in range(inputs)]
+    # A batch of two of the data's own samples (each input's shape and dtype: token ids stay integers)
+    # on the meta device, else float inputs of the first input's shape.
+    batch = ([torch.as_tensor(t).to("meta") for t in example] if example is not None
+             else [torch.empty((2, *input_shape), device="meta") for _ in range(inputs)])
     try:
         with torch.no_grad():
             out = model.train(False)(*batch)

@@ -9,7 +9,7 @@ needs). Importing this module imports neither torch nor Ray.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import load as config
 from orchestrator.config import models, schema
@@ -63,4 +63,17 @@ def check_model(cfg: SweepConfig, dataset: Dataset) -> None:
     hp = {k: base[k] for k in models.hyperparameters(model) if k in base}
     n_outputs = TaskLoss(base, dataset).n_outputs if cfg.trainable is None else dataset.n_outputs
     models.check_built(model, dataset.input_shape, n_outputs, dataset.task, hp,
-                       key="model.factory" if models.is_path(model) else "model", inputs=dataset.inputs)
+                       key="model.factory" if models.is_path(model) else "model", inputs=dataset.inputs,
+                       example=_example(dataset))
+
+
+def _example(dataset: Dataset) -> list[Any]:
+    """Two samples of the training split, one stacked tensor per input."""
+    import torch
+
+    if dataset.in_memory:
+        return [torch.as_tensor(dataset.x_train[:2])]
+    train = dataset.split("train")
+    xs = [train[i][0] for i in range(min(2, len(train)))]
+    parts = [x if isinstance(x, (tuple, list)) else (x,) for x in xs]
+    return [torch.stack([torch.as_tensor(p[k]) for p in parts]) for k in range(len(parts[0]))]
