@@ -159,3 +159,12 @@ def test_the_model_check_runs_the_datas_own_samples_integer_token_ids_included()
             models.check_built("bag_of_tokens:three", (7,), 5, "classification", {}, example=[tokens])
     finally:
         del sys.modules["bag_of_tokens"]
+
+
+def test_population_based_training_needs_a_state_at_each_checkpoint() -> None:
+    import dataclasses
+
+    ctx, _ = context(dataclasses.replace(setup_for(max_epochs=6, report_epochs=frozenset({2, 4})), needs_state=True))
+    ctx.report(1, {"val_loss": 0.5})  # not a checkpoint epoch (checkpoint_every=2)
+    with pytest.raises(ContractError, match="trial t1: ctx.report: epoch 2 has no state: population-based training"):
+        ctx.report(2, {"val_loss": 0.4})

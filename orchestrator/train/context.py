@@ -76,6 +76,7 @@ class TrialSetup:
     trainable: str = BUILT_IN
     num_workers: int = 0  # DataLoader workers
     project: str | None = None  # where the import paths resolve
+    needs_state: bool = False  # population-based training: every checkpoint epoch must carry a state
 
 
 class TrialStopped(Exception):
@@ -286,7 +287,12 @@ class TrialContext:
                 if tests:
                     result["test"] = tests
             checkpoint = None
-            if state is not None and not last and (epoch % self.setup.checkpoint_every == 0 or r is None):
+            due = not last and (epoch % self.setup.checkpoint_every == 0 or r is None)
+            if due and state is None and self.setup.needs_state:
+                raise ContractError(f"trial {self.trial_id}: ctx.report: epoch {epoch} has no state: population-based "
+                                    "training copies a trial's state to another at this epoch; pass "
+                                    "state=... (the weights and optimizer) to ctx.report")
+            if state is not None and due:
                 checkpoint = self._checkpoint(epoch, state() if callable(state) else state)
             self._send(result, checkpoint)
         if last:

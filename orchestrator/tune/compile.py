@@ -69,6 +69,7 @@ def compile_sweep(cfg: SweepConfig, dataset: data_mod.Dataset, store_root: str |
         trainable=cfg.trainable or BUILT_IN,
         num_workers=cfg.data.num_workers,
         project=cfg.project,
+        needs_state=population,
         metric=cfg.objective.metric,
         mode=cfg.objective.mode,
         max_epochs=cfg.scheduler.max_epochs,
