@@ -194,7 +194,9 @@ def test_pb2_runs_with_a_small_population(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert "Babysitting a population of 4 with pb2" in p.stdout
     trials = pd.read_parquet(store / "trials")
-    assert set(trials["status"]) == {"completed"}
+    # PB2's proposals are its own (a GP's upper confidence bound, not seeded): one at the edge of the
+    # space (lr 0.1 with beta1 0.999) can diverge, as it should; no trial may fail.
+    assert set(trials["status"]) <= {"completed", "diverged"} and (trials["status"] == "completed").any(), trials
     e = pd.read_parquet(store / "exploits") if (store / "exploits").exists() else pd.DataFrame()
     for _, row in e.iterrows():  # PB2 proposes inside each knob's range
         new = json.loads(row["new_config"])
