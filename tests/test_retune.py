@@ -80,6 +80,7 @@ def test_fresh_study_is_left_alone(world) -> None:
     assert json.loads(d["evidence"])["age_days"] == pytest.approx(1, abs=0.01)
 
 
+@pytest.mark.slow
 def test_age_rule_fires_past_max_age(world) -> None:
     store, _, row = world
     r = orch("retune", STUDY, "--store", store, "--now", at(row, 91), "--dry-run")

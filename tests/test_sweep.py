@@ -132,6 +132,7 @@ def test_resume_with_nothing_to_resume_is_a_user_error(store: Path) -> None:
     assert p.stderr.strip().count("\n") == 0 and "--resume" in p.stderr and "test-iris" in p.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_keeps_what_finished(store: Path) -> None:
     args = [*SMALL, "scheduler.name=fifo", "scheduler.max_epochs=30", "search.num_samples=16",
             "model.hidden=32", "--store", str(store)]
