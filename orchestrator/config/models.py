@@ -182,13 +182,12 @@ def check(model_cfg: dict[str, Any], key: str = "model") -> None:
                           f"{key}.factory (an import path such as 'mypkg.nets:build') (got {shown(model_cfg)})")
     if "factory" in given_keys:
         name = model_cfg["factory"]
-        factory = get(name)  # (ConfigError naming model.factory)
+        get(name)  # (ConfigError naming model.factory)
         missing = required(name)
         if missing:
             raise ConfigError(f"{key}.factory: {name} has arguments without a default that orch cannot fill in: "
                               f"{', '.join(missing)}; give them defaults (orch fills in only "
                               f"{', '.join(SIZE_ARGUMENTS)})")
-        del factory
         what = f"model factory {name}"
     else:
         name = model_cfg.get("name", DEFAULT_MODEL)

@@ -187,7 +187,7 @@ def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
 
         try:
             state_guard.trust_config(state_guard.load_key(store.root), str(last["sweep_id"]), "config_yaml",
-                                     str(last["config_yaml"]), last.get("config_sig"), f"study {study}")
+                                     str(last["config_yaml"]), [last.get("config_sig")], f"study {study}")
         except UserError as err:
             d.verdict, d.error = "error", str(err)
             return d

@@ -401,7 +401,6 @@ def from_factory(cfg: SweepConfig, out: Any = None) -> Dataset:
     d = cfg.data
     where = f"data.factory: {d.factory}"
     out = call_factory(cfg) if out is None else out
-    extra: dict[str, Any] = {}
     if isinstance(out, (tuple, list)) and 2 <= len(out) <= 3:
         out = dict(zip(SPLITS, out, strict=False))
     if not isinstance(out, dict):

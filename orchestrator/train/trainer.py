@@ -148,8 +148,7 @@ class Splits:
 
 def fit(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train one configuration: orch's trainer, a training function like any other."""
-    hp = ctx.config
-    torch.set_num_threads(ctx.setup.threads)
+    hp = ctx.config  # (threads are set for every training function: run_trial, tune_trainable)
     gen = seed_everything(int(hp["seed"]), bool(hp.get("deterministic")))
     dev = ctx.device
     parts = build(hp, ctx.data, ctx.setup.model, ctx.max_epochs, ctx.direction, dev)

@@ -290,9 +290,7 @@ def _trust_saved_config(store: Store, sweep_id: str, text: str) -> None:
         signatures = state_guard.read_signatures(exp_dir).get(SWEEP_CONFIG_FILE, [])
     except state_guard.SignaturesError:
         signatures = []
-    mine = state_guard.digest(key, sweep_id, SWEEP_CONFIG_FILE, exp_dir / SWEEP_CONFIG_FILE)
-    state_guard.trust_config(key, sweep_id, SWEEP_CONFIG_FILE, text, mine if mine in signatures else None,
-                             f"--resume: sweep {sweep_id}")
+    state_guard.trust_config(key, sweep_id, SWEEP_CONFIG_FILE, text, signatures, f"--resume: sweep {sweep_id}")
 
 
 def _own_files() -> tuple[str, ...]:

@@ -140,17 +140,20 @@ def text_digest(key: StateKey, sweep_id: str, name: str, text: str) -> str:
     return hmac.new(key.secret, prefix + text.encode(), hashlib.sha256).hexdigest()
 
 
-def trust_config(key: StateKey, sweep_id: str, name: str, text: str, signature: object, context: str) -> None:
+def trust_config(key: StateKey, sweep_id: str, name: str, text: str, signatures: Iterable[object],
+                 context: str) -> None:
     """Refuse a stored config that names code to import unless this machine's key signed it.
 
     A config read from the store (a resume, a re-tune) may name a model, a data factory or a
     training function by import path, and a project directory to import them from: importing
     runs code, so only a config this machine (or one holding its key) wrote is imported.
+    ``signatures``: those recorded for it (the sweeps row's, or the signatures file's).
 
     Raises:
         UserError: the signature is missing or does not match.
     """
-    if not (isinstance(signature, str) and hmac.compare_digest(signature, text_digest(key, sweep_id, name, text))):
+    expected = text_digest(key, sweep_id, name, text)
+    if not any(isinstance(sig, str) and hmac.compare_digest(sig, expected) for sig in signatures):
         raise UserError(f"{context}: the config stored for sweep {sweep_id} names code to import (a model or data "
                         f"factory, a training function) and is not signed by this machine's key ({key.where}); "
                         "refusing to import it. Run the study's config file with orch sweep, or set "
