@@ -7,6 +7,8 @@ From Python (see :mod:`orchestrator.api`)::
     result = orch.sweep("conf/sweep.yaml")      # or a dict, or a SweepConfig
     orch.results(study=result.study)            # the trials, a pandas DataFrame
     orch.best(result.study)                     # the study's best config
+    model = orch.load_model("results/best/tabular-digits")   # the study's model
+    model.predict(frame)                        # labels and class probabilities, or values
 
 Importing orchestrator is cheap and changes nothing in the process: the API is imported on first
 use, and torch, Ray and pandas only when a function needs them.
@@ -23,11 +25,11 @@ try:
 except Exception:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-_API = ("sweep", "results", "best", "Sweep")
+_API = ("sweep", "results", "best", "Sweep", "load_model")
 _CONTRACT = ("TrialContext", "TrialStopped")  # for a training function's type hints (imports torch)
 
 if TYPE_CHECKING:
-    from orchestrator.api import Sweep, best, results, sweep
+    from orchestrator.api import Sweep, best, load_model, results, sweep
     from orchestrator.train.context import TrialContext, TrialStopped
 else:
     # (Hidden from type checkers, which would take every attribute of the package for one.)
@@ -47,4 +49,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_API, *_CONTRACT})
 
 
-__all__ = ["__version__", "sweep", "results", "best", "Sweep", "TrialContext", "TrialStopped"]
+__all__ = ["__version__", "sweep", "results", "best", "Sweep", "load_model", "TrialContext", "TrialStopped"]

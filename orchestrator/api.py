@@ -175,3 +175,15 @@ def _store(store: StorePath | Store | None) -> Store:
 
 
 __all__ = ["Sweep", "sweep", "results", "best"]
+
+
+def load_model(path: str | Path, *, trust_code: bool = False, device: str = "cpu") -> Any:
+    """A model artefact (``orch export``'s output, ``<store>/best/<study>``, or a kept trial's
+    ``<store>/models/<study>/<sweep_id>/<trial_id>``), ready to ``predict(frame)``.
+
+    A model built by your own factory (named by import path) is imported only when this machine's
+    key signed the artefact (orch wrote it here), or with ``trust_code=True``.
+    """
+    from orchestrator.tune.artefacts import load_model as load
+
+    return load(path, trust_code=trust_code, device=device)

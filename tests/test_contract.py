@@ -108,19 +108,28 @@ def test_divergence_and_patience_come_from_the_reported_losses() -> None:
     assert sent[-1][0]["trial_status"] == "stopped_early" and sent[-1][0]["epoch"] == 3
 
 
-def test_test_scores_are_computed_at_reports_only_and_a_state_must_be_plain() -> None:
-    ctx, sent = context(setup_for(max_epochs=3, report_epochs=frozenset({2})))
+def test_test_scores_and_weights_are_the_best_epochs_and_a_state_must_be_plain() -> None:
+    ctx, sent = context(setup_for(max_epochs=4, report_epochs=frozenset({2, 3})))
     computed = []
+    model = torch.nn.Linear(2, 1)
 
     def test() -> dict:
         computed.append(1)
-        return {"test_loss": 0.25}
+        return {"test_loss": 0.25 * len(computed)}
 
-    ctx.report(1, {"val_loss": 0.5, "test_accuracy": 0.9}, test=test)
-    assert not computed
-    ctx.report(2, {"val_loss": 0.4, "test_accuracy": 0.91}, test=test)
-    assert computed == [1] and sent[-1][0]["test"] == {"test_accuracy": 0.91, "test_loss": 0.25}
+    ctx.report(1, {"val_loss": 0.5, "test_accuracy": 0.9}, test=test, model=model)
+    assert computed == [1]  # a best epoch: its scores are kept (not reported yet)
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    ctx.report(2, {"val_loss": 0.4, "test_accuracy": 0.91}, test=test, model=model)
+    assert computed == [1, 1] and sent[-1][0]["test"] == {"test_accuracy": 0.91, "test_loss": 0.5}
     assert "test_accuracy" not in sent[-1][0]["history"][0]
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+    ctx.report(3, {"val_loss": 0.4, "test_accuracy": 0.5}, test=test, model=model)  # a tie: not better
+    assert computed == [1, 1] and sent[-1][0]["test"]["test_accuracy"] == 0.91
+    assert sent[-1][0]["best_epoch"] == 2 and bool((ctx.best_weights["weight"] == 7.0).all())
+    assert ctx.n_params == 3
 
     class Opaque:
         pass

@@ -67,7 +67,7 @@ class FakeContext:
     def restore(self) -> dict | None:
         return self._restore
 
-    def report(self, epoch: int, metrics: dict, state=None) -> None:
+    def report(self, epoch: int, metrics: dict, state=None, test=None, model=None) -> None:
         self.reports.append((epoch, metrics, state() if callable(state) else state))
 
     @property

@@ -473,6 +473,7 @@ def validate(cfg: SweepConfig) -> None:
 
     if not cfg.store.path:
         fail("store.path", "a directory is required", cfg.store.path)
+    check_range("store.keep_models", cfg.store.keep_models, 0)
     check_range("retune.max_age_days", cfg.retune.max_age_days, 0, None, lo_open=True)
     check_range("retune.drift_tolerance", cfg.retune.drift_tolerance, 0)
     check_range("retune.num_samples", cfg.retune.num_samples, 1, allow_none=True)

@@ -212,6 +212,9 @@ class FailureConfig:
 @dataclass
 class StoreConfig:
     path: str = "results"
+    # The best trials whose model (weights, config, fitted preprocessing) the store keeps
+    # (<store>/models/<study>/<sweep_id>/<trial_id>/); 0: none.
+    keep_models: int = 3
 
 
 @dataclass

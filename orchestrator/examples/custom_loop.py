@@ -72,8 +72,9 @@ def fit(config: dict[str, Any], ctx: TrialContext) -> None:
                 correct += (logits.argmax(dim=1) == y).sum().item()
                 n_val += len(y)
 
-        # Report. The checkpoint goes as a function: orch calls it only when it keeps one.
+        # Report. The checkpoint goes as a function: orch calls it only when it keeps one. The model
+        # goes too: orch keeps its weights at the trial's best epoch (the model the sweep hands over).
         metrics = {"train_loss": train_loss / n_train, "val_loss": val_loss / n_val, "val_accuracy": correct / n_val}
-        ctx.report(epoch, metrics, state=partial(checkpoint, model, optimizer, epoch))
+        ctx.report(epoch, metrics, state=partial(checkpoint, model, optimizer, epoch), model=model)
         if ctx.should_stop:
             break

@@ -201,7 +201,7 @@ def decide(store: Store, study: str, now: datetime, *, drift: bool = True,
         d.reasons.append("data_changed")
 
     if rules.on_code_change:
-        from orchestrator.tune.driver import code_version
+        from orchestrator.tune.compile import code_version
 
         now_code, then_code = code_version(cfg), last.get("code_version")
         d.evidence.update(code_then=then_code, code_now=now_code)

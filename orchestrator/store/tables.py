@@ -70,7 +70,7 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "config_yaml": pa.string(), "config_sig": pa.string(), "best_trial_id": pa.string(), "metric": pa.string(),
     "mode": pa.string(), "best_value": pa.float64(), "data_fingerprint": pa.string(),
     "orch_version": pa.string(), "started_at": TIMESTAMP, "ended_at": TIMESTAMP,
-    "epoch": pa.int64(), "epochs": pa.int64(), "best_epoch": pa.int64(), "time_s": pa.float64(),
+    "epoch": pa.int64(), "epochs": pa.int64(), "best_epoch": pa.int64(), "n_params": pa.int64(), "time_s": pa.float64(),
     "train_time_s": pa.float64(), "node": pa.string(), "stop_reason": pa.string(),
     "num_trials": pa.int64(), "dashboard_url": pa.string(),
 }

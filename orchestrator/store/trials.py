@@ -83,9 +83,31 @@ def better(value: float | None, reference: float | None, mode: str, rel_margin: 
     return value < reference - margin if mode == "min" else value > reference + margin
 
 
+# Ties on the objective (several losses equally tiny, a validation accuracy of 1.0) are broken by
+# the trial's best of a second metric, then by fewer epochs to its best, then by the smaller model:
+# of equally good fits, the one most likely to generalise.
+SECOND_METRIC = {"val_loss": ("val_accuracy", "max"), "val_rmse": ("val_mae", "min"), "val_r2": ("val_loss", "min"),
+                 "val_mae": ("val_loss", "min")}
+
+
+def tie_breakers(column: str, trials: pd.DataFrame) -> list[tuple[str, bool]]:
+    """The columns (and whether ascending) that order trials tied on ``column`` (a ``best_`` one)."""
+    if not column.startswith("best_"):
+        return []
+    metric = column[len("best_"):]
+    name, mode = SECOND_METRIC.get(metric, ("val_loss", "min"))
+    if name == metric or f"best_{name}" not in trials.columns:
+        name, mode = ("val_loss", "min") if metric != "val_loss" else ("", "")
+    keys = [(f"best_{name}", mode == "min")] if name and f"best_{name}" in trials.columns else []
+    keys += [(c, True) for c in ("best_epoch", "n_params") if c in trials.columns]
+    return keys
+
+
 def ranked(trials: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
-    """``trials`` best first by ``column`` (stable: ties keep the store's order)."""
-    return trials.sort_values(column, ascending=mode == "min", kind="stable")
+    """``trials`` best first by ``column``; ties broken by :func:`tie_breakers`, then the store's order."""
+    keys = [(column, mode == "min"), *tie_breakers(column, trials)]
+    return trials.sort_values([k for k, _ in keys], ascending=[a for _, a in keys], kind="stable",
+                              na_position="last")
 
 
 def best(trials: pd.DataFrame, column: str, mode: str) -> pd.Series | None:

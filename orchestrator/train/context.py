@@ -15,8 +15,12 @@ the trial's hyperparameters: the sweep's base values with the sampled ones appli
 - ``ctx.should_stop``: true once the trial is over (its last epoch, divergence, patience): leave
   the loop. A report after that raises :class:`TrialStopped`. (A trial the scheduler stops early,
   ASHA's, is ended by Ray inside ``ctx.report``.)
+- ``ctx.report(..., model=model)``: the ``nn.Module`` being trained. orch keeps a copy of its
+  weights at the trial's best epoch (by the objective): the trial's model, from which the sweep
+  writes the artefacts of its best trials (``keep_models``) and ``orch export`` reads.
 - ``ctx.report(..., test=...)``: held-out scores (``test_<name>``), or a function computing them,
-  called only when the report goes to the scheduler; the store keeps those of the last one.
+  called at each epoch that improves the objective: the store keeps those of the best epoch, so
+  a trial's test scores are those of the weights it hands over.
 - The objective must be one of the metrics orch knows for the task (``val_loss``, ``val_accuracy``,
   ``val_f1``, ``val_auc``; ``val_rmse``, ``val_mae``, ``val_r2``): those get best and final columns
   in the store. Any other metric is kept per epoch.
@@ -77,6 +81,7 @@ class TrialSetup:
     num_workers: int = 0  # DataLoader workers
     project: str | None = None  # where the import paths resolve
     needs_state: bool = False  # population-based training: every checkpoint epoch must carry a state
+    weights_dir: str | None = None  # where each trial writes its best epoch's weights (<trial_id>.pt)
 
 
 class TrialStopped(Exception):
@@ -146,6 +151,11 @@ class TrialContext:
         self._history: list[dict[str, Any]] = []
         self._best: dict[str, float] = {}
         self._best_epoch = self._since_best = self._epoch = 0
+        self._patience_ref: float | None = None  # the objective patience compares with (min_delta)
+        self._best_weights: dict[str, torch.Tensor] | None = None  # the best epoch's, on the CPU
+        self._best_test: dict[str, float] = {}  # the best epoch's held-out scores
+        self._weights_dirty = False
+        self.n_params: int | None = None
         self._last: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None
         self._status, self._reason = TrialStatus.COMPLETED.value, ""
@@ -168,7 +178,13 @@ class TrialContext:
             self._epoch = self._restored_epoch = int(own["epoch"])
             self._best = dict(own.get("best") or {})
             self._best_epoch, self._since_best = int(own.get("best_epoch", 0)), int(own.get("since_best", 0))
+            self._patience_ref = own.get("patience_ref", self._best.get("_objective"))
             self.first_loss = own.get("first_loss")
+            self._best_test = dict(own.get("best_test") or {})
+            if own.get("best_weights") is not None:
+                # The weights of the best epoch so far: this trial's own, or after an exploit the
+                # donor's (whose best it inherits with them). Written as this trial's at the next report.
+                self._best_weights, self._weights_dirty = own["best_weights"], True
 
     # -- what a training function reads ----------------------------------------------------------
     @property
@@ -228,11 +244,13 @@ class TrialContext:
     # -- what a training function calls ----------------------------------------------------------
     def report(self, epoch: int, metrics: Mapping[str, Any],
                state: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
-               test: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None) -> None:
+               test: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+               model: torch.nn.Module | None = None) -> None:
         """Record one epoch; see the module's docstring.
 
-        ``test``: held-out scores (``test_<name>``), or a function computing them, called only when
-        this report goes to the scheduler (the store keeps those of the trial's last report).
+        ``model``: the module being trained; its weights are kept when this epoch is the trial's best.
+        ``test``: held-out scores (``test_<name>``), or a function computing them, called when this
+        epoch is the trial's best so far (the store keeps those of the best epoch).
 
         Raises:
             TrialStopped: the trial had already ended.
@@ -272,20 +290,15 @@ class TrialContext:
         self._epoch = epoch
         self._history.append(row)
         self._last = row
-        self._track(epoch, row, objective)
+        improved = self._track(epoch, row, objective)
+        if improved and self._status != TrialStatus.DIVERGED:
+            self._keep_best(epoch, tests, test, model)
         last = epoch >= self.setup.max_epochs or self._status != TrialStatus.COMPLETED
         r = self.setup.report_epochs
         if last or r is None or epoch in r:
             result = self._result(row, last)
-            if self._status != TrialStatus.DIVERGED:
-                extra = test() if callable(test) else (test or {})
-                for name, value in extra.items():
-                    if not str(name).startswith("test_"):
-                        raise ContractError(f"trial {self.trial_id}: ctx.report: test score {name!r} must be named "
-                                            "test_<metric>")
-                    tests[str(name)] = float(value)
-                if tests:
-                    result["test"] = tests
+            if self._best_test:
+                result["test"] = dict(self._best_test)
             checkpoint = None
             due = not last and (epoch % self.setup.checkpoint_every == 0 or r is None)
             if due and state is None and self.setup.needs_state:
@@ -317,14 +330,22 @@ class TrialContext:
         return result
 
     # -- orch's side -------------------------------------------------------------------------------
-    def _track(self, epoch: int, row: dict[str, Any], objective: float) -> None:
+    def _track(self, epoch: int, row: dict[str, Any], objective: float) -> bool:
+        """Update the bests and the stop rules with one epoch; True when it is the trial's best.
+
+        The best epoch is the first with the best objective (a later equal value does not replace
+        it: fewer epochs). Patience counts epochs since the objective last improved by more than
+        ``min_delta``.
+        """
         for name, value in row.items():
             d = METRIC_DIRECTIONS.get(name)
             if d is not None and is_better(value, self._best.get(name), d):
                 self._best[name] = value
-        if is_better(objective, self._best.get("_objective"), self.direction,
-                     float(self.config.get("min_delta", 0.0) or 0.0)):
-            self._best["_objective"], self._best_epoch, self._since_best = objective, epoch, 0
+        improved = is_better(objective, self._best.get("_objective"), self.direction)
+        if improved:
+            self._best["_objective"], self._best_epoch = objective, epoch
+        if is_better(objective, self._patience_ref, self.direction, float(self.config.get("min_delta", 0.0) or 0.0)):
+            self._patience_ref, self._since_best = objective, 0
         else:
             self._since_best += 1
         train_loss = row.get("train_loss")
@@ -350,6 +371,53 @@ class TrialContext:
         elif patience and self._since_best >= int(patience):
             self._status = TrialStatus.STOPPED_EARLY.value
             self._reason = f"no improvement of {self.setup.metric} for {self._since_best} epochs"
+        return improved and self._status != TrialStatus.DIVERGED
+
+    def _keep_best(self, epoch: int, tests: dict[str, float],
+                   test: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+                   model: torch.nn.Module | None) -> None:
+        """This epoch is the trial's best: keep its held-out scores and its weights (on the CPU)."""
+        extra = test() if callable(test) else (test or {})
+        scores = dict(tests)
+        for name, value in extra.items():
+            if not str(name).startswith("test_"):
+                raise ContractError(f"trial {self.trial_id}: ctx.report: test score {name!r} must be named "
+                                    "test_<metric>")
+            scores[str(name)] = float(value.item() if isinstance(value, torch.Tensor) else value)
+        self._best_test = scores
+        if model is not None:
+            if not isinstance(model, torch.nn.Module):
+                raise ContractError(f"trial {self.trial_id}: ctx.report: model is a {type(model).__name__}, "
+                                    "not a torch.nn.Module")
+            self._best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self._weights_dirty = True
+            if self.n_params is None:
+                self.n_params = sum(p.numel() for p in model.parameters())
+
+    @property
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights of the trial's best epoch (a state dict on the CPU), when ``model=`` was reported."""
+        return self._best_weights
+
+    @property
+    def best_epoch(self) -> int:
+        return self._best_epoch
+
+    def _write_weights(self) -> None:
+        """The best epoch's weights to ``<weights_dir>/<trial_id>.pt`` (atomic; only when changed)."""
+        if not self._weights_dirty or self._best_weights is None or not self.setup.weights_dir:
+            return
+        import os
+        import tempfile
+
+        name = os.path.basename(str(self.trial_id))
+        os.makedirs(self.setup.weights_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.setup.weights_dir, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        torch.save({"weights": self._best_weights, "epoch": self._best_epoch, "n_params": self.n_params,
+                    "test": self._best_test}, tmp)
+        os.replace(tmp, os.path.join(self.setup.weights_dir, f"{name}.pt"))
+        self._weights_dirty = False
 
     def _result(self, row: dict[str, Any], last: bool) -> dict[str, Any]:
         result = dict(row)
@@ -363,6 +431,7 @@ class TrialContext:
             history=self._history,
             best={k: v for k, v in self._best.items() if not k.startswith("_")},
             best_epoch=self._best_epoch,
+            n_params=self.n_params,
             final=last,
             trial_status=self._status if last else TrialStatus.RUNNING.value,
             stop_reason=self._reason,
@@ -381,9 +450,11 @@ class TrialContext:
                                 "torch.load(weights_only=True), which runs no code)") from None
         return {"user": user, "orch": plain({
             "epoch": epoch, "best": self._best, "best_epoch": self._best_epoch, "since_best": self._since_best,
-            "first_loss": self.first_loss, "hp": self.config})}
+            "patience_ref": self._patience_ref, "first_loss": self.first_loss, "hp": self.config,
+            "best_test": self._best_test, "best_weights": self._best_weights})}
 
     def _send(self, result: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        self._write_weights()  # before the report: the scheduler may end the trial inside it
         self.reporting = True
         self._backend.report(result, checkpoint)
         self.reporting = False

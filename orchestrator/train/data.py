@@ -25,6 +25,7 @@ import pandas as pd
 from orchestrator.config.load import check_source
 from orchestrator.config.schema import BUNDLED_DATASETS
 from orchestrator.errors import DataError
+from orchestrator.train.preprocess import Preprocessing, TargetScaling
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import SweepConfig
@@ -66,7 +67,8 @@ class Dataset:
     feature_names: list[str]
     classes: list[Any] = field(default_factory=list)  # original labels, index = class id
     # Regression: the target in its own units for val and test, the training target's spread (the
-    # unit of val_loss) and the fitted target scaler (None: the model predicts the target as is).
+    # unit of val_loss) and the fitted target scaler (None: the model predicts the target as is; else
+    # the same object as target_scaling).
     y_val_units: np.ndarray | None = None
     y_test_units: np.ndarray | None = None
     target_std: float = 1.0
@@ -83,6 +85,12 @@ class Dataset:
     sample_shape: tuple[int, ...] = ()  # one sample's shape (default: x_train's rows)
     inputs: int = 1  # the model's inputs (a factory's sample may hold several tensors)
     source: str = ""
+    # A table's rows of each split: the labels of the table's index ("train", "val", "test").
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    # A table's fitted feature transform and a regression target's scaling, as plain data (they
+    # export with a model as JSON); None for a factory's data.
+    preprocessing: Preprocessing | None = None
+    target_scaling: TargetScaling | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -125,6 +133,8 @@ class Dataset:
 
     def to_target_units(self, pred: np.ndarray) -> np.ndarray:
         """Regression predictions in the target's own units (undo the target scaling)."""
+        if self.target_scaling is not None:
+            return self.target_scaling.inverse(np.asarray(pred, np.float64).ravel())
         if self.target_scaler is None:
             return pred
         return self.target_scaler.inverse_transform(np.asarray(pred, np.float64).reshape(-1, 1)).ravel()
@@ -168,18 +178,6 @@ def infer_task(y: pd.Series) -> str:
     return "regression"
 
 
-def _scaler(kind: str, n_rows: int) -> Any:
-    from sklearn.preprocessing import MinMaxScaler, QuantileTransformer, StandardScaler
-
-    if kind == "standard":
-        return StandardScaler()
-    if kind == "minmax":
-        return MinMaxScaler()
-    if kind == "quantile":
-        return QuantileTransformer(n_quantiles=min(1000, max(10, n_rows)), output_distribution="uniform")
-    return "passthrough"
-
-
 def prepare(frame: pd.DataFrame, target: str, task: str | None = None, val_fraction: float = 0.2,
             test_fraction: float = 0.2, scale: str = "standard", seed: int = 0,
             source: str = "data", target_scale: str = "standard") -> Dataset:
@@ -189,11 +187,7 @@ def prepare(frame: pd.DataFrame, target: str, task: str | None = None, val_fract
     then scaled. String/categorical/bool columns: one-hot encoded (unknown categories at validation
     time encode as all zeros). Rows whose target is missing are dropped with a warning.
     """
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
     from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
 
     if frame.shape[0] == 0:
         raise DataError(f"{source}: the table is empty")
@@ -250,38 +244,17 @@ def prepare(frame: pd.DataFrame, target: str, task: str | None = None, val_fract
     except ValueError as err:
         raise DataError(f"{source}: cannot split {n} rows into train/val/test ({err})") from None
 
-    numeric = [c for c in x_frame.columns
-               if pd.api.types.is_numeric_dtype(x_frame[c]) and not pd.api.types.is_bool_dtype(x_frame[c])]
-    categorical = [c for c in x_frame.columns if c not in numeric]
-    x_frame = x_frame.copy()
-    for c in categorical:  # one dtype per column for the encoder: strings, missing as its own category
-        x_frame[c] = x_frame[c].astype("string").fillna("<missing>").astype(object)
-    transformers = []
-    if numeric:
-        transformers.append((
-            "num",
-            make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
-                          _scaler(scale, len(idx_train))),
-            numeric,
-        ))
-    if categorical:
-        transformers.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical))
-    pre = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
-    x_train = pre.fit_transform(x_frame.iloc[idx_train]).astype(np.float32)
-    x_val = pre.transform(x_frame.iloc[idx_val]).astype(np.float32)
-    x_test = (pre.transform(x_frame.iloc[idx_test]).astype(np.float32) if len(idx_test)
-              else np.zeros((0, x_train.shape[1]), np.float32))
-    names = [str(c) for c in pre.get_feature_names_out()]
+    # Fitted on the training rows; the same plain-data transform runs here and when serving.
+    pre = Preprocessing.fit(x_frame.iloc[idx_train], scale)
+    x_train = pre.transform(x_frame.iloc[idx_train])
+    x_val = pre.transform(x_frame.iloc[idx_val])
+    x_test = pre.transform(x_frame.iloc[idx_test])
+    names = list(pre.feature_names)
 
-    scaler, units, y_model = None, {}, y_all
+    scaling, units, y_model = None, {}, y_all
     if task == "regression":
-        scaler = _scaler(target_scale, len(idx_train))
-        if scaler == "passthrough":
-            scaler = None
-        else:
-            scaler.fit(y_all[idx_train].reshape(-1, 1))
-            y_model = scaler.transform(y_all.reshape(-1, 1)).ravel()
-        y_model = y_model.astype(np.float32)
+        scaling = TargetScaling.fit(y_all[idx_train], target_scale)
+        y_model = scaling.transform(y_all).astype(np.float32)
         units = {"y_val_units": y_all[idx_val].astype(np.float64), "y_test_units": y_all[idx_test].astype(np.float64)}
     y_numeric = pd.to_numeric(y_raw, errors="coerce")
     integral = bool(y_numeric.notna().all() and np.all(np.mod(y_numeric.to_numpy(dtype=np.float64), 1) == 0))
@@ -292,9 +265,12 @@ def prepare(frame: pd.DataFrame, target: str, task: str | None = None, val_fract
         x_test=x_test, y_test=y_model[idx_test],
         feature_names=names, classes=classes,
         target_std=(float(y_all[idx_train].std()) or 1.0) if task == "regression" else 1.0,
-        target_scaler=scaler, scale=scale, target_scale=target_scale,
+        target_scaler=scaling if scaling is not None and scaling.kind != "none" else None,
+        scale=scale, target_scale=target_scale,
         target_distinct=int(y_raw.nunique()), target_integral=integral,
-        fingerprint=fp, n_rows=n, **units,
+        fingerprint=fp, n_rows=n, preprocessing=pre, target_scaling=scaling, **units,
+        rows={"train": frame.index.to_numpy()[idx_train], "val": frame.index.to_numpy()[idx_val],
+              "test": frame.index.to_numpy()[idx_test]},
     )
 
 

@@ -91,10 +91,36 @@ class TaskLoss:
         return (out.squeeze(1) > 0).long() if self.kind == "bce" else out.argmax(1)
 
     def plain(self, out: torch.Tensor, y: torch.Tensor) -> float:
-        """Unweighted, unsmoothed cross-entropy (classification)."""
+        """Unweighted, unsmoothed cross-entropy (classification), without underflow (see
+        :func:`cross_entropy`)."""
         if self.kind == "bce":
-            return float(F.binary_cross_entropy_with_logits(out.squeeze(1), y.to(out.dtype)))
-        return float(F.cross_entropy(out, y))
+            return binary_cross_entropy(out.squeeze(1), y)
+        return cross_entropy(out, y)
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of ``logits`` (rows of class scores) for classes ``y``, in float64 and in
+    a form that does not underflow: a confident, correct row's loss is ``log1p(sum of exp(z_j -
+    z_y))`` over the other classes, a tiny positive number where ``logsumexp(z) - z_y`` in float32
+    rounds to exactly 0 (at a margin of about 17). So overconfident models still rank by how
+    confident they are, instead of tying at 0."""
+    z = logits.detach().double()
+    z = z - z.gather(1, y.view(-1, 1))  # each row relative to its true class's score (0 there)
+    others = z.scatter(1, y.view(-1, 1), float("-inf"))
+    top = others.max(1).values
+    # log(1 + sum exp(others)): log1p of the sum when every other class scores lower (no
+    # overflow), else logsumexp over all classes (the true class's 0 included).
+    small = torch.log1p(torch.exp(others.clamp(max=0.0)).sum(1))
+    large = torch.logsumexp(z, 1)
+    return float(torch.where(top <= 0, small, large).mean()) if len(z) else float("nan")
+
+
+def binary_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean binary cross-entropy of one logit per row, in float64: softplus of the signed margin,
+    which stays positive (``exp(-margin)``) for a confident, correct row."""
+    z = logits.detach().double()
+    sign = 2.0 * y.to(torch.float64) - 1.0
+    return float(F.softplus(-sign * z).mean()) if len(z) else float("nan")
 
 
 @torch.no_grad()

@@ -209,10 +209,10 @@ def fit(config: dict[str, Any], ctx: TrialContext) -> None:
             return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                     "rng": rng_state(gen), "schedule": plain(schedule.state_dict())}
 
-        # The held-out test split at reports only (a trial may be stopped after any of them): the
-        # store keeps the last, for the model the trial ended with. Reported, never used to choose.
+        # The held-out test split at the trial's best epochs only: the store keeps the scores of the
+        # weights the trial hands over. Reported, never used to choose.
         test = (lambda size=batch_size: splits.evaluate(model, loss_fn, "test", size)) if splits.has_test else None
-        ctx.report(epoch, metrics, state=checkpoint, test=test)
+        ctx.report(epoch, metrics, state=checkpoint, test=test, model=model)
         if ctx.should_stop:
             return
 

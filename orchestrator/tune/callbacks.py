@@ -169,10 +169,11 @@ class StoreWriter(Callback):
             best = (last.get("best") or {}).get(name)
             if best is not None or name in last:
                 row[f"best_{name}"] = best
-        row.update(last.get("test") or {})  # the split's scores at the trial's last report
+        row.update(last.get("test") or {})  # the held-out scores of the trial's best epoch (its weights)
         row["collapsed"] = bool(last.get("collapsed", False)) if status != TrialStatus.ERROR else None
         row.update({
-            "best_epoch": last.get("best_epoch"),
+            "best_epoch": last.get("best_epoch"),  # the epoch of the weights it hands over and of its test_ scores
+            "n_params": last.get("n_params"),
             "epochs": last.get("epoch", 0),
             "train_time_s": last.get("train_time_s"),
             "started_at": self._started.get(trial.trial_id),

@@ -10,6 +10,7 @@ in two shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +23,7 @@ from orchestrator.train.context import BUILT_IN, TrialSetup
 from orchestrator.train.losses import check_task
 from orchestrator.train.metrics import DIAGNOSTICS, METRIC_DIRECTIONS
 from orchestrator.tune import schedulers
+from orchestrator.tune.files import WEIGHTS_DIR
 from orchestrator.tune.plan import check_model
 
 
@@ -70,6 +72,7 @@ def compile_sweep(cfg: SweepConfig, dataset: data_mod.Dataset, store_root: str |
         num_workers=cfg.data.num_workers,
         project=cfg.project,
         needs_state=population,
+        weights_dir=str(Path(exp_dir) / WEIGHTS_DIR) if exp_dir and cfg.store.keep_models > 0 else None,
         metric=cfg.objective.metric,
         mode=cfg.objective.mode,
         max_epochs=cfg.scheduler.max_epochs,
@@ -108,3 +111,26 @@ def column_types(cfg: SweepConfig) -> dict[str, pa.DataType]:
         types[f"test_{name[4:]}"] = pa.float64()
     types["collapsed"] = pa.bool_()
     return types
+
+
+def code_version(cfg: SweepConfig) -> str:
+    """A hash of the code a trial runs: the trainer's modules, the model's, and the modules of the
+    training function and the data factory a config names."""
+    import hashlib
+    import inspect
+
+    from orchestrator.config import models
+    from orchestrator.config.imports import import_callable
+    from orchestrator.train import context, losses, optim, trainer
+
+    modules = [trainer, context, losses, optim, data_mod, inspect.getmodule(models.get(models.model_id(cfg.model)))]
+    for spec, key in ((cfg.trainable, "trainable"), (cfg.data.factory, "data.factory")):
+        if spec:
+            modules.append(inspect.getmodule(import_callable(spec, key)))
+    h = hashlib.sha256()
+    for module in dict.fromkeys(m for m in modules if m is not None):
+        try:
+            h.update(inspect.getsource(module).encode())
+        except (OSError, TypeError):
+            h.update(module.__name__.encode())  # no source to read (a compiled module)
+    return h.hexdigest()[:12]

@@ -31,7 +31,7 @@ from orchestrator.store.trials import TrialStatus
 from orchestrator.train import data as data_mod
 from orchestrator.train.metrics import METRIC_DIRECTIONS
 from orchestrator.tune import schedulers, searchers
-from orchestrator.tune.compile import SweepPlan, compile_sweep
+from orchestrator.tune.compile import SweepPlan, code_version, compile_sweep  # noqa: F401 - code_version: importable from here
 from orchestrator.tune.connect import ray_address
 from orchestrator.tune.files import STAGES_FILE, STATUS_FILE, SWEEP_CONFIG_FILE
 
@@ -67,6 +67,8 @@ class SweepResult:
     reference: float | None = None  # the value it had to beat
     report: Path | None = None  # the report's page, when finish wrote one
     report_warning: str | None = None  # why there is no report, when writing it failed
+    models: list[Path] = field(default_factory=list)  # the kept trials' model artefacts, best first
+    models_warning: str | None = None  # why no model was kept, when writing them failed
 
 
 # -- Ray ---------------------------------------------------------------------------------------------
@@ -388,6 +390,7 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     result.config_path = _shown_path(cfg.source_file) if cfg.source_file else "CONFIG"
     result.elapsed_s = time.monotonic() - t_start
     if result.finished:
+        keep_models(plan, store, result)
         finish(cfg, store, result, dataset.fingerprint, started_at, reason=reason,
                parent_sweep_id=parent_sweep_id, reference=reference, report=report, summary=summary)
     return result
@@ -588,6 +591,21 @@ def _shown_path(path: str) -> str:
         return path
 
 
+def keep_models(plan: SweepPlan, store: Store, result: SweepResult) -> None:
+    """The artefacts of the sweep's best ``store.keep_models`` trials (a failure is a warning: the
+    results are in the store either way)."""
+    from orchestrator.tune import artefacts
+
+    cfg = plan.cfg
+    trials = store.trials(cfg.study, sweep_id=result.sweep_id)
+    try:
+        result.models = artefacts.keep_best(cfg, store, result.sweep_id, trials, plan.data,
+                                            store.sweep_dir(result.sweep_id))
+    except Exception as err:  # noqa: BLE001
+        why = " ".join(str(err).split())[:300]
+        result.models_warning = f"orch: warning: no model kept: {type(err).__name__}: {why}"
+
+
 def finish(cfg: SweepConfig, store: Store, result: SweepResult, data_fingerprint: str,
            started_at: datetime, *, reason: str = "manual", parent_sweep_id: str | None = None,
            reference: float | None = None, report: bool = False,
@@ -638,6 +656,10 @@ def finish(cfg: SweepConfig, store: Store, result: SweepResult, data_fingerprint
     }], sweep_id)
     if better:
         queries.write_best_file(store.root, cfg.study)
+        if result.models and result.models[0].name == result.best_trial_id:
+            from orchestrator.tune import artefacts
+
+            artefacts.promote(store, cfg.study, result.models[0], queries.best_yaml(store.root, cfg.study))
     if summary is not None:
         summary(result)
     if report:
@@ -654,29 +676,6 @@ def announce_report(result: SweepResult, echo: Callable[[str], None] = print) ->
         echo(f"Report: {result.report}")
     elif result.report_warning:
         echo(result.report_warning)
-
-
-def code_version(cfg: SweepConfig) -> str:
-    """A hash of the code a trial runs: the trainer's modules, the model's, and the modules of the
-    training function and the data factory a config names."""
-    import hashlib
-    import inspect
-
-    from orchestrator.config import models
-    from orchestrator.config.imports import import_callable
-    from orchestrator.train import context, losses, optim, trainer
-
-    modules = [trainer, context, losses, optim, data_mod, inspect.getmodule(models.get(models.model_id(cfg.model)))]
-    for spec, key in ((cfg.trainable, "trainable"), (cfg.data.factory, "data.factory")):
-        if spec:
-            modules.append(inspect.getmodule(import_callable(spec, key)))
-    h = hashlib.sha256()
-    for module in dict.fromkeys(m for m in modules if m is not None):
-        try:
-            h.update(inspect.getsource(module).encode())
-        except (OSError, TypeError):
-            h.update(module.__name__.encode())  # no source to read (a compiled module)
-    return h.hexdigest()[:12]
 
 
 def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> None:
@@ -705,6 +704,11 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
         if shown:
             echo(yaml.safe_dump(shown, sort_keys=True).rstrip())
         echo(f"Full config: orch best {result.study}")
+    if result.models:
+        echo(f"Model: {_shown_path(str(result.models[0]))}  (orch export {result.study} --out DIR; "
+             f"orch predict {result.study} DATA.csv)")
+    elif result.models_warning:
+        echo(result.models_warning)
     echo(f"Results: {result.store.root}  (orch results --study {result.study})")
     if result.dashboard_url:
         echo(f"Ray dashboard was at {result.dashboard_url}")

@@ -10,8 +10,9 @@ to orch:
     ctx.build_model()   the model conf/sweep.yaml configures (models/net.py), on ctx.device
     ctx.device          where to train: a GPU when the trial has one
     ctx.max_epochs      the last epoch (scheduler.max_epochs)
-    ctx.report(epoch, metrics, state=...)   once per epoch, from 1: the scheduler compares trials on
-                        the metrics, and the state is the checkpoint to continue from
+    ctx.report(epoch, metrics, state=..., model=...)   once per epoch, from 1: the scheduler compares
+                        trials on the metrics, the state is the checkpoint to continue from, and
+                        orch keeps the model's weights of the trial's best epoch (orch export)
     ctx.should_stop     true once the trial is over (its last epoch, a diverging loss, train.patience);
                         when the scheduler stops a trial early (ASHA), Ray ends it inside ctx.report
     ctx.restore()       None, or the state of a report to continue from: after a lost node, or when
@@ -102,6 +103,6 @@ def fit(config: dict[str, Any], ctx: Any) -> None:
         val = evaluate(model, val_loader, loss_fn, regression, ctx.device)
         metrics = {"train_loss": loss_sum / n, **{f"val_{name}": value for name, value in val.items()}}
         ctx.report(epoch, metrics, state=lambda epoch=epoch: {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, model=model)
         if ctx.should_stop:
             return

@@ -1,0 +1,583 @@
+"""Model artefacts: a trained model as a directory that predicts without the store.
+
+A sweep keeps the model of each of its best ``store.keep_models`` trials (the weights of the
+trial's best epoch) as ``<store>/models/<study>/<sweep_id>/<trial_id>/``; ``orch fit`` adds
+``.../fit/`` (the best config re-trained on train+validation rows) and ``orch export --ensemble K``
+``.../ensemble-K/`` (the top K trials' predictions averaged). The study's current model is
+``<store>/best/<study>/model/`` (:func:`promote`). An artefact directory holds:
+
+- ``model.json``: what the model is (the shipped model's name or the factory's import path, its
+  hyperparameters, input shape, outputs, task, class labels), where it comes from (study, sweep,
+  trial, epoch, code version) and its validation and test scores;
+- ``weights.pt`` (``weights-<i>.pt`` per member of an ensemble): a state dict, tensors only, read
+  with ``torch.load(weights_only=True)``;
+- ``preprocessing.json``: the fitted feature transform of a table (imputation, scaling, one-hot
+  categories) and the target's scaling, as plain numbers (no pickle);
+- ``config.yaml``: the sweep's resolved config.
+
+:func:`load_model` reads one (nothing in it runs code; a model named by import path is imported
+only when this machine's key signed ``model.json``, or the caller says it trusts the code) and
+:meth:`Model.predict` takes raw columns as the user has them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import SweepConfig
+    from orchestrator.store.tables import Store
+    from orchestrator.train.data import Dataset
+
+FORMAT = 1
+MODEL_FILE = "model.json"
+PREPROCESSING_FILE = "preprocessing.json"
+CONFIG_FILE = "config.yaml"
+MODELS_DIR = "models"
+BEST_DIR = "best"
+BATCH = 4096
+
+
+class ArtefactError(UserError):
+    """A directory that is not a model artefact of this orch, or one that must not be loaded."""
+
+
+@dataclass
+class Member:
+    """One trained network of an artefact (an ensemble has several)."""
+
+    weights: dict[str, torch.Tensor]
+    hyperparameters: dict[str, Any]  # the trial's, all of them (the model's are taken from these)
+    trial_id: str = ""
+    epoch: int = 0
+
+
+@dataclass
+class Spec:
+    """What :func:`write` records about a model besides its weights."""
+
+    model: str  # a shipped model's name or a factory's import path
+    task: str
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    classes: list[Any] = field(default_factory=list)
+    inputs: int = 1
+    project: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # study, sweep_id, kind, metric, code_version, ...
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def sweep_models_dir(store: Store, study: str, sweep_id: str) -> Path:
+    from orchestrator.names import check_name
+
+    return store.path(MODELS_DIR, check_name(study, "study"), check_name(sweep_id, "sweep id"))
+
+
+def write(directory: Path, members: Sequence[Member], spec: Spec, data: Dataset | None, cfg: SweepConfig,
+          scores: dict[str, dict[str, float]]) -> Path:
+    """Write an artefact to ``directory`` atomically: built beside it, then renamed into place (a
+    reader never sees half of one). An existing artefact there is replaced."""
+    from orchestrator.config import load as config_mod
+    from orchestrator.tune import state_guard
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        files = []
+        for i, m in enumerate(members):
+            name = "weights.pt" if len(members) == 1 else f"weights-{i}.pt"
+            torch.save({k: v.detach().cpu().contiguous() for k, v in m.weights.items()}, tmp / name)
+            files.append({"weights": name, "trial_id": m.trial_id, "epoch": int(m.epoch),
+                          "hyperparameters": _plain(m.hyperparameters), "sha256": _sha256(tmp / name)})
+        pre = {"features": data.preprocessing.to_dict() if data is not None and data.preprocessing is not None
+               else None,
+               "target": data.target_scaling.to_dict() if data is not None and data.target_scaling is not None
+               else None}
+        (tmp / PREPROCESSING_FILE).write_text(json.dumps(pre, indent=1))
+        (tmp / CONFIG_FILE).write_text(config_mod.to_yaml(cfg))
+        record = {
+            "format": FORMAT, "model": spec.model, "task": spec.task, "input_shape": list(spec.input_shape),
+            "inputs": spec.inputs, "n_outputs": spec.n_outputs, "classes": _plain(spec.classes),
+            "project": spec.project, "members": files, "scores": _plain(scores),
+            "preprocessing_sha256": _sha256(tmp / PREPROCESSING_FILE),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **_plain(spec.info),
+        }
+        text = json.dumps(record, indent=1, sort_keys=True)
+        sig = state_guard.text_digest(state_guard.load_key(), "model", MODEL_FILE, text)
+        (tmp / MODEL_FILE).write_text(json.dumps({"record": record, "signature": sig}, indent=1, sort_keys=True))
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def copy(source: Path, out: Path) -> Path:
+    """Copy an artefact to ``out`` (atomically, as :func:`write`; refuses to replace a directory
+    that is not an artefact)."""
+    source, out = Path(source).resolve(), Path(out)
+    if out.exists() and not (out / MODEL_FILE).exists() and any(out.iterdir()):
+        raise UserError(f"--out: {out} exists and is not an empty directory or a model artefact")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for p in source.iterdir():
+            if p.is_file() and not p.name.startswith("."):
+                shutil.copy2(p, tmp / p.name)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def promote(store: Store, study: str, artefact: Path, config_text: str | None = None) -> Path:
+    """Make ``artefact`` the study's model: ``<store>/best/<study>/`` (``model/`` and, given,
+    ``config.yaml``).
+
+    ``best/<study>`` is a link to a complete version directory, swapped in one rename: a reader
+    sees the old model or the new one, never half of either. :func:`load_model` resolves the link
+    once, so a swap while it reads does not mix two versions. The previous version stays (a reader
+    may still hold it); older ones are removed.
+    """
+    from orchestrator.names import check_name
+
+    study = check_name(study, "study")
+    best = store.path(BEST_DIR)
+    versions = store.path(BEST_DIR, ".versions", study)
+    versions.mkdir(parents=True, exist_ok=True)
+    name = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:6]}"
+    tmp = versions / f".{name}.tmp"
+    tmp.mkdir()
+    try:
+        copy(artefact, tmp / "model")
+        if config_text is not None:
+            (tmp / "best.yaml").write_text(config_text)
+        os.replace(tmp, versions / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    link = best / study
+    if link.exists() and not link.is_symlink():
+        raise UserError(f"{link} is a directory orch did not write (orch keeps a link there); move it away")
+    tmp_link = best / f".{study}.{uuid.uuid4().hex[:8]}.link"
+    os.symlink(os.path.join(".versions", study, name), tmp_link)
+    os.replace(tmp_link, link)
+    keep = {name, *sorted(p.name for p in versions.iterdir() if not p.name.startswith("."))[-2:]}
+    for p in versions.iterdir():
+        if p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+    return link
+
+
+def best_model_dir(store: Store, study: str) -> Path | None:
+    """``<store>/best/<study>/model``, resolved to the version it is now, or None."""
+    from orchestrator.names import check_name
+
+    link = store.path(BEST_DIR) / check_name(study, "study")
+    if not link.exists():
+        return None
+    return Path(os.path.realpath(link)) / "model"
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+class Model:
+    """A trained model (one network, or an ensemble) with its preprocessing: :func:`load_model`."""
+
+    def __init__(self, record: dict[str, Any], modules: list[torch.nn.Module], features: Any, target: Any,
+                 path: Path) -> None:
+        self.record, self.modules, self.features, self.target, self.path = record, modules, features, target, path
+        self.task: str = record["task"]
+        self.classes: list[Any] = list(record.get("classes") or [])
+        self.scores: dict[str, dict[str, float]] = record.get("scores") or {}
+
+    def __repr__(self) -> str:
+        what = f"ensemble of {len(self.modules)}" if len(self.modules) > 1 else self.record["model"]
+        return f"<orch model {what}: {self.task}, from {self.path}>"
+
+    @property
+    def columns(self) -> list[str]:
+        """The input columns :meth:`predict` needs (a table's), else []."""
+        return list(self.features.columns) if self.features is not None else []
+
+    def inputs(self, data: Any) -> Any:
+        """``data`` as the networks' input: a table through the fitted preprocessing, else arrays
+        or tensors of samples as the data factory gave them."""
+        if self.features is not None:
+            if isinstance(data, dict):
+                data = pd.DataFrame(data)
+            if not isinstance(data, pd.DataFrame):
+                raise UserError(f"predict: this model takes a table (a pandas DataFrame with the columns "
+                                f"{', '.join(self.columns[:10])}), got a {type(data).__name__}")
+            return torch.as_tensor(self.features.transform(data))
+        if isinstance(data, (tuple, list)) and self.record.get("inputs", 1) > 1:
+            return tuple(torch.as_tensor(np.asarray(x)) for x in data)
+        x = torch.as_tensor(np.asarray(data.to_numpy() if isinstance(data, pd.DataFrame) else data))
+        return x.float() if x.dtype == torch.float64 else x
+
+    @torch.no_grad()
+    def outputs(self, x: Any) -> torch.Tensor:
+        """Class probabilities (classification) or predictions in the model's target scale
+        (regression), averaged over the members, for prepared inputs ``x``."""
+        n = len(x[0]) if isinstance(x, tuple) else len(x)
+        parts = []
+        for i in range(0, n, BATCH):
+            xb = tuple(t[i:i + BATCH] for t in x) if isinstance(x, tuple) else x[i:i + BATCH]
+            outs = [_head(self.task, m(*xb) if isinstance(xb, tuple) else m(xb)) for m in self.modules]
+            parts.append(torch.stack(outs).mean(0))
+        if not parts:
+            width = max(len(self.classes), 1) if self.task == "classification" else 1
+            return torch.zeros((0, width), dtype=torch.float64)
+        return torch.cat(parts)
+
+    def predict_proba(self, data: Any) -> np.ndarray:
+        """Class probabilities, one column per class (in :attr:`classes` order)."""
+        if self.task != "classification":
+            raise UserError("predict_proba: this model is a regression")
+        return self.outputs(self.inputs(data)).numpy()
+
+    def predict(self, data: Any) -> pd.DataFrame:
+        """Predictions for ``data`` (raw columns as the user has them, for a table): a frame with
+        ``prediction`` (the class label, or the value in the target's units) and, for
+        classification, ``proba_<label>`` per class. Rows keep ``data``'s index."""
+        out = self.outputs(self.inputs(data)).numpy()
+        index = data.index if isinstance(data, pd.DataFrame) else None
+        if self.task == "classification":
+            labels = np.asarray(self.classes, dtype=object)[out.argmax(1)] if len(out) else np.asarray([], object)
+            frame = pd.DataFrame({"prediction": _label_array(labels)}, index=index)
+            for j, c in enumerate(self.classes):
+                frame[f"proba_{c}"] = out[:, j]
+            return frame
+        values = out[:, 0]
+        if self.target is not None:
+            values = self.target.inverse(values)
+        return pd.DataFrame({"prediction": np.asarray(values, np.float64)}, index=index)
+
+
+def _label_array(labels: np.ndarray) -> Any:
+    try:
+        return pd.array(labels.tolist())
+    except (TypeError, ValueError):
+        return labels
+
+
+def _head(task: str, out: torch.Tensor) -> torch.Tensor:
+    """A network's outputs as probabilities (softmax, or a sigmoid for one logit) or values."""
+    out = out.detach().double()
+    if task != "classification":
+        return out.reshape(len(out), -1)[:, :1]
+    if out.ndim == 1 or out.shape[1] == 1:
+        p = torch.sigmoid(out.reshape(-1))
+        return torch.stack([1.0 - p, p], 1)
+    return torch.softmax(out, 1)
+
+
+def read_record(path: str | Path) -> tuple[Path, dict[str, Any], bool]:
+    """An artefact's ``model.json``: (the artefact's resolved directory, its record, whether this
+    machine's key signed it).
+
+    Raises:
+        ArtefactError: no artefact there, or not one of this orch.
+    """
+    from orchestrator.tune import state_guard
+
+    directory = Path(os.path.realpath(path))
+    if directory.is_dir() and not (directory / MODEL_FILE).exists() and (directory / "model" / MODEL_FILE).exists():
+        directory = directory / "model"  # <store>/best/<study>/
+    file = directory / MODEL_FILE
+    try:
+        outer = json.loads(file.read_text())
+        record, sig = outer["record"], outer.get("signature")
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ValueError("an unknown format")
+    except FileNotFoundError:
+        raise ArtefactError(f"{path}: not a model artefact (no {MODEL_FILE})") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ArtefactError(f"{file}: not a model artefact of this orch ({err})") from None
+    text = json.dumps(record, indent=1, sort_keys=True)
+    try:
+        expected = state_guard.text_digest(state_guard.load_key(), "model", MODEL_FILE, text)
+        signed = isinstance(sig, str) and hmac.compare_digest(sig, expected)
+    except UserError:
+        signed = False  # no key on this machine: nothing is signed by it
+    return directory, record, signed
+
+
+def load_model(path: str | Path, *, trust_code: bool = False, device: str | torch.device = "cpu") -> Model:
+    """Load a model artefact (a directory :func:`write` wrote, or ``<store>/best/<study>``).
+
+    Nothing in it runs code: the weights are read with ``weights_only=True`` and checked against
+    their recorded hashes, the preprocessing is numbers. A model named by a shipped name (``mlp``,
+    ``cnn``) is built by orch; one named by import path (your factory) is imported only when this
+    machine's key signed the artefact (orch wrote it here) or ``trust_code=True``.
+
+    Raises:
+        ArtefactError: not an artefact, a file changed since it was written, code not trusted.
+    """
+    from orchestrator.config import models
+    from orchestrator.config.imports import project_on_path
+    from orchestrator.train.preprocess import Preprocessing, TargetScaling
+
+    directory, record, signed = read_record(path)
+    model = str(record["model"])
+    if models.is_path(model) and not (signed or trust_code):
+        raise ArtefactError(f"{directory}: the model is built by {model}, code this machine's key did not sign "
+                            "the artefact for; load it with trust_code=True (orch: --trust-code) if you trust "
+                            "that code")
+    if models.is_path(model):
+        project_on_path(record.get("project"))
+    try:
+        pre = json.loads((directory / PREPROCESSING_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise ArtefactError(f"{directory / PREPROCESSING_FILE}: unreadable ({err})") from None
+    if _sha256(directory / PREPROCESSING_FILE) != record.get("preprocessing_sha256"):
+        raise ArtefactError(f"{directory / PREPROCESSING_FILE}: changed since the artefact was written")
+    features = Preprocessing.from_dict(pre["features"]) if pre.get("features") else None
+    target = TargetScaling.from_dict(pre["target"]) if pre.get("target") else None
+    modules = []
+    for member in record["members"]:
+        file = directory / Path(member["weights"]).name
+        if _sha256(file) != member.get("sha256"):
+            raise ArtefactError(f"{file}: changed since the artefact was written")
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+            raise ArtefactError(f"{file}: not a file of weights ({str(err).splitlines()[0][:200]})") from None
+        hp = {k: member["hyperparameters"][k] for k in models.hyperparameters(model)
+              if k in member["hyperparameters"]}
+        module = models.build(model, tuple(record["input_shape"]), int(record["n_outputs"]), record["task"], **hp)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as err:
+            raise ArtefactError(f"{file}: the weights do not fit {model} with its recorded hyperparameters "
+                                f"({str(err).splitlines()[0][:200]})") from None
+        modules.append(module.to(device).eval())
+    return Model(record, modules, features, target, directory)
+
+
+# -- the driver's side: a sweep's best trials, ensembles, scores ----------------------------------
+
+
+def n_outputs(cfg: SweepConfig, hp: dict[str, Any], data: Dataset) -> int:
+    """The network's outputs for ``hp``: orch's trainer sizes it by its loss (one logit for bce),
+    a training function of the user's by the data (``ctx.build_model()``)."""
+    from orchestrator.train.context import BUILT_IN
+    from orchestrator.train.losses import TaskLoss
+
+    if (cfg.trainable or BUILT_IN) == BUILT_IN:
+        return TaskLoss(hp, data).n_outputs
+    return data.n_outputs
+
+
+def spec_for(cfg: SweepConfig, data: Dataset, hp: dict[str, Any], info: dict[str, Any]) -> Spec:
+    from orchestrator.config import models
+    from orchestrator.tune.compile import code_version
+
+    return Spec(model=models.model_id(cfg.model), task=data.task, input_shape=tuple(data.input_shape),
+                n_outputs=n_outputs(cfg, hp, data), classes=list(data.classes), inputs=data.inputs,
+                project=cfg.project, info={"study": cfg.study, "metric": cfg.objective.metric,
+                                           "mode": cfg.objective.mode, "code_version": code_version(cfg),
+                                           "orch_version": _version(), "data_fingerprint": data.fingerprint,
+                                           **info})
+
+
+def evaluate(model: Model, data: Dataset, split: str) -> dict[str, float]:
+    """``model``'s scores on one split of ``data`` (already prepared: no preprocessing applied),
+    as a trial reports them (``<split>_loss``, ``<split>_accuracy``, ...)."""
+    from orchestrator.train.losses import TaskLoss, scores
+
+    if data.in_memory:
+        x = getattr(data, f"x_{split}")
+        y = torch.as_tensor(getattr(data, f"y_{split}"))
+        if x is None or not len(x):
+            return {}
+        out = model.outputs(torch.as_tensor(x))
+    else:
+        ds = data.split(split)
+        if ds is None or not len(ds):
+            return {}
+        outs, ys = [], []
+        for xb, yb in torch.utils.data.DataLoader(ds, batch_size=BATCH):
+            outs.append(model.outputs(tuple(xb) if isinstance(xb, (tuple, list)) else xb))
+            ys.append(torch.as_tensor(yb).reshape(-1))
+        out, y = torch.cat(outs), torch.cat(ys)
+    if data.task == "classification":
+        logits = torch.log(out.clamp_min(1e-300))
+        kind = "cross_entropy"
+    else:
+        logits, kind = out, "mse"
+    units = getattr(data, f"y_{split}_units", None) if data.task == "regression" else None
+    if data.task == "regression" and (units is None or not len(units)):
+        units = data.to_target_units(y.double().numpy())
+    result = scores(logits, y.long() if data.task == "classification" else y.float(), data,
+                    TaskLoss({"loss": kind}, data), split, units)
+    return {k: v for k, v in result.items() if not k.endswith(("_collapsed", "_top_class_share", "_pred_std_ratio"))}
+
+
+def scored(model: Model, data: Dataset) -> dict[str, dict[str, float]]:
+    return {"val": evaluate(model, data, "val"), "test": evaluate(model, data, "test")}
+
+
+def trial_data(cfg: SweepConfig, hp: dict[str, Any], variants: Any = None) -> Dataset:
+    """The data a trial with ``hp`` trained on (its feature and target scaling)."""
+    from orchestrator.train import data as data_mod
+
+    if variants is not None:
+        with contextlib.suppress(KeyError):
+            return data_mod.select(variants, hp)
+    if cfg.data.factory:
+        return data_mod.load(cfg)
+    return data_mod.load(cfg, hp.get("scale"), hp.get("target_scale"))
+
+
+def keep_best(cfg: SweepConfig, store: Store, sweep_id: str, trials: pd.DataFrame, data: Any,
+              exp_dir: Path) -> list[Path]:
+    """The artefacts of the sweep's best ``store.keep_models`` trials (their best epochs' weights,
+    which each trial wrote to ``<exp_dir>/weights/``), best first; the other trials' weights go."""
+    from orchestrator.store import trials as trial_rules
+    from orchestrator.tune.files import WEIGHTS_DIR
+
+    weights_dir = Path(exp_dir) / WEIGHTS_DIR
+    out: list[Path] = []
+    column = f"best_{cfg.objective.metric}"
+    ok = trial_rules.usable(trials, column)
+    top = trial_rules.ranked(ok, column, cfg.objective.mode).head(cfg.store.keep_models)
+    for _, row in top.iterrows():
+        file = weights_dir / f"{os.path.basename(str(row['trial_id']))}.pt"
+        if not file.exists():
+            continue  # a training function that does not report its model
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+        hp = trial_rules.decode_config(row)
+        d = trial_data(cfg, hp, data)
+        member = Member(saved["weights"], hp, str(row["trial_id"]), int(saved.get("epoch") or 0))
+        spec = spec_for(cfg, d, hp, {"kind": "trial", "sweep_id": sweep_id, "trial_id": str(row["trial_id"]),
+                                     "epoch": member.epoch, "objective": float(row[column])})
+        directory = sweep_models_dir(store, cfg.study, sweep_id) / str(row["trial_id"])
+        path = write(directory, [member], spec, d, cfg, {"val": {}, "test": {}})
+        model = load_model(path)
+        spec.info["recorded_test"] = {k: _float(v) for k, v in row.items() if str(k).startswith("test_")}
+        write(directory, [member], spec, d, cfg, scored(model, d))
+        out.append(path)
+    if weights_dir.exists():
+        shutil.rmtree(weights_dir, ignore_errors=True)
+    return out
+
+
+def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = None) -> Path:
+    """``<store>/models/<study>/<sweep_id>/ensemble-<k>/``: the top ``k`` kept trials of the sweep as
+    one model that averages their predictions (probabilities, or values), scored on validation and
+    test rows.
+
+    Raises:
+        UserError: fewer than ``k`` models kept, or kept models that do not share their input.
+    """
+    base = sweep_models_dir(store, cfg.study, sweep_id)
+    kept = []
+    for p in sorted(base.iterdir()) if base.exists() else []:
+        if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).exists():
+            _, record, _ = read_record(p)
+            if record.get("kind") == "trial":
+                kept.append((p, record))
+    if len(kept) < k:
+        raise UserError(f"--ensemble {k}: sweep {sweep_id} kept {len(kept)} trial model"
+                        f"{'s' if len(kept) != 1 else ''} (store.keep_models: {cfg.store.keep_models}); "
+                        f"use at most {len(kept)}, or raise store.keep_models for the next sweep")
+    better = cfg.objective.mode == "min"
+    kept.sort(key=lambda pr: (pr[1]["objective"] if better else -pr[1]["objective"]))
+    chosen = kept[:k]
+    members, datasets = [], []
+    for p, record in chosen:
+        model = load_model(p)
+        member = record["members"][0]
+        members.append(Member(model.modules[0].state_dict(), member["hyperparameters"], member["trial_id"],
+                              member["epoch"]))
+        datasets.append(trial_data(cfg, member["hyperparameters"], data))
+    # Members trained on differently scaled inputs each need their own: an ensemble shares one.
+    first = datasets[0]
+    for d, m in zip(datasets[1:], members[1:], strict=True):
+        if (d.scale, d.target_scale) != (first.scale, first.target_scale):
+            raise UserError(f"--ensemble {k}: trial {m.trial_id} trained on data scaled otherwise "
+                            f"({d.scale}/{d.target_scale}) than trial {members[0].trial_id} "
+                            f"({first.scale}/{first.target_scale}); an ensemble shares one preprocessing")
+    models_ = [load_model(p) for p, _ in chosen]
+    joined = Model(chosen[0][1], [m.modules[0] for m in models_], models_[0].features, models_[0].target,
+                   chosen[0][0])
+    spec = spec_for(cfg, first, members[0].hyperparameters,
+                    {"kind": "ensemble", "sweep_id": sweep_id, "trial_ids": [m.trial_id for m in members],
+                     "objective": None})
+    spec.n_outputs = int(chosen[0][1]["n_outputs"])
+    if len({int(r["n_outputs"]) for _, r in chosen}) > 1:
+        raise UserError(f"--ensemble {k}: the top trials' networks have different numbers of outputs")
+    return write(base / f"ensemble-{k}", members, spec, first, cfg, scored(joined, first))
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NumPy scalars as numbers, tuples as lists, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _version() -> str:
+    from orchestrator import __version__
+
+    return __version__
