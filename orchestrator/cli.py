@@ -363,6 +363,89 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
     sys.exit(job())
 
 
+@main.command()
+@click.argument("study")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write the model to (created; an older export there is replaced).")
+@click.option("--trial", default=None, help="A kept trial's model instead of the study's model.")
+@click.option("--sweep", "sweep_id", default=None, help="The sweep (default: the study's best).")
+@click.option("--ensemble", type=int, default=None, metavar="K",
+              help="Average the predictions of the sweep's top K kept trials (scored and recorded in the store).")
+@click.option("--trust-code", is_flag=True, help="Import the model's factory even if this machine did not sign "
+                                                 "the artefact.")
+@click.option("--store", default=None, help=STORE_HELP)
+def export(study: str, out: Path, trial: str | None, sweep_id: str | None, ensemble: int | None,
+           trust_code: bool, store: str | None) -> None:
+    """Write the study's model (weights, config, fitted preprocessing) to --out, loadable without the
+    store by orchestrator.load_model(OUT), plus TorchScript/ONNX files of its network where it allows.
+    """
+    from orchestrator.store.tables import Store
+    from orchestrator.tune import deliver
+
+    path, exports = deliver.export(Store(_store_root(store)), study, out, trial=trial, sweep_id=sweep_id,
+                                   ensemble=ensemble, trust_code=trust_code)
+    click.echo(f"Model written to {path} (load it with orchestrator.load_model({str(path)!r}))")
+    scores = deliver.artefacts.read_record(path)[1].get("scores") or {}
+    for split in ("val", "test"):
+        if scores.get(split):
+            click.echo(f"  {split}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores[split].items())
+                                                 if v is not None))
+    for fmt, entry in exports.items():
+        entries = entry if isinstance(entry, list) else [entry]
+        for e in entries:
+            if "file" in e:
+                click.echo(f"  {fmt}: {e['file']} (outputs match the network to {e['max_abs_diff']:.1g})")
+        for reason in dict.fromkeys(e["skipped"] for e in entries if "skipped" in e):
+            click.echo(f"  {fmt}: not written: {reason}")
+
+
+@main.command()
+@click.argument("study")
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Parquet file to write: the input's columns, prediction, and proba_<class> per class.")
+@click.option("--trial", default=None, help="A kept trial's model instead of the study's model.")
+@click.option("--trust-code", is_flag=True, help="Import the model's factory even if this machine did not sign "
+                                                 "the artefact.")
+@click.option("--store", default=None, help=STORE_HELP)
+def predict(study: str, data: Path, out: Path, trial: str | None, trust_code: bool, store: str | None) -> None:
+    """Predict every row of DATA (CSV or Parquet, raw columns) with the study's model.
+
+    Categories the model never saw encode as none of the known ones (all zeros in their one-hot
+    columns), with a warning; a missing column is an error.
+    """
+    from orchestrator.store.tables import Store
+    from orchestrator.tune import deliver
+
+    path, rows, unseen = deliver.predict(Store(_store_root(store)), study, data, out, trial=trial,
+                                         trust_code=trust_code)
+    for column, n in sorted(unseen.items()):
+        click.echo(f"orch: warning: column {column!r}: {n} value{'s' if n != 1 else ''} the model never saw "
+                   "(encoded as none of its known categories)", err=True)
+    click.echo(f"{rows} predictions written to {path}")
+
+
+@main.command(name="fit")
+@click.argument("study")
+@click.option("--sweep", "sweep_id", default=None, help="The sweep whose best config to re-train (default: the "
+                                                         "study's best).")
+@click.option("--store", default=None, help=STORE_HELP)
+def fit_command(study: str, sweep_id: str | None, store: str | None) -> None:
+    """Re-train the study's best config on train + validation rows and make it the study's model.
+
+    It trains for as many epochs as the best trial needed to reach its best epoch; its test score
+    is recorded with the model (<store>/models/STUDY/SWEEP/fit/, promoted to <store>/best/STUDY/).
+    """
+    from orchestrator.store.tables import Store
+    from orchestrator.tune import deliver
+
+    path, record = deliver.fit(Store(_store_root(store)), study, sweep_id=sweep_id, echo=click.echo)
+    test = (record.get("scores") or {}).get("test") or {}
+    click.echo(f"Model written to {path}; it is now the study's model ({_store_root(store)}/best/{study})")
+    if test:
+        click.echo("  test: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(test.items()) if v is not None))
+
+
 @main.command(name="lr-find")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)

@@ -167,6 +167,10 @@ def test_retune_warm_starts_records_lineage_and_promotes_only_on_improvement(wor
         assert third["best_value"] >= row["best_value"] - 1e-9 and "kept the current best" in r.stdout
     best_file = store / "best" / f"{STUDY}.yaml"
     assert best_file.is_file() and f"sweep {current['sweep_id']}" in best_file.read_text()
+    # The study's model moved with its config (<store>/best/<study>/, one link swapped).
+    model = json.loads((store / "best" / STUDY / "model" / "model.json").read_text())["record"]
+    assert (model["sweep_id"], model["trial_id"]) == (current["sweep_id"], current["best_trial_id"])
+    assert f"sweep {current['sweep_id']}" in (store / "best" / STUDY / "best.yaml").read_text()
     assert f"sweep {current['sweep_id']}" in orch("best", STUDY, "--store", store).stdout
 
 

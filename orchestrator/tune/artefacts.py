@@ -189,7 +189,11 @@ def promote(store: Store, study: str, artefact: Path, config_text: str | None = 
         raise
     link = best / study
     if link.exists() and not link.is_symlink():
-        raise UserError(f"{link} is a directory orch did not write (orch keeps a link there); move it away")
+        # A copy of the store that followed the link (shutil.copytree): that directory becomes a
+        # version like the others, and the link comes back.
+        if not (link / "model" / MODEL_FILE).exists():
+            raise UserError(f"{link} is a directory orch did not write (orch keeps a link there); move it away")
+        os.replace(link, versions / f"{name[:-7]}copied")
     tmp_link = best / f".{study}.{uuid.uuid4().hex[:8]}.link"
     os.symlink(os.path.join(".versions", study, name), tmp_link)
     os.replace(tmp_link, link)
