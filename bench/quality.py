@@ -68,7 +68,7 @@ def orch(*args: object, log: Path) -> None:
         proc = subprocess.run([exe, *map(str, args)], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
                               env={**os.environ, "ORCH_NO_REPORT": "1"})
     if proc.returncode != 0:
-        sys.exit(f"orch {args[0]} failed ({proc.returncode}); see {log}")
+        raise RuntimeError(f"orch {args[0]} failed ({proc.returncode}): {log.read_text().splitlines()[-1]}")
 
 
 def score(task: str, scores: dict[str, float]) -> float:
@@ -149,7 +149,11 @@ def main() -> None:
             for seed in args.seeds:
                 work = Path(tmp) / f"{name}-{seed}"
                 work.mkdir()
-                r = one(name, seed, work, args.budget, args.overrides)
+                try:
+                    r = one(name, seed, work, args.budget, args.overrides)
+                except RuntimeError as err:  # recorded as a miss, and the run goes on
+                    print(f"{name:14s} seed {seed}: FAILED: {err}", flush=True)
+                    continue
                 results.setdefault(name, {})[seed] = r
                 print(f"{name:14s} seed {seed}: " + "  ".join(f"{m} {r[m]:.4f}" for m in METHODS)
                       + f"  (sweep {r['sweep_s']:.0f}s)", flush=True)
@@ -161,6 +165,7 @@ def main() -> None:
     for name, by_seed in results.items():
         task = DATASETS[name][0]
         mean = {m: float(np.mean([r[m] for r in by_seed.values()])) for m in METHODS}
+        name = name if len(by_seed) == len(args.seeds) else f"{name} ({len(by_seed)} seeds)"
         base = [mean["sk_hgb"], mean["sk_mlp"]]
         ok = (mean["orch_best"] >= max(base) - 1e-12 if task == "classification"
               else mean["orch_best"] <= min(base) + 1e-12)

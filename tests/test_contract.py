@@ -3,6 +3,7 @@ become, and the rules a function that breaks the contract is told about."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -177,3 +178,27 @@ def test_population_based_training_needs_a_state_at_each_checkpoint() -> None:
     ctx.report(1, {"val_loss": 0.5})  # not a checkpoint epoch (checkpoint_every=2)
     with pytest.raises(ContractError, match="trial t1: ctx.report: epoch 2 has no state: population-based training"):
         ctx.report(2, {"val_loss": 0.4})
+
+
+def test_a_function_that_returns_early_hands_over_its_best_epochs_test_scores_and_weights(tmp_path) -> None:
+    setup = dataclasses.replace(setup_for(max_epochs=10, report_epochs=frozenset({5})), weights_dir=str(tmp_path))
+    ctx, sent = context(setup)
+    model = torch.nn.Linear(2, 1)
+    for epoch, loss in ((1, 0.5), (2, 0.3), (3, 0.4)):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        ctx.report(epoch, {"train_loss": loss, "val_loss": loss}, test={"test_loss": loss + 1}, model=model)
+    result = ctx.finish()  # it stopped on its own after epoch 3: its best was epoch 2
+    assert result["test"] == {"test_loss": 1.3} and result["best_epoch"] == 2
+    saved = torch.load(tmp_path / "t1.pt", weights_only=True)
+    assert saved["epoch"] == 2 and bool((saved["weights"]["weight"] == 2.0).all())
+
+
+def test_a_diverging_epoch_is_never_the_best() -> None:
+    ctx, sent = context(setup_for(max_epochs=5))
+    model = torch.nn.Linear(2, 1)
+    ctx.report(1, {"train_loss": 1.0, "val_loss": 0.9}, test={"test_loss": 0.8}, model=model)
+    ctx.report(2, {"train_loss": 50.0, "val_loss": 0.1}, test={"test_loss": 0.05}, model=model)  # blew up
+    assert sent[-1][0]["trial_status"] == "diverged"
+    assert sent[-1][0]["best_epoch"] == 1 and sent[-1][0]["best"]["val_loss"] == 0.9
+    assert "test" not in sent[-1][0]

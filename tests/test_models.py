@@ -78,7 +78,7 @@ def test_the_exported_model_predicts_in_a_fresh_process_what_its_test_scores_say
     out = tmp_path / "exported"
     r = cli("export", STUDY, "--out", out, "--store", store)
     assert r.code == 0, r.stderr + r.detail
-    assert "torchscript: model.torchscript.pt" in r.stdout
+    assert "torchscript: model.torchscript.pt" in r.stdout and "onnx: model.onnx" in r.stdout  # (dev extra: onnx)
     record = json.loads((out / "model.json").read_text())["record"]
     # The test rows of the sweep's own split, raw, as the user has them (strings, gaps and all).
     cfg_rows = data_mod.prepare(pd.read_csv(csv), "label", "classification", seed=0).rows["test"]
@@ -105,6 +105,11 @@ def test_the_exported_model_predicts_in_a_fresh_process_what_its_test_scores_say
     x = model.inputs(raw.drop(columns="label"))
     scripted = torch.jit.load(str(out / "model.torchscript.pt"))
     assert torch.allclose(torch.softmax(scripted(x).double(), 1), model.outputs(x), atol=1e-6)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = torch.as_tensor(session.run(None, {"input": x.numpy()})[0]).double()
+    assert torch.allclose(torch.softmax(logits, 1), model.outputs(x), atol=1e-5)
 
 
 def test_predict_writes_parquet_and_refuses_a_missing_column(swept, tmp_path: Path) -> None:
@@ -186,7 +191,17 @@ def test_promotion_is_atomic_for_a_reader(swept, tmp_path: Path) -> None:
     reader.join()
     assert not errors, errors[0]
     assert len(seen) >= 1
-    assert len(list((store / "best" / ".versions" / STUDY).iterdir())) <= 3  # old versions cleaned up
+    # Replaced versions stay a while for their readers, then go (all but the current and previous).
+    versions = store / "best" / ".versions" / STUDY
+    assert len(list(versions.iterdir())) >= 12
+    for p in versions.iterdir():
+        os.utime(p, (0, 0))
+    artefacts.promote(s, STUDY, kept[0])
+    assert len(list(versions.iterdir())) == 2
+    # A best without a model: the link moves to a version with the config alone, never an older model.
+    artefacts.promote(s, STUDY, None, "# best\n")
+    with pytest.raises(artefacts.ArtefactError, match="the study's best has no model"):
+        artefacts.load_model(store / "best" / STUDY)
 
 
 def test_an_artefact_that_changed_or_names_unsigned_code_is_refused(swept, tmp_path: Path) -> None:

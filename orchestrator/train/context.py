@@ -156,6 +156,7 @@ class TrialContext:
         self._best_test: dict[str, float] = {}  # the best epoch's held-out scores
         self._weights_dirty = False
         self.n_params: int | None = None
+        self.n_outputs: int | None = None  # the outputs of the model ctx.build_model() built
         self._last: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None
         self._status, self._reason = TrialStatus.COMPLETED.value, ""
@@ -238,7 +239,8 @@ class TrialContext:
 
         data = self.data
         hp = {k: self.config[k] for k in models.hyperparameters(self.setup.model) if k in self.config}
-        model = models.build(self.setup.model, data.input_shape, n_outputs or data.n_outputs, data.task, **hp)
+        self.n_outputs = n_outputs or data.n_outputs  # how to build it again (a kept model's artefact)
+        model = models.build(self.setup.model, data.input_shape, self.n_outputs, data.task, **hp)
         return model.to(self.device)
 
     # -- what a training function calls ----------------------------------------------------------
@@ -297,8 +299,6 @@ class TrialContext:
         r = self.setup.report_epochs
         if last or r is None or epoch in r:
             result = self._result(row, last)
-            if self._best_test:
-                result["test"] = dict(self._best_test)
             checkpoint = None
             due = not last and (epoch % self.setup.checkpoint_every == 0 or r is None)
             if due and state is None and self.setup.needs_state:
@@ -337,13 +337,7 @@ class TrialContext:
         it: fewer epochs). Patience counts epochs since the objective last improved by more than
         ``min_delta``.
         """
-        for name, value in row.items():
-            d = METRIC_DIRECTIONS.get(name)
-            if d is not None and is_better(value, self._best.get(name), d):
-                self._best[name] = value
         improved = is_better(objective, self._best.get("_objective"), self.direction)
-        if improved:
-            self._best["_objective"], self._best_epoch = objective, epoch
         if is_better(objective, self._patience_ref, self.direction, float(self.config.get("min_delta", 0.0) or 0.0)):
             self._patience_ref, self._since_best = objective, 0
         else:
@@ -371,7 +365,15 @@ class TrialContext:
         elif patience and self._since_best >= int(patience):
             self._status = TrialStatus.STOPPED_EARLY.value
             self._reason = f"no improvement of {self.setup.metric} for {self._since_best} epochs"
-        return improved and self._status != TrialStatus.DIVERGED
+        if self._status == TrialStatus.DIVERGED:
+            return False  # a diverging epoch is nobody's best: the bests stay those of the epochs before
+        for name, value in row.items():
+            d = METRIC_DIRECTIONS.get(name)
+            if d is not None and is_better(value, self._best.get(name), d):
+                self._best[name] = value
+        if improved:
+            self._best["_objective"], self._best_epoch = objective, epoch
+        return improved
 
     def _keep_best(self, epoch: int, tests: dict[str, float],
                    test: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
@@ -415,7 +417,7 @@ class TrialContext:
         fd, tmp = tempfile.mkstemp(dir=self.setup.weights_dir, prefix=f".{name}.", suffix=".tmp")
         os.close(fd)
         torch.save({"weights": self._best_weights, "epoch": self._best_epoch, "n_params": self.n_params,
-                    "test": self._best_test}, tmp)
+                    "n_outputs": self.n_outputs, "test": self._best_test}, tmp)
         os.replace(tmp, os.path.join(self.setup.weights_dir, f"{name}.pt"))
         self._weights_dirty = False
 
@@ -427,6 +429,8 @@ class TrialContext:
         objective = result.get(self.setup.metric, float("nan"))
         if self._status == TrialStatus.DIVERGED or not math.isfinite(objective):
             result[self.setup.metric] = float("inf") if self.setup.mode == "min" else float("-inf")
+        if self._best_test and self._status != TrialStatus.DIVERGED:
+            result["test"] = dict(self._best_test)  # the best epoch's (those of the weights it hands over)
         result.update(
             history=self._history,
             best={k: v for k, v in self._best.items() if not k.startswith("_")},

@@ -30,8 +30,9 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,7 +126,7 @@ def write(directory: Path, members: Sequence[Member], spec: Spec, data: Dataset 
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **_plain(spec.info),
         }
         text = json.dumps(record, indent=1, sort_keys=True)
-        sig = state_guard.text_digest(state_guard.load_key(), "model", MODEL_FILE, text)
+        sig = state_guard.text_digest(state_guard.load_key(_store_of(directory)), "model", MODEL_FILE, text)
         (tmp / MODEL_FILE).write_text(json.dumps({"record": record, "signature": sig}, indent=1, sort_keys=True))
         old = None
         if directory.exists():
@@ -140,11 +141,12 @@ def write(directory: Path, members: Sequence[Member], spec: Spec, data: Dataset 
     return directory
 
 
-def copy(source: Path, out: Path) -> Path:
-    """Copy an artefact to ``out`` (atomically, as :func:`write`; refuses to replace a directory
-    that is not an artefact)."""
+def copy(source: Path, out: Path, extra: Callable[[Path], Any] | None = None) -> Path:
+    """Copy an artefact to ``out``: built beside it (with ``extra(directory)`` adding files), then
+    renamed into place, so ``out`` never holds half of one. Refuses to replace a directory that is
+    not an artefact."""
     source, out = Path(source).resolve(), Path(out)
-    if out.exists() and not (out / MODEL_FILE).exists() and any(out.iterdir()):
+    if out.exists() and not (out / MODEL_FILE).exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out: {out} exists and is not an empty directory or a model artefact")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -152,23 +154,32 @@ def copy(source: Path, out: Path) -> Path:
         for p in source.iterdir():
             if p.is_file() and not p.name.startswith("."):
                 shutil.copy2(p, tmp / p.name)
+        if extra is not None:
+            extra(tmp)
+        old = None
         if out.exists():
-            shutil.rmtree(out)
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
         os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def promote(store: Store, study: str, artefact: Path, config_text: str | None = None) -> Path:
+KEEP_VERSIONS_S = 600.0  # a replaced version of best/<study> stays at least this long (for its readers)
+
+
+def promote(store: Store, study: str, artefact: Path | None, config_text: str | None = None) -> Path:
     """Make ``artefact`` the study's model: ``<store>/best/<study>/`` (``model/`` and, given,
-    ``config.yaml``).
+    ``best.yaml``; with no artefact, the config alone: a best without a model).
 
     ``best/<study>`` is a link to a complete version directory, swapped in one rename: a reader
     sees the old model or the new one, never half of either. :func:`load_model` resolves the link
-    once, so a swap while it reads does not mix two versions. The previous version stays (a reader
-    may still hold it); older ones are removed.
+    once, so a swap while it reads does not mix two versions. Replaced versions are removed once
+    they are neither the previous one nor younger than :data:`KEEP_VERSIONS_S`.
     """
     from orchestrator.names import check_name
 
@@ -180,7 +191,8 @@ def promote(store: Store, study: str, artefact: Path, config_text: str | None = 
     tmp = versions / f".{name}.tmp"
     tmp.mkdir()
     try:
-        copy(artefact, tmp / "model")
+        if artefact is not None:
+            copy(artefact, tmp / "model")
         if config_text is not None:
             (tmp / "best.yaml").write_text(config_text)
         os.replace(tmp, versions / name)
@@ -194,13 +206,18 @@ def promote(store: Store, study: str, artefact: Path, config_text: str | None = 
         if not (link / "model" / MODEL_FILE).exists():
             raise UserError(f"{link} is a directory orch did not write (orch keeps a link there); move it away")
         os.replace(link, versions / f"{name[:-7]}copied")
+    previous = os.path.basename(os.readlink(link)) if link.is_symlink() else None
     tmp_link = best / f".{study}.{uuid.uuid4().hex[:8]}.link"
     os.symlink(os.path.join(".versions", study, name), tmp_link)
     os.replace(tmp_link, link)
-    keep = {name, *sorted(p.name for p in versions.iterdir() if not p.name.startswith("."))[-2:]}
+    current = os.path.basename(os.readlink(link))  # (another promotion may have swapped it since)
+    now = time.time()
     for p in versions.iterdir():
-        if p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+        if p.name.startswith(".") or p.name in (name, previous, current):
+            continue
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > KEEP_VERSIONS_S:
+                shutil.rmtree(p, ignore_errors=True)
     return link
 
 
@@ -256,10 +273,11 @@ class Model:
         """Class probabilities (classification) or predictions in the model's target scale
         (regression), averaged over the members, for prepared inputs ``x``."""
         n = len(x[0]) if isinstance(x, tuple) else len(x)
+        dev = next((p.device for p in self.modules[0].parameters()), torch.device("cpu"))
         parts = []
         for i in range(0, n, BATCH):
-            xb = tuple(t[i:i + BATCH] for t in x) if isinstance(x, tuple) else x[i:i + BATCH]
-            outs = [_head(self.task, m(*xb) if isinstance(xb, tuple) else m(xb)) for m in self.modules]
+            xb = tuple(t[i:i + BATCH].to(dev) for t in x) if isinstance(x, tuple) else x[i:i + BATCH].to(dev)
+            outs = [_head(self.task, m(*xb) if isinstance(xb, tuple) else m(xb)).cpu() for m in self.modules]
             parts.append(torch.stack(outs).mean(0))
         if not parts:
             width = max(len(self.classes), 1) if self.task == "classification" else 1
@@ -318,7 +336,10 @@ def read_record(path: str | Path) -> tuple[Path, dict[str, Any], bool]:
     from orchestrator.tune import state_guard
 
     directory = Path(os.path.realpath(path))
-    if directory.is_dir() and not (directory / MODEL_FILE).exists() and (directory / "model" / MODEL_FILE).exists():
+    best_version = (directory / "model").is_dir() or (directory / "best.yaml").exists()
+    if directory.is_dir() and not (directory / MODEL_FILE).exists() and best_version:
+        if not (directory / "model" / MODEL_FILE).exists():
+            raise ArtefactError(f"{path}: the study's best has no model (its best trial kept none)")
         directory = directory / "model"  # <store>/best/<study>/
     file = directory / MODEL_FILE
     try:
@@ -326,17 +347,43 @@ def read_record(path: str | Path) -> tuple[Path, dict[str, Any], bool]:
         record, sig = outer["record"], outer.get("signature")
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError("an unknown format")
-    except FileNotFoundError:
+        for key, kind in (("model", str), ("task", str), ("input_shape", list), ("n_outputs", int),
+                          ("members", list)):
+            if not isinstance(record.get(key), kind):
+                raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
+        for m in record["members"]:
+            if not isinstance(m, dict) or not isinstance(m.get("weights"), str) or not isinstance(
+                    m.get("hyperparameters"), dict):
+                raise ValueError("a member without weights or hyperparameters")
+    except (FileNotFoundError, NotADirectoryError):
         raise ArtefactError(f"{path}: not a model artefact (no {MODEL_FILE})") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise ArtefactError(f"{file}: not a model artefact of this orch ({err})") from None
     text = json.dumps(record, indent=1, sort_keys=True)
-    try:
-        expected = state_guard.text_digest(state_guard.load_key(), "model", MODEL_FILE, text)
-        signed = isinstance(sig, str) and hmac.compare_digest(sig, expected)
-    except UserError:
-        signed = False  # no key on this machine: nothing is signed by it
+    key = _machine_key(directory)
+    signed = False
+    if key is not None and isinstance(sig, str) and sig.isascii():
+        signed = hmac.compare_digest(sig, state_guard.text_digest(key, "model", MODEL_FILE, text))
     return directory, record, signed
+
+
+def _machine_key(directory: Path) -> Any:
+    """This machine's state key, when it has one (reading an artefact creates none), refused when
+    its file lies inside the store the artefact is in (whoever writes the store could sign)."""
+    from orchestrator.tune import state_guard
+
+    named = os.environ.get(state_guard.KEY_FILE_ENV, "").strip()
+    if not os.environ.get(state_guard.KEY_ENV, "").strip():
+        path = Path(named).expanduser() if named else state_guard.default_key_file()
+        if not path.exists():
+            return None
+    return state_guard.load_key(_store_of(directory))
+
+
+def _store_of(directory: Path) -> Path:
+    """The results store ``directory`` lies in (the nearest parent with a store's tables), else itself."""
+    directory = Path(directory).resolve()
+    return next((p for p in directory.parents if (p / "_ray").is_dir() or (p / "sweeps").is_dir()), directory)
 
 
 def load_model(path: str | Path, *, trust_code: bool = False, device: str | torch.device = "cpu") -> Model:
@@ -364,16 +411,21 @@ def load_model(path: str | Path, *, trust_code: bool = False, device: str | torc
         project_on_path(record.get("project"))
     try:
         pre = json.loads((directory / PREPROCESSING_FILE).read_text())
+        pre_digest = _sha256(directory / PREPROCESSING_FILE)
     except (OSError, ValueError) as err:
         raise ArtefactError(f"{directory / PREPROCESSING_FILE}: unreadable ({err})") from None
-    if _sha256(directory / PREPROCESSING_FILE) != record.get("preprocessing_sha256"):
+    if pre_digest != record.get("preprocessing_sha256"):
         raise ArtefactError(f"{directory / PREPROCESSING_FILE}: changed since the artefact was written")
     features = Preprocessing.from_dict(pre["features"]) if pre.get("features") else None
     target = TargetScaling.from_dict(pre["target"]) if pre.get("target") else None
     modules = []
     for member in record["members"]:
         file = directory / Path(member["weights"]).name
-        if _sha256(file) != member.get("sha256"):
+        try:
+            digest = _sha256(file)
+        except OSError as err:
+            raise ArtefactError(f"{file}: unreadable ({err.strerror or err})") from None
+        if digest != member.get("sha256"):
             raise ArtefactError(f"{file}: changed since the artefact was written")
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
@@ -394,7 +446,7 @@ def load_model(path: str | Path, *, trust_code: bool = False, device: str | torc
 # -- the driver's side: a sweep's best trials, ensembles, scores ----------------------------------
 
 
-def n_outputs(cfg: SweepConfig, hp: dict[str, Any], data: Dataset) -> int:
+def outputs_of(cfg: SweepConfig, hp: dict[str, Any], data: Dataset) -> int:
     """The network's outputs for ``hp``: orch's trainer sizes it by its loss (one logit for bce),
     a training function of the user's by the data (``ctx.build_model()``)."""
     from orchestrator.train.context import BUILT_IN
@@ -405,12 +457,16 @@ def n_outputs(cfg: SweepConfig, hp: dict[str, Any], data: Dataset) -> int:
     return data.n_outputs
 
 
-def spec_for(cfg: SweepConfig, data: Dataset, hp: dict[str, Any], info: dict[str, Any]) -> Spec:
+def spec_for(cfg: SweepConfig, data: Dataset, hp: dict[str, Any], info: dict[str, Any],
+             n_outputs: int | None = None) -> Spec:
+    """What an artefact records of a model trained with ``hp`` on ``data`` (``n_outputs``: as
+    the trial built it, when it said: ``ctx.build_model(n_outputs)``)."""
     from orchestrator.config import models
     from orchestrator.tune.compile import code_version
 
     return Spec(model=models.model_id(cfg.model), task=data.task, input_shape=tuple(data.input_shape),
-                n_outputs=n_outputs(cfg, hp, data), classes=list(data.classes), inputs=data.inputs,
+                n_outputs=int(n_outputs) if n_outputs else outputs_of(cfg, hp, data), classes=list(data.classes),
+                inputs=data.inputs,
                 project=cfg.project, info={"study": cfg.study, "metric": cfg.objective.metric,
                                            "mode": cfg.objective.mode, "code_version": code_version(cfg),
                                            "orch_version": _version(), "data_fingerprint": data.fingerprint,
@@ -467,39 +523,68 @@ def trial_data(cfg: SweepConfig, hp: dict[str, Any], variants: Any = None) -> Da
 
 
 def keep_best(cfg: SweepConfig, store: Store, sweep_id: str, trials: pd.DataFrame, data: Any,
-              exp_dir: Path) -> list[Path]:
+              exp_dir: Path, warn: Callable[[str], None] | None = None) -> list[Path]:
     """The artefacts of the sweep's best ``store.keep_models`` trials (their best epochs' weights,
-    which each trial wrote to ``<exp_dir>/weights/``), best first; the other trials' weights go."""
+    which each trial wrote to ``<exp_dir>/weights/``), best first; the weights directory goes.
+
+    A trial without weights (a training function that does not pass ``model=``), or whose weights
+    are another kept trial's (population-based training copies weights between trials), is passed
+    over for the next; one whose artefact cannot be written is a warning.
+    """
+    from orchestrator.names import check_name
     from orchestrator.store import trials as trial_rules
     from orchestrator.tune.files import WEIGHTS_DIR
 
     weights_dir = Path(exp_dir) / WEIGHTS_DIR
     out: list[Path] = []
     column = f"best_{cfg.objective.metric}"
-    ok = trial_rules.usable(trials, column)
-    top = trial_rules.ranked(ok, column, cfg.objective.mode).head(cfg.store.keep_models)
-    for _, row in top.iterrows():
-        file = weights_dir / f"{os.path.basename(str(row['trial_id']))}.pt"
-        if not file.exists():
-            continue  # a training function that does not report its model
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-        hp = trial_rules.decode_config(row)
-        d = trial_data(cfg, hp, data)
-        member = Member(saved["weights"], hp, str(row["trial_id"]), int(saved.get("epoch") or 0))
-        spec = spec_for(cfg, d, hp, {"kind": "trial", "sweep_id": sweep_id, "trial_id": str(row["trial_id"]),
-                                     "epoch": member.epoch, "objective": float(row[column])})
-        directory = sweep_models_dir(store, cfg.study, sweep_id) / str(row["trial_id"])
-        path = write(directory, [member], spec, d, cfg, {"val": {}, "test": {}})
-        model = load_model(path)
-        spec.info["recorded_test"] = {k: _float(v) for k, v in row.items() if str(k).startswith("test_")}
-        write(directory, [member], spec, d, cfg, scored(model, d))
-        out.append(path)
-    if weights_dir.exists():
-        shutil.rmtree(weights_dir, ignore_errors=True)
+    try:
+        ok = trial_rules.usable(trials, column)
+        seen: set[str] = set()
+        for _, row in trial_rules.ranked(ok, column, cfg.objective.mode).iterrows():
+            if len(out) >= cfg.store.keep_models:
+                break
+            trial_id = check_name(str(row["trial_id"]), "trial id")  # a directory name inside the store
+            file = weights_dir / f"{trial_id}.pt"
+            if not file.exists():
+                continue
+            try:
+                saved = torch.load(file, map_location="cpu", weights_only=True)
+                digest = _weights_digest(saved["weights"])
+                if digest in seen:
+                    continue
+                hp = trial_rules.decode_config(row)
+                d = trial_data(cfg, hp, data)
+                member = Member(saved["weights"], hp, trial_id, int(saved.get("epoch") or 0))
+                spec = spec_for(cfg, d, hp, {"kind": "trial", "sweep_id": sweep_id, "trial_id": trial_id,
+                                             "epoch": member.epoch, "objective": float(row[column])},
+                                n_outputs=saved.get("n_outputs"))
+                directory = sweep_models_dir(store, cfg.study, sweep_id) / trial_id
+                path = write(directory, [member], spec, d, cfg, {"val": {}, "test": {}})
+                spec.info["recorded_test"] = {k: _float(v) for k, v in row.items() if str(k).startswith("test_")}
+                write(directory, [member], spec, d, cfg, scored(load_model(path, trust_code=True), d))
+            except Exception as err:  # noqa: BLE001 - one trial's model, not the sweep's results
+                if warn is not None:
+                    warn(f"orch: warning: no model kept for trial {trial_id}: {type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}")
+                continue
+            seen.add(digest)
+            out.append(path)
+    finally:
+        if weights_dir.exists():
+            shutil.rmtree(weights_dir, ignore_errors=True)
     return out
 
 
-def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = None) -> Path:
+def _weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        h.update(k.encode() + weights[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = None,
+             trust_code: bool = False) -> Path:
     """``<store>/models/<study>/<sweep_id>/ensemble-<k>/``: the top ``k`` kept trials of the sweep as
     one model that averages their predictions (probabilities, or values), scored on validation and
     test rows.
@@ -523,7 +608,7 @@ def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = 
     chosen = kept[:k]
     members, datasets = [], []
     for p, record in chosen:
-        model = load_model(p)
+        model = load_model(p, trust_code=trust_code)
         member = record["members"][0]
         members.append(Member(model.modules[0].state_dict(), member["hyperparameters"], member["trial_id"],
                               member["epoch"]))
@@ -535,7 +620,7 @@ def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = 
             raise UserError(f"--ensemble {k}: trial {m.trial_id} trained on data scaled otherwise "
                             f"({d.scale}/{d.target_scale}) than trial {members[0].trial_id} "
                             f"({first.scale}/{first.target_scale}); an ensemble shares one preprocessing")
-    models_ = [load_model(p) for p, _ in chosen]
+    models_ = [load_model(p, trust_code=trust_code) for p, _ in chosen]
     joined = Model(chosen[0][1], [m.modules[0] for m in models_], models_[0].features, models_[0].target,
                    chosen[0][0])
     spec = spec_for(cfg, first, members[0].hyperparameters,

@@ -110,14 +110,17 @@ def export(store: Store, study: str, out: Path, *, trial: str | None = None, swe
         if ensemble < 1:
             raise UserError(f"--ensemble: the number of trials to average is at least 1 (got {ensemble})")
         cfg, row = sweep_config(store, study, sweep_id)
-        source = artefacts.ensemble(cfg, store, str(row["sweep_id"]), ensemble)
+        source = artefacts.ensemble(cfg, store, str(row["sweep_id"]), ensemble, trust_code=trust_code)
     else:
         source = model_path(store, study, trial, sweep_id)
     model = artefacts.load_model(source, trust_code=trust_code)
-    out = artefacts.copy(source, Path(out))
-    exports = compiled(model, out)
-    (out / EXPORTS_FILE).write_text(json.dumps(exports, indent=1))
-    return out, exports
+    exports: dict[str, Any] = {}
+
+    def add(directory: Path) -> None:
+        exports.update(compiled(model, directory))
+        (directory / EXPORTS_FILE).write_text(json.dumps(exports, indent=1))
+
+    return artefacts.copy(source, Path(out), extra=add), exports
 
 
 def _example(model: artefacts.Model, n: int) -> Any:
@@ -164,7 +167,7 @@ def _onnx(module: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, want_a: tor
           out: Path, suffix: str) -> dict[str, Any]:
     try:
         import onnx  # noqa: F401
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
     except ImportError:
         return {"skipped": "the onnx and onnxruntime packages are not installed (pip install onnx onnxruntime)"}
     name = ONNX_FILE.replace(".onnx", f"{suffix}.onnx")
@@ -213,7 +216,11 @@ def predict(store: Store, study: str, data: Path, out: Path, *, trial: str | Non
         raise UserError(f"{data}: the model of study {study!r} takes tensors from a data factory, not a table; "
                         "use orch.load_model(path).predict(x) in Python")
     result = model.predict(frame)
-    table = pd.concat([frame.reset_index(drop=True), result.reset_index(drop=True).add_prefix("")], axis=1)
+    clash = [c for c in result.columns if c in frame.columns]
+    if clash:
+        raise UserError(f"{data}: the input already has a column {clash[0]!r}, which orch predict writes; "
+                        "rename or drop it")
+    table = pd.concat([frame.reset_index(drop=True), result.reset_index(drop=True)], axis=1)
     if str(out).endswith(".csv"):
         raise UserError(f"--out: {out}: predictions are written as Parquet (name it .parquet)")
     out = Path(out)
@@ -266,13 +273,13 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
     from orchestrator.config import schema
     from orchestrator.store import queries
     from orchestrator.store import trials as trial_rules
-    from orchestrator.train.context import BUILT_IN, LocalBackend, TrialContext, TrialSetup
+    from orchestrator.train.context import BUILT_IN, ContractError, LocalBackend, TrialContext, TrialSetup, TrialStopped
     from orchestrator.train.trainer import trainable
 
     cfg, row = sweep_config(store, study, sweep_id)
     _, trial = queries.best_trial(store.root, study, str(row["sweep_id"]))
     hp = trial_rules.decode_config(trial)
-    epochs = int(trial.get("best_epoch") or 0) or int(trial.get("epochs") or 0)
+    epochs = next((int(v) for v in (trial.get("best_epoch"), trial.get("epochs")) if pd.notna(v) and v), 0)
     if epochs < 1:
         raise UserError(f"study {study!r}: best trial {trial['trial_id']} records no best epoch to re-train for")
     data = artefacts.trial_data(cfg, hp)
@@ -282,7 +289,9 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
                        report_epochs=None, checkpoint_every=10**9, threads=cfg.train.threads or
                        max(1, int(cfg.resources.cpu_per_trial)), trainable=cfg.trainable or BUILT_IN,
                        num_workers=cfg.data.num_workers, project=cfg.project)
-    config = {**hp, "patience": None}  # a fixed number of epochs: the validation rows are training rows now
+    # A fixed number of epochs (the validation rows are training rows now), and no blow-up rule: a
+    # loss spike the sweep's trial survived is no reason to stop here. A non-finite loss still is.
+    config = {**hp, "patience": None, "divergence_factor": None}
     refit = _Refit(epochs)
 
     class Context(TrialContext):
@@ -301,7 +310,12 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
     ctx = Context(config, setup, both, LocalBackend(lambda result, checkpoint: None))
     echo(f"Re-training trial {trial['trial_id']}'s config on {len(both.y_train)} rows (train + validation) for "
          f"{epochs} epoch{'s' if epochs != 1 else ''} ...")
-    fn(ctx.config, ctx)
+    try:
+        fn(ctx.config, ctx)
+    except TrialStopped:
+        pass  # it reported after the last epoch: that report was dropped
+    except ContractError as err:
+        raise UserError(f"trainable: {err}") from None
     if ctx._status == "diverged":
         raise SweepFailed(f"orch fit: the re-training diverged ({ctx._reason})")
     if refit.weights is None:
@@ -312,7 +326,7 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
         "kind": "fit", "sweep_id": str(row["sweep_id"]), "trial_id": str(trial["trial_id"]), "epoch": epochs,
         "objective": None, "rows": {"train": int(len(both.y_train)), "test": int(len(data.y_test))
                                     if data.y_test is not None else None},
-    })
+    }, n_outputs=ctx.n_outputs)
     directory = artefacts.sweep_models_dir(store, cfg.study, str(row["sweep_id"])) / "fit"
     path = artefacts.write(directory, [member], spec, data, cfg, {})
     scores = {"test": artefacts.evaluate(artefacts.load_model(path), data, "test")}

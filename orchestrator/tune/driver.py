@@ -599,8 +599,11 @@ def keep_models(plan: SweepPlan, store: Store, result: SweepResult) -> None:
     cfg = plan.cfg
     trials = store.trials(cfg.study, sweep_id=result.sweep_id)
     try:
+        warnings_: list[str] = []
         result.models = artefacts.keep_best(cfg, store, result.sweep_id, trials, plan.data,
-                                            store.sweep_dir(result.sweep_id))
+                                            store.sweep_dir(result.sweep_id), warn=warnings_.append)
+        if warnings_:
+            result.models_warning = warnings_[0]
     except Exception as err:  # noqa: BLE001
         why = " ".join(str(err).split())[:300]
         result.models_warning = f"orch: warning: no model kept: {type(err).__name__}: {why}"
@@ -656,10 +659,16 @@ def finish(cfg: SweepConfig, store: Store, result: SweepResult, data_fingerprint
     }], sweep_id)
     if better:
         queries.write_best_file(store.root, cfg.study)
-        if result.models and result.models[0].name == result.best_trial_id:
-            from orchestrator.tune import artefacts
+        from orchestrator.tune import artefacts
 
-            artefacts.promote(store, cfg.study, result.models[0], queries.best_yaml(store.root, cfg.study))
+        # The model with its config; a best that kept no model promotes its config alone (a reader of
+        # best/<study>/ never gets an older sweep's model for a newer config).
+        model = result.models[0] if result.models and result.models[0].name == result.best_trial_id else None
+        try:
+            artefacts.promote(store, cfg.study, model, queries.best_yaml(store.root, cfg.study))
+        except Exception as err:  # noqa: BLE001 - the sweep's results are in the store either way
+            why = " ".join(str(err).split())[:300]
+            result.models_warning = f"orch: warning: the study's model was not promoted: {type(err).__name__}: {why}"
     if summary is not None:
         summary(result)
     if report:
@@ -707,7 +716,7 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
     if result.models:
         echo(f"Model: {_shown_path(str(result.models[0]))}  (orch export {result.study} --out DIR; "
              f"orch predict {result.study} DATA.csv)")
-    elif result.models_warning:
+    if result.models_warning:
         echo(result.models_warning)
     echo(f"Results: {result.store.root}  (orch results --study {result.study})")
     if result.dashboard_url:
