@@ -15,24 +15,17 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, QuantileTransformer, StandardScaler
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder
 
 from orchestrator.errors import DataError
 from orchestrator.train import data
-from orchestrator.train.preprocess import Preprocessing, TargetScaling
+from orchestrator.train.preprocess import Preprocessing, TargetScaling, make_scaler
 
 SCALES = ("standard", "minmax", "quantile", "none")
 
 
 def sklearn_scaler(kind: str, n_rows: int):
-    if kind == "standard":
-        return StandardScaler()
-    if kind == "minmax":
-        return MinMaxScaler()
-    if kind == "quantile":
-        return QuantileTransformer(n_quantiles=min(1000, max(10, n_rows)), output_distribution="uniform")
-    return "passthrough"
-
+    return make_scaler(kind, n_rows)  # the scaler prepare fits (sklearn's own classes)
 
 def reference(train: pd.DataFrame, scale: str) -> tuple[ColumnTransformer, list[str]]:
     """The scikit-learn pipeline the preprocessing stands for, fitted on ``train``."""

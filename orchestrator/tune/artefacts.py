@@ -128,13 +128,7 @@ def write(directory: Path, members: Sequence[Member], spec: Spec, data: Dataset 
         text = json.dumps(record, indent=1, sort_keys=True)
         sig = state_guard.text_digest(state_guard.load_key(_store_of(directory)), "model", MODEL_FILE, text)
         (tmp / MODEL_FILE).write_text(json.dumps({"record": record, "signature": sig}, indent=1, sort_keys=True))
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -156,17 +150,23 @@ def copy(source: Path, out: Path, extra: Callable[[Path], Any] | None = None) ->
                 shutil.copy2(p, tmp / p.name)
         if extra is not None:
             extra(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _swap(built: Path, target: Path) -> None:
+    """Put the complete directory ``built`` at ``target``, replacing what is there (moved aside
+    first, removed after)."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(built, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 KEEP_VERSIONS_S = 600.0  # a replaced version of best/<study> stays at least this long (for its readers)
