@@ -167,8 +167,9 @@ def main() -> None:
         mean = {m: float(np.mean([r[m] for r in by_seed.values()])) for m in METHODS}
         name = name if len(by_seed) == len(args.seeds) else f"{name} ({len(by_seed)} seeds)"
         base = [mean["sk_hgb"], mean["sk_mlp"]]
-        ok = (mean["orch_best"] >= max(base) - 1e-12 if task == "classification"
-              else mean["orch_best"] <= min(base) + 1e-12)
+        # (Accuracies of float32 and float64 means: equal to 1e-6, far below one test row.)
+        ok = (mean["orch_best"] >= max(base) - 1e-6 if task == "classification"
+              else mean["orch_best"] <= min(base) + 1e-6)
         metric = "test accuracy" if task == "classification" else "test RMSE"
         print(f"| {name} | {metric} | " + " | ".join(f"{mean[m]:.4f}" for m in METHODS)
               + f" | {'at least as good' if ok else 'MISS'} |")
