@@ -211,11 +211,14 @@ def predict(store: Store, study: str, data: Path, out: Path, *, trial: str | Non
     """
     model = artefacts.load_model(model_path(store, study, trial), trust_code=trust_code)
     frame = read_input(Path(data))
-    unseen = model.features.unseen(frame) if model.features is not None else {}
     if model.features is None:
         raise UserError(f"{data}: the model of study {study!r} takes tensors from a data factory, not a table; "
                         "use orch.load_model(path).predict(x) in Python")
-    result = model.predict(frame)
+    try:
+        result = model.predict(frame)
+    except DataError as err:  # the message names the column; say which file too
+        raise DataError(f"{data}: {str(err).removeprefix('input: ')}") from None
+    unseen = model.features.unseen(frame)
     clash = [c for c in result.columns if c in frame.columns]
     if clash:
         raise UserError(f"{data}: the input already has a column {clash[0]!r}, which orch predict writes; "
