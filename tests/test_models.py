@@ -263,3 +263,15 @@ def test_predict_command_line_exit_status(swept, tmp_path: Path) -> None:
     frame.drop(columns=["label", "age"]).head(5).to_csv(tmp_path / "in.csv", index=False)
     p = orch("predict", STUDY, tmp_path / "in.csv", "--out", tmp_path / "o.parquet", "--store", store)
     assert_user_error(as_run(p), "column 'age' is missing")
+
+
+def test_export_replaces_an_earlier_export_but_never_a_directory_of_other_files(swept, tmp_path: Path) -> None:
+    store, _, _ = swept
+    out = tmp_path / "exported"
+    assert cli("export", STUDY, "--out", out, "--store", store).code == 0
+    r = cli("export", STUDY, "--out", out, "--store", store)  # again: the earlier export is replaced
+    assert r.code == 0, r.stderr + r.detail
+    (out / "notes.txt").write_text("mine")
+    r = cli("export", STUDY, "--out", out, "--store", store)
+    assert_user_error(r, "--out", "is not an empty directory or a model artefact")
+    assert (out / "notes.txt").read_text() == "mine"

@@ -28,6 +28,7 @@ import hmac
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -140,7 +141,7 @@ def copy(source: Path, out: Path, extra: Callable[[Path], Any] | None = None) ->
     renamed into place, so ``out`` never holds half of one. Refuses to replace a directory that is
     not an artefact."""
     source, out = Path(source).resolve(), Path(out)
-    if out.exists() and not (out / MODEL_FILE).exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not _replaceable(out):
         raise UserError(f"--out: {out} exists and is not an empty directory or a model artefact")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -155,6 +156,28 @@ def copy(source: Path, out: Path, extra: Callable[[Path], Any] | None = None) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+ARTEFACT_FILES = re.compile(r"(model\.json|preprocessing\.json|config\.yaml|exports\.json|best\.yaml|"
+                            r"weights(-\d+)?\.pt|model\.torchscript(-\d+)?\.pt|model(-\d+)?\.onnx)")
+
+
+def _replaceable(out: Path) -> bool:
+    """Whether ``out`` may be replaced: an empty directory, or an artefact holding nothing else
+    (never the working directory or one of its parents)."""
+    if not out.is_dir() or out.is_symlink():
+        return False
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        return False
+    entries = list(out.iterdir())
+    if not entries:
+        return True
+    try:
+        read_record(out)
+    except ArtefactError:
+        return False
+    return all(p.is_file() and not p.is_symlink() and ARTEFACT_FILES.fullmatch(p.name) for p in entries)
 
 
 def _swap(built: Path, target: Path) -> None:
@@ -211,6 +234,9 @@ def promote(store: Store, study: str, artefact: Path | None, config_text: str | 
     os.symlink(os.path.join(".versions", study, name), tmp_link)
     os.replace(tmp_link, link)
     current = os.path.basename(os.readlink(link))  # (another promotion may have swapped it since)
+    if previous and (versions / previous).is_dir():
+        with contextlib.suppress(OSError):
+            os.utime(versions / previous)  # replaced now: its readers get KEEP_VERSIONS_S from here
     now = time.time()
     for p in versions.iterdir():
         if p.name.startswith(".") or p.name in (name, previous, current):
@@ -264,9 +290,8 @@ class Model:
                                 f"{', '.join(self.columns[:10])}), got a {type(data).__name__}")
             return torch.as_tensor(self.features.transform(data))
         if isinstance(data, (tuple, list)) and self.record.get("inputs", 1) > 1:
-            return tuple(torch.as_tensor(np.asarray(x)) for x in data)
-        x = torch.as_tensor(np.asarray(data.to_numpy() if isinstance(data, pd.DataFrame) else data))
-        return x.float() if x.dtype == torch.float64 else x
+            return tuple(_tensor(x) for x in data)
+        return _tensor(data.to_numpy() if isinstance(data, pd.DataFrame) else data)
 
     @torch.no_grad()
     def outputs(self, x: Any) -> torch.Tensor:
@@ -306,6 +331,12 @@ class Model:
         if self.target is not None:
             values = self.target.inverse(values)
         return pd.DataFrame({"prediction": np.asarray(values, np.float64)}, index=index)
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    """Samples as a CPU tensor (float64 arrays as float32, as the data factory's were trained on)."""
+    t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.float() if t.dtype == torch.float64 else t
 
 
 def _label_array(labels: np.ndarray) -> Any:
@@ -351,6 +382,10 @@ def read_record(path: str | Path) -> tuple[Path, dict[str, Any], bool]:
                           ("members", list)):
             if not isinstance(record.get(key), kind):
                 raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
+        if not record["members"]:
+            raise ValueError("no members")
+        if not all(isinstance(n, int) and n > 0 for n in record["input_shape"]):
+            raise ValueError("'input_shape' is not a list of positive integers")
         for m in record["members"]:
             if not isinstance(m, dict) or not isinstance(m.get("weights"), str) or not isinstance(
                     m.get("hyperparameters"), dict):
@@ -416,6 +451,8 @@ def load_model(path: str | Path, *, trust_code: bool = False, device: str | torc
         raise ArtefactError(f"{directory / PREPROCESSING_FILE}: unreadable ({err})") from None
     if pre_digest != record.get("preprocessing_sha256"):
         raise ArtefactError(f"{directory / PREPROCESSING_FILE}: changed since the artefact was written")
+    if not isinstance(pre, dict):
+        raise ArtefactError(f"{directory / PREPROCESSING_FILE}: not orch's preprocessing")
     features = Preprocessing.from_dict(pre["features"]) if pre.get("features") else None
     target = TargetScaling.from_dict(pre["target"]) if pre.get("target") else None
     modules = []
@@ -433,7 +470,11 @@ def load_model(path: str | Path, *, trust_code: bool = False, device: str | torc
             raise ArtefactError(f"{file}: not a file of weights ({str(err).splitlines()[0][:200]})") from None
         hp = {k: member["hyperparameters"][k] for k in models.hyperparameters(model)
               if k in member["hyperparameters"]}
-        module = models.build(model, tuple(record["input_shape"]), int(record["n_outputs"]), record["task"], **hp)
+        try:
+            module = models.build(model, tuple(record["input_shape"]), int(record["n_outputs"]), record["task"], **hp)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ArtefactError(f"{directory / MODEL_FILE}: cannot build {model} from its record "
+                                f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
         try:
             module.load_state_dict(state)
         except RuntimeError as err:
@@ -564,6 +605,7 @@ def keep_best(cfg: SweepConfig, store: Store, sweep_id: str, trials: pd.DataFram
                 spec.info["recorded_test"] = {k: _float(v) for k, v in row.items() if str(k).startswith("test_")}
                 write(directory, [member], spec, d, cfg, scored(load_model(path, trust_code=True), d))
             except Exception as err:  # noqa: BLE001 - one trial's model, not the sweep's results
+                shutil.rmtree(sweep_models_dir(store, cfg.study, sweep_id) / trial_id, ignore_errors=True)
                 if warn is not None:
                     warn(f"orch: warning: no model kept for trial {trial_id}: {type(err).__name__}: "
                          f"{' '.join(str(err).split())[:200]}")
@@ -615,6 +657,11 @@ def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = 
         datasets.append(trial_data(cfg, member["hyperparameters"], data))
     # Members trained on differently scaled inputs each need their own: an ensemble shares one.
     first = datasets[0]
+    for _, record in chosen:
+        if record.get("data_fingerprint") and record["data_fingerprint"] != first.fingerprint:
+            raise UserError(f"--ensemble {k}: the data changed since sweep {sweep_id} (fingerprint "
+                            f"{first.fingerprint}, the models were trained on {record['data_fingerprint']}); "
+                            "re-run the sweep (orch retune) to ensemble models of today's data")
     for d, m in zip(datasets[1:], members[1:], strict=True):
         if (d.scale, d.target_scale) != (first.scale, first.target_scale):
             raise UserError(f"--ensemble {k}: trial {m.trial_id} trained on data scaled otherwise "

@@ -141,9 +141,15 @@ def compiled(model: artefacts.Model, out: Path) -> dict[str, Any]:
         suffix = "" if len(model.modules) == 1 else f"-{i}"
         module = module.eval()
         a, b = _example(model, 8), _example(model, 3)
-        with torch.no_grad():
-            want_a, want_b = module(a), module(b)
         entry: dict[str, Any]
+        try:
+            with torch.no_grad():
+                want_a, want_b = module(a), module(b)
+        except Exception as err:  # noqa: BLE001 - a network that takes other inputs than float samples
+            reason = f"the network does not take float samples of its input shape ({type(err).__name__})"
+            result.setdefault("torchscript", []).append({"skipped": reason})
+            result.setdefault("onnx", []).append({"skipped": reason})
+            continue
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -334,6 +340,6 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
     path = artefacts.write(directory, [member], spec, data, cfg, {})
     scores = {"test": artefacts.evaluate(artefacts.load_model(path), data, "test")}
     path = artefacts.write(directory, [member], spec, data, cfg, scores)
-    artefacts.promote(store, cfg.study, path, queries.best_yaml(store.root, cfg.study))
+    artefacts.promote(store, cfg.study, path, queries.best_yaml(store.root, cfg.study, str(row["sweep_id"])))
     _, record, _ = artefacts.read_record(path)
     return path, record
