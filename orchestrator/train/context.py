@@ -292,8 +292,7 @@ class TrialContext:
         self._epoch = epoch
         self._history.append(row)
         self._last = row
-        improved = self._track(epoch, row, objective)
-        if improved and self._status != TrialStatus.DIVERGED:
+        if self._track(epoch, row, objective):  # (never a diverging epoch)
             self._keep_best(epoch, tests, test, model)
         last = epoch >= self.setup.max_epochs or self._status != TrialStatus.COMPLETED
         r = self.setup.report_epochs

@@ -468,10 +468,9 @@ def load_model(path: str | Path, *, trust_code: bool = False, device: str | torc
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
             raise ArtefactError(f"{file}: not a file of weights ({str(err).splitlines()[0][:200]})") from None
-        hp = {k: member["hyperparameters"][k] for k in models.hyperparameters(model)
-              if k in member["hyperparameters"]}
         try:
-            module = models.build(model, tuple(record["input_shape"]), int(record["n_outputs"]), record["task"], **hp)
+            module = _network(model, tuple(record["input_shape"]), int(record["n_outputs"]), record["task"],
+                              member["hyperparameters"])
         except (TypeError, ValueError, KeyError) as err:
             raise ArtefactError(f"{directory / MODEL_FILE}: cannot build {model} from its record "
                                 f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
@@ -482,6 +481,28 @@ def load_model(path: str | Path, *, trust_code: bool = False, device: str | torc
                                 f"({str(err).splitlines()[0][:200]})") from None
         modules.append(module.to(device).eval())
     return Model(record, modules, features, target, directory)
+
+
+def _network(model: str, input_shape: tuple[int, ...], n_outputs: int, task: str,
+             hp: dict[str, Any]) -> torch.nn.Module:
+    """The model ``model`` built with the model hyperparameters among ``hp`` (weights not loaded)."""
+    from orchestrator.config import models
+
+    return models.build(model, input_shape, n_outputs, task,
+                        **{k: hp[k] for k in models.hyperparameters(model) if k in hp})
+
+
+def in_memory(members: Sequence[Member], spec: Spec, data: Dataset) -> Model:
+    """The model an artefact of ``members`` would load as, without writing it (to score it before
+    it is written, once)."""
+    modules = []
+    for m in members:
+        module = _network(spec.model, tuple(spec.input_shape), spec.n_outputs, spec.task, m.hyperparameters)
+        module.load_state_dict(m.weights)
+        modules.append(module.eval())
+    record = {"model": spec.model, "task": spec.task, "classes": list(spec.classes), "inputs": spec.inputs,
+              "input_shape": list(spec.input_shape), "n_outputs": spec.n_outputs}
+    return Model(record, modules, data.preprocessing, data.target_scaling, Path())
 
 
 # -- the driver's side: a sweep's best trials, ensembles, scores ----------------------------------
@@ -600,12 +621,10 @@ def keep_best(cfg: SweepConfig, store: Store, sweep_id: str, trials: pd.DataFram
                 spec = spec_for(cfg, d, hp, {"kind": "trial", "sweep_id": sweep_id, "trial_id": trial_id,
                                              "epoch": member.epoch, "objective": float(row[column])},
                                 n_outputs=saved.get("n_outputs"))
-                directory = sweep_models_dir(store, cfg.study, sweep_id) / trial_id
-                path = write(directory, [member], spec, d, cfg, {"val": {}, "test": {}})
                 spec.info["recorded_test"] = {k: _float(v) for k, v in row.items() if str(k).startswith("test_")}
-                write(directory, [member], spec, d, cfg, scored(load_model(path, trust_code=True), d))
+                scores = scored(in_memory([member], spec, d), d)
+                path = write(sweep_models_dir(store, cfg.study, sweep_id) / trial_id, [member], spec, d, cfg, scores)
             except Exception as err:  # noqa: BLE001 - one trial's model, not the sweep's results
-                shutil.rmtree(sweep_models_dir(store, cfg.study, sweep_id) / trial_id, ignore_errors=True)
                 if warn is not None:
                     warn(f"orch: warning: no model kept for trial {trial_id}: {type(err).__name__}: "
                          f"{' '.join(str(err).split())[:200]}")
@@ -648,13 +667,19 @@ def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = 
     better = cfg.objective.mode == "min"
     kept.sort(key=lambda pr: (pr[1]["objective"] if better else -pr[1]["objective"]))
     chosen = kept[:k]
+    if len({int(r["n_outputs"]) for _, r in chosen}) > 1:
+        raise UserError(f"--ensemble {k}: the top trials' networks have different numbers of outputs")
+    loaded = [load_model(p, trust_code=trust_code) for p, _ in chosen]
     members, datasets = [], []
-    for p, record in chosen:
-        model = load_model(p, trust_code=trust_code)
+    by_scaling: dict[tuple[Any, Any], Dataset] = {}  # the data, loaded once per scaling the members used
+    for model, (_, record) in zip(loaded, chosen, strict=True):
         member = record["members"][0]
-        members.append(Member(model.modules[0].state_dict(), member["hyperparameters"], member["trial_id"],
-                              member["epoch"]))
-        datasets.append(trial_data(cfg, member["hyperparameters"], data))
+        hp = member["hyperparameters"]
+        members.append(Member(model.modules[0].state_dict(), hp, member["trial_id"], member["epoch"]))
+        key = (hp.get("scale"), hp.get("target_scale"))
+        if key not in by_scaling:
+            by_scaling[key] = trial_data(cfg, hp, data)
+        datasets.append(by_scaling[key])
     # Members trained on differently scaled inputs each need their own: an ensemble shares one.
     first = datasets[0]
     for _, record in chosen:
@@ -667,15 +692,11 @@ def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = 
             raise UserError(f"--ensemble {k}: trial {m.trial_id} trained on data scaled otherwise "
                             f"({d.scale}/{d.target_scale}) than trial {members[0].trial_id} "
                             f"({first.scale}/{first.target_scale}); an ensemble shares one preprocessing")
-    models_ = [load_model(p, trust_code=trust_code) for p, _ in chosen]
-    joined = Model(chosen[0][1], [m.modules[0] for m in models_], models_[0].features, models_[0].target,
+    joined = Model(chosen[0][1], [m.modules[0] for m in loaded], loaded[0].features, loaded[0].target,
                    chosen[0][0])
     spec = spec_for(cfg, first, members[0].hyperparameters,
                     {"kind": "ensemble", "sweep_id": sweep_id, "trial_ids": [m.trial_id for m in members],
-                     "objective": None})
-    spec.n_outputs = int(chosen[0][1]["n_outputs"])
-    if len({int(r["n_outputs"]) for _, r in chosen}) > 1:
-        raise UserError(f"--ensemble {k}: the top trials' networks have different numbers of outputs")
+                     "objective": None}, n_outputs=int(chosen[0][1]["n_outputs"]))
     return write(base / f"ensemble-{k}", members, spec, first, cfg, scored(joined, first))
 
 

@@ -263,15 +263,6 @@ def merged(data: Dataset) -> Dataset:
     return replace(data, sets=sets, y_train=np.concatenate([data.y_train, y_val.astype(data.y_train.dtype)]))
 
 
-class _Refit:
-    """Runs the training function to a fixed epoch and keeps the weights it ends with."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-        self.weights: dict[str, torch.Tensor] | None = None
-        self.n_params = 0
-
-
 def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = print) -> tuple[Path, dict[str, Any]]:
     """Re-train the study's best config on its training and validation rows, for as many epochs as
     its best trial needed to reach its best (each epoch now sees the larger set, so the optimizer
@@ -279,7 +270,7 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
 
     Returns the artefact (``<store>/models/<study>/<sweep_id>/fit/``) and its record.
     """
-    from orchestrator.config import schema
+    from orchestrator.config import models, schema
     from orchestrator.store import queries
     from orchestrator.store import trials as trial_rules
     from orchestrator.train.context import BUILT_IN, ContractError, LocalBackend, TrialContext, TrialSetup, TrialStopped
@@ -293,7 +284,7 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
         raise UserError(f"study {study!r}: best trial {trial['trial_id']} records no best epoch to re-train for")
     data = artefacts.trial_data(cfg, hp)
     both = merged(data)
-    setup = TrialSetup(base=schema.base_hyperparameters(cfg), model=artefacts.spec_for(cfg, data, hp, {}).model,
+    setup = TrialSetup(base=schema.base_hyperparameters(cfg), model=models.model_id(cfg.model),
                        metric=cfg.objective.metric, mode=cfg.objective.mode, max_epochs=cfg.scheduler.max_epochs,
                        report_epochs=None, checkpoint_every=10**9, threads=cfg.train.threads or
                        max(1, int(cfg.resources.cpu_per_trial)), trainable=cfg.trainable or BUILT_IN,
@@ -301,18 +292,19 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
     # A fixed number of epochs (the validation rows are training rows now), and no blow-up rule: a
     # loss spike the sweep's trial survived is no reason to stop here. A non-finite loss still is.
     config = {**hp, "patience": None, "divergence_factor": None}
-    refit = _Refit(epochs)
+    final: dict[str, dict[str, torch.Tensor]] = {}  # the weights training ends with
 
     class Context(TrialContext):
+        """Stops the training function after ``epochs`` epochs and keeps its model's weights then."""
+
         def report(self, epoch: int, metrics: Any, state: Any = None, test: Any = None,
                    model: torch.nn.Module | None = None) -> None:
             super().report(epoch, metrics, state=None, test=None, model=None)
-            if model is not None:
-                refit.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                refit.n_params = sum(p.numel() for p in model.parameters())
-            if epoch >= refit.epochs:
+            if epoch >= epochs:
                 self.should_stop = True
                 self._final = self._final or self._result(self._last, True)
+            if self.should_stop and model is not None:
+                final["weights"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     torch.set_num_threads(setup.threads)
     fn = trainable(setup)
@@ -327,19 +319,18 @@ def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = pr
         raise UserError(f"trainable: {err}") from None
     if ctx._status == "diverged":
         raise SweepFailed(f"orch fit: the re-training diverged ({ctx._reason})")
-    if refit.weights is None:
+    if "weights" not in final:
         raise UserError(f"trainable: {setup.trainable} does not pass model= to ctx.report: orch fit keeps the "
                         "weights of the model it reports")
-    member = artefacts.Member(refit.weights, ctx.config, str(trial["trial_id"]), epochs)
+    member = artefacts.Member(final["weights"], ctx.config, str(trial["trial_id"]), epochs)
     spec = artefacts.spec_for(cfg, data, ctx.config, {
         "kind": "fit", "sweep_id": str(row["sweep_id"]), "trial_id": str(trial["trial_id"]), "epoch": epochs,
         "objective": None, "rows": {"train": int(len(both.y_train)), "test": int(len(data.y_test))
                                     if data.y_test is not None else None},
     }, n_outputs=ctx.n_outputs)
-    directory = artefacts.sweep_models_dir(store, cfg.study, str(row["sweep_id"])) / "fit"
-    path = artefacts.write(directory, [member], spec, data, cfg, {})
-    scores = {"test": artefacts.evaluate(artefacts.load_model(path), data, "test")}
-    path = artefacts.write(directory, [member], spec, data, cfg, scores)
+    scores = {"test": artefacts.evaluate(artefacts.in_memory([member], spec, data), data, "test")}
+    path = artefacts.write(artefacts.sweep_models_dir(store, cfg.study, str(row["sweep_id"])) / "fit", [member],
+                           spec, data, cfg, scores)
     artefacts.promote(store, cfg.study, path, queries.best_yaml(store.root, cfg.study, str(row["sweep_id"])))
     _, record, _ = artefacts.read_record(path)
     return path, record

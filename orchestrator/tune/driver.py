@@ -31,7 +31,7 @@ from orchestrator.store.trials import TrialStatus
 from orchestrator.train import data as data_mod
 from orchestrator.train.metrics import METRIC_DIRECTIONS
 from orchestrator.tune import schedulers, searchers
-from orchestrator.tune.compile import SweepPlan, code_version, compile_sweep  # noqa: F401 - code_version: importable from here
+from orchestrator.tune.compile import SweepPlan, code_version, compile_sweep
 from orchestrator.tune.connect import ray_address
 from orchestrator.tune.files import STAGES_FILE, STATUS_FILE, SWEEP_CONFIG_FILE
 
