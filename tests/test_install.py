@@ -196,7 +196,7 @@ def test_a_users_project_runs_the_cnn_and_its_own_loop_from_the_cli_and_python(i
         args = ["-m", "orchestrator", "sweep", config, f"study={study}", "scheduler.name=fifo",
                 "scheduler.max_epochs=6", "search.num_samples=6", "train.checkpoint_every=2",
                 "train.keep_checkpoints=null", "--no-report"]
-        env = orch_env({"PYTHONPATH": str(installed), "ORCH_STORE_FLUSH_S": "0.5"})
+        env = orch_env({"PYTHONPATH": str(installed), "ORCH_STORE_FLUSH_S": "0.5", "EPOCH_PAUSE_S": "0.3"})
         proc = subprocess.Popen([sys.executable, *args], cwd=project, env=env, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         kill_driver_at(proc, lambda s=study: 1 <= len(_rows(store, s)) < 6)

@@ -72,6 +72,9 @@ def ragged(seed=0):
 '''
 
 TRAIN = '''
+import os
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -109,6 +112,7 @@ def fit(config, ctx):
                            "val_accuracy": accuracy, **restored},
                    state=lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "seen": seen})
         restored = {}
+        time.sleep(float(os.environ.get("EPOCH_PAUSE_S", "0")))  # a test that kills the sweep halfway
         if ctx.should_stop:
             break
 
@@ -271,7 +275,10 @@ def test_data_loaded_in_each_trial_and_resumed_after_the_driver_is_killed(projec
             # state names as soon as a newer one is registered, and a kill between the two leaves
             # a trial nothing to resume from (a retry then fails: the trial ends as an error).
             "train.keep_checkpoints=null"]
-    proc = orch_process(*args, cwd=project, merge_stderr=True, new_session=True, env={"ORCH_STORE_FLUSH_S": "0.5"})
+    proc = orch_process(*args, cwd=project, merge_stderr=True, new_session=True,
+                        env={"ORCH_STORE_FLUSH_S": "0.5", "EPOCH_PAUSE_S": "0.3"})
+    # Each trial takes at least 1.8 s (a pause per epoch), so the state to kill at lasts seconds
+    # even on a loaded machine.
     kill_driver_at(proc, lambda: 1 <= len(store_rows(store, "trials")) < 6)
     before = store_rows(store, "trials")
     p = orch(*args, "--resume", cwd=project)
