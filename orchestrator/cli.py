@@ -93,7 +93,8 @@ def init(directory: Path, force: bool) -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--store", "store", default=None, help=STORE_HELP)
 @click.option("--address", default=None,
-              help="Ray cluster to run on (auto, HOST:PORT); default: an embedded local Ray.")
+              help="Ray cluster to run on (auto, HOST:PORT, or local: a Ray of the sweep's own); "
+                   "default: the local Ray of orch up if one runs, else a Ray of the sweep's own.")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[SWEEP_ID]",
               help="Continue an interrupted sweep: the newest unfinished one of this study, or SWEEP_ID.")
 @click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs and warnings.")
@@ -153,7 +154,8 @@ def report(study: str, store: str | None, sweep_id: str | None, out: Path | None
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
 @click.option("--address", default=None, metavar="URL",
-              help="The cluster's dashboard (default: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265).")
+              help="The cluster's dashboard (default: $RAY_API_SERVER_ADDRESS, else the local Ray of orch up, "
+                   "else http://127.0.0.1:8265).")
 @click.option("--store", default=None, metavar="DIR",
               help="Results store as the cluster sees it (default: $ORCH_STORE on the cluster).")
 @click.option("--follow", "-f", is_flag=True,
@@ -183,10 +185,48 @@ def submit(config: Path, overrides: tuple[str, ...], address: str | None, store:
 
 
 @main.command()
+@click.option("--num-cpus", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="CPUs the Ray head offers trials (default: this machine's cores).")
+@click.option("--num-gpus", type=click.FloatRange(min=0), default=None,
+              help="GPUs it offers (default: those Ray finds).")
+@click.option("--port", type=click.IntRange(1, 65535), default=6379, show_default=True,
+              help="The head's GCS port (a free one if taken).")
+@click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8265, show_default=True,
+              help="The dashboard's port (a free one if taken).")
+def up(num_cpus: float | None, num_gpus: float | None, port: int, dashboard_port: int) -> None:
+    """Start a warm local Ray on 127.0.0.1 that outlives sweeps (dashboard, token and metrics on).
+
+    While it runs, orch sweep joins it instead of starting a Ray of its own, so a sweep pays no Ray
+    start-up and the dashboard stays up between sweeps; orch status and orch submit use it too.
+    Trials run in the environment orch up was started from. orch down stops it.
+    """
+    from orchestrator.cluster import local
+
+    head, started = local.up(num_cpus, num_gpus, port, dashboard_port)
+    click.echo(f"{'Started' if started else 'Already running:'} a local Ray at {head.address} (pid {head.pid})")
+    click.echo(f"Dashboard: {head.dashboard}")
+    if head.metrics_port:
+        click.echo(f"Metrics:   http://127.0.0.1:{head.metrics_port}/metrics")
+    click.echo("orch sweep, orch status and orch submit use it until: orch down")
+
+
+@main.command()
+def down() -> None:
+    """Stop the warm local Ray that orch up started (no other Ray on this machine is touched)."""
+    from orchestrator.cluster import local
+
+    head = local.down()
+    if head is None:
+        click.echo("no local Ray started by orch up runs")
+        return
+    click.echo(f"Stopped the local Ray at {head.address} (pid {head.pid})")
+
+
+@main.command()
 @click.option("--store", default=None, help=STORE_HELP)
 @click.option("--address", default=None, metavar="URL",
               help="Also list the sweeps running as Ray Jobs on the cluster with this dashboard "
-                   "(default: $RAY_API_SERVER_ADDRESS if set).")
+                   "(default: $RAY_API_SERVER_ADDRESS if set, else the local Ray of orch up).")
 @click.option("--all", "show_all", is_flag=True, help="Also sweeps that ended or were interrupted.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def status(store: str | None, address: str | None, show_all: bool, fmt: str) -> None:

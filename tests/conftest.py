@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -31,6 +32,9 @@ from click.testing import CliRunner
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "tabular.yaml"
 DEPLOY = ROOT / "deploy"
+# A warm local Ray of the user's (orch up) would be joined by the tests' sweeps: they get a home of
+# their own (tests/test_warm.py starts its own head there).
+os.environ["ORCH_HOME"] = tempfile.mkdtemp(prefix="orch-home-")
 # The command line as a process: the same entry point as the `orch` console script.
 ORCH_COMMAND = [sys.executable, "-m", "orchestrator"]
 

@@ -91,6 +91,10 @@ def submit(cfg: SweepConfig, config_path: Path, overrides: list[str], address: s
     except ValueError:
         raise UserError(f"{config_path}: the config must be inside the working directory ({workdir}), "
                         "which is what orch submit ships to the cluster") from None
+    if store is None and address is None and not os.environ.get("RAY_API_SERVER_ADDRESS") and connect.warm_dashboard():
+        from orchestrator.store.tables import store_root
+
+        store = str(store_root(cfg).resolve())  # the warm local Ray (orch up) shares this machine's files
     sweep_id = new_sweep_id()
     name = job_name(cfg.study, sweep_id)
     argv = ["orch", "sweep", rel.as_posix(), *overrides, "--sweep-id", sweep_id]
@@ -260,8 +264,9 @@ def _float(text: str) -> float | None:
 
 
 def default_address() -> str | None:
-    """The dashboard ``orch status`` asks when given no --address: $RAY_API_SERVER_ADDRESS, if set."""
-    return os.environ.get("RAY_API_SERVER_ADDRESS") or None
+    """The dashboard ``orch status`` asks when given no --address: $RAY_API_SERVER_ADDRESS if set,
+    else the warm local Ray's (``orch up``) if one runs."""
+    return os.environ.get("RAY_API_SERVER_ADDRESS") or connect.warm_dashboard() or None
 
 
 __all__ = ["submit", "follow", "local_sweeps", "cluster_jobs", "render", "merge", "job_name"]

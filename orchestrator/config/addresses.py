@@ -22,15 +22,16 @@ def split_address(address: str) -> tuple[str, int | None]:
 
 
 def check_address(address: str, key: str = "--address") -> None:
-    """A cluster address orch can join: ``auto``, or ``HOST:PORT`` of the head's GCS."""
-    if address == "auto":
+    """A cluster address orch can join: ``auto``, ``HOST:PORT`` of the head's GCS, or ``local``
+    (a Ray of the sweep's own, even while ``orch up``'s runs)."""
+    if address in ("auto", "local"):
         return
     if address.startswith(("http://", "https://")):
         raise ConfigError(f"{key}: '{address}' is a dashboard URL; orch sweep joins the cluster's GCS "
                           "(HOST:PORT, usually port 6379) or 'auto'; `orch submit` takes the dashboard URL")
     host, port = split_address(address)
     if not host or port is None or port <= 0 or port > 65535:
-        raise ConfigError(f"{key}: '{address}' is not HOST:PORT or 'auto'")
+        raise ConfigError(f"{key}: '{address}' is not HOST:PORT, 'auto' or 'local'")
 
 
 def is_loopback(host: str | None) -> bool:

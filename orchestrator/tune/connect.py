@@ -59,20 +59,42 @@ def ray_environment() -> None:
 
 
 def ray_address(cfg: SweepConfig, address: str | None) -> str | None:
-    """The cluster to join: ``--address``, else ``ray.address``, else the Ray Job's own (RAY_ADDRESS).
+    """The cluster to join: ``--address``, else ``ray.address``, else the Ray Job's own
+    (RAY_ADDRESS), else the warm local Ray of ``orch up`` if one runs.
 
-    None means an embedded Ray of this process.
+    None (or ``local`` given) means an embedded Ray of this process.
     """
     if address:
         check_address(address, "--address")
-        return address
+        return None if address == "local" else address
     if cfg.ray.address:
-        return cfg.ray.address
+        return None if cfg.ray.address == "local" else cfg.ray.address
     env = os.environ.get("RAY_ADDRESS", "")
     if env and not env.startswith(("http://", "https://")):  # (an http one is for `ray job submit`)
         check_address(env, "RAY_ADDRESS")
-        return env
-    return None
+        return None if env == "local" else env
+    from orchestrator.cluster import local
+
+    head = local.running()
+    return head.address if head is not None else None
+
+
+def warm_dashboard() -> str | None:
+    """The dashboard of the warm local Ray of ``orch up``, if one runs."""
+    from orchestrator.cluster import local
+
+    head = local.running()
+    return head.dashboard if head is not None else None
+
+
+def warm_head(address: str | None) -> bool:
+    """Whether ``address`` is the warm local Ray of ``orch up``."""
+    if not address:
+        return False
+    from orchestrator.cluster import local
+
+    head = local.read()
+    return head is not None and head.address == address
 
 
 def keep_loopback() -> None:
@@ -158,8 +180,9 @@ def auth_headers() -> dict[str, str]:
 
 
 def dashboard_address(address: str | None) -> str:
-    """The dashboard (Jobs API) URL: ``address``, else $RAY_API_SERVER_ADDRESS, else 127.0.0.1:8265."""
-    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or DEFAULT_DASHBOARD
+    """The dashboard (Jobs API) URL: ``address``, else $RAY_API_SERVER_ADDRESS, else the warm local
+    Ray's (``orch up``), else 127.0.0.1:8265."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or warm_dashboard() or DEFAULT_DASHBOARD
     if "://" not in address:
         address = "http://" + address
     if not address.startswith(("http://", "https://")):

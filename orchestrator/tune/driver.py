@@ -56,6 +56,7 @@ class SweepResult:
     best_metrics: dict[str, float] = field(default_factory=dict)  # the best trial's best values
     counts: dict[str, int] = field(default_factory=dict)
     dashboard_url: str | None = None
+    warm: bool = False  # it ran on the warm local Ray of `orch up` (whose dashboard stays up)
     elapsed_s: float = 0.0
     config_path: str = "CONFIG"
     space_ranges: dict[str, Any] = field(default_factory=dict)  # knob -> [low, high] or choices
@@ -354,6 +355,9 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
 
     project_on_path(cfg.project)  # the code the config names (Ray's local workers inherit sys.path)
     address = ray_address(cfg, address)
+    from orchestrator.tune.connect import warm_head
+
+    warm = warm_head(address)
     store.check_writable()
     dataset = data_mod.load(cfg)
     # The space inline from here on: files are read before Ray starts (in a Ray Job, joining the
@@ -368,18 +372,20 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
         dashboard, owned = start_ray(cfg, address, verbose)
         if dashboard:
             echo(f"Ray dashboard: {dashboard}")
-        if address:
+        if warm:
+            echo(f"Ray: the local Ray of `orch up` at {address}, {_cluster_line(warm=True)} (orch down stops it)")
+        elif address:
             echo(_cluster_line())
         from orchestrator.tune.connect import check_resources
 
         # A trial no node can run would wait forever: stop (or wait for one) before any starts.
-        check_resources(cfg, joined=address is not None, echo=echo)
+        check_resources(cfg, joined=address is not None and not warm, echo=echo)
         echo(f"Sweep {sweep_id} of {cfg.study}: {plan.n_trials} trials ({cfg.search.algorithm} search), "
              f"{cfg.scheduler.name} scheduler, up to {cfg.scheduler.max_epochs} epochs, {dataset.describe()}")
         if cfg.scheduler.name in schedulers.POPULATION:
             echo(_population_line(cfg, plan.space, plan.n_trials))
         result = _run_tuner(plan, store, sweep_id, resume is not None, verbose, progress_interval_s,
-                            joined=address is not None, dashboard=dashboard)
+                            joined=address is not None and not warm, dashboard=dashboard)
     finally:
         if owned:
             import ray
@@ -387,6 +393,7 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
             ray.shutdown()
 
     result.dashboard_url = dashboard
+    result.warm = warm
     result.config_path = _shown_path(cfg.source_file) if cfg.source_file else "CONFIG"
     result.elapsed_s = time.monotonic() - t_start
     if result.finished:
@@ -396,12 +403,14 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     return result
 
 
-def _cluster_line() -> str:
+def _cluster_line(warm: bool = False) -> str:
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     res = ray.cluster_resources()
     gpus = f", {res['GPU']:g} GPUs" if res.get("GPU") else ""
+    if warm:
+        return f"{res.get('CPU', 0):g} CPUs{gpus}"
     return f"Ray cluster: {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {res.get('CPU', 0):g} CPUs{gpus}"
 
 
@@ -719,6 +728,8 @@ def print_summary(result: SweepResult, echo: Callable[[str], None] = print) -> N
     if result.models_warning:
         echo(result.models_warning)
     echo(f"Results: {result.store.root}  (orch results --study {result.study})")
-    if result.dashboard_url:
+    if result.dashboard_url and result.warm:
+        echo(f"Ray dashboard: {result.dashboard_url}  (the local Ray of `orch up` stays up; orch down stops it)")
+    elif result.dashboard_url:
         echo(f"Ray dashboard was at {result.dashboard_url}")
     sys.stdout.flush()
