@@ -69,8 +69,9 @@ def sweep(config: str | os.PathLike[str] | Mapping[str, Any] | SweepConfig, over
         overrides: ``key=value`` overrides (``["search.num_samples=8"]``), applied last.
         store: the results store's directory (default: the config's ``store.path``, else
             ``$ORCH_STORE``, else ``results/``).
-        address: the Ray cluster to run on (``HOST:PORT``, ``auto``); default: ``ray.address``, else
-            an embedded Ray of this process.
+        address: the Ray cluster to run on (``HOST:PORT``, ``auto``, or ``local``: a Ray of this
+            process's own); default: ``ray.address``, else the warm local Ray of ``orch up`` if one
+            runs, else a Ray of this process's own.
         verbose: show Ray's own logs and warnings.
         report: also write the sweep's report (``orch report``); ``Sweep.report`` is its page.
         resume: continue an interrupted sweep of the study: its id, or "latest".

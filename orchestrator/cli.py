@@ -103,10 +103,14 @@ def init(directory: Path, force: bool) -> None:
 def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: str | None,
           resume: str | None, verbose: bool, sweep_id: str | None, no_report: bool) -> None:
     """Run a sweep: orch sweep CONFIG [key=value ...]."""
+    from orchestrator.phases import mark
+
+    mark("command")
     from orchestrator.store.tables import Store, store_root
     from orchestrator.tune import plan
 
     cfg = plan.load(config, overrides)  # before importing torch and Ray: errors come at once
+    mark("config")
     from orchestrator.tune import driver
 
     result = driver.run(cfg, store=Store(store_root(cfg, store)), address=address,
@@ -115,13 +119,34 @@ def sweep(config: Path, overrides: tuple[str, ...], store: str | None, address: 
     if not result.finished:
         driver.print_summary(result)
     driver.announce_report(result, _echo_report)
+    mark("end")
     if not result.finished:
         from orchestrator.tune import stopping
 
         click.echo(stopping.message(), err=True)
         sys.exit(stopping.exit_code())
-    if result.all_collapsed:
-        sys.exit(1)
+    _leave(1 if result.all_collapsed else 0)
+
+
+_PROCESS = False  # set by the process's own entry points (not by a test's in-process CliRunner)
+
+
+def _leave(status: int) -> None:
+    """End the command with ``status``. As a process of its own, once everything is written and
+    flushed, without the interpreter's teardown: unloading torch, Ray and pandas and Ray's exit
+    hooks take seconds that hold the user's terminal for nothing (Ray is already shut down)."""
+    if not _PROCESS:
+        if status:
+            sys.exit(status)
+        return
+    import contextlib
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(status)
 
 
 def _echo_report(line: str) -> None:
@@ -552,7 +577,9 @@ def verify(store: str | None) -> None:
         sys.exit(1)
 
 
-def run() -> None:  # pragma: no cover - console entry for `python -m orchestrator`
+def run() -> None:  # pragma: no cover - console entry: the `orch` script and `python -m orchestrator`
+    global _PROCESS
+    _PROCESS = True
     main(prog_name="orch")
 
 

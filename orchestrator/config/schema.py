@@ -186,7 +186,8 @@ class ResourcesConfig:
 
 @dataclass
 class RayConfig:
-    # None: start an embedded Ray on 127.0.0.1 (or join $RAY_ADDRESS in a Ray Job)
+    # None: join $RAY_ADDRESS in a Ray Job, else the warm local Ray of `orch up` if one runs, else
+    # start an embedded Ray on 127.0.0.1; "local": always an embedded one; "auto" or HOST:PORT: a cluster
     address: str | None = None
     num_cpus: int | None = None  # embedded Ray only; default: all cores
     num_gpus: int | None = None

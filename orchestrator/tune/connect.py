@@ -46,6 +46,11 @@ RAY_ENVIRONMENT = {
     # trial's actor as it creates it, and Ray's own processes inherit it from ray.init. (The driver
     # has imported ray.train by then; which implementation it holds makes no difference to orch.)
     "RAY_TRAIN_V2_ENABLED": "0",
+    # Ray's workers import these as they start, before they take work: workers that Ray starts
+    # ahead (as a Ray starts, and a warm one's between sweeps) have torch and orch's trial code
+    # loaded by the time a trial is placed on them, instead of each trial's first seconds. Read by
+    # the raylet as it starts.
+    "RAY_preload_python_modules": "torch,orchestrator.tune.trial",
 }
 
 

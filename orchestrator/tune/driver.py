@@ -25,6 +25,7 @@ from orchestrator import __version__
 from orchestrator.config import load as config_mod
 from orchestrator.config.schema import SweepConfig
 from orchestrator.errors import SweepFailed, UserError
+from orchestrator.phases import mark
 from orchestrator.store import trials as trial_rules
 from orchestrator.store.tables import Store, new_sweep_id, store_root
 from orchestrator.store.trials import TrialStatus
@@ -360,16 +361,19 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     warm = warm_head(address)
     store.check_writable()
     dataset = data_mod.load(cfg)
+    mark("data")
     # The space inline from here on: files are read before Ray starts (in a Ray Job, joining the
     # cluster can replace the working directory the relative paths point into).
     cfg = dataclasses.replace(cfg, search_space=config_mod.load_space(cfg) or None)
     exp_dir = store.sweep_dir(sweep_id)
     plan = compile_sweep(cfg, dataset, str(store.root), sweep_id, str(exp_dir.resolve()))
+    mark("plan")
     started_at = datetime.now(timezone.utc)
 
     dashboard, owned = None, False
     try:
         dashboard, owned = start_ray(cfg, address, verbose)
+        mark("ray")
         if dashboard:
             echo(f"Ray dashboard: {dashboard}")
         if warm:
@@ -387,10 +391,12 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
         result = _run_tuner(plan, store, sweep_id, resume is not None, verbose, progress_interval_s,
                             joined=address is not None and not warm, dashboard=dashboard)
     finally:
+        mark("tuner_end")
         if owned:
             import ray
 
             ray.shutdown()
+            mark("ray_shutdown")
 
     result.dashboard_url = dashboard
     result.warm = warm
@@ -398,6 +404,7 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     result.elapsed_s = time.monotonic() - t_start
     if result.finished:
         keep_models(plan, store, result)
+        mark("models")
         finish(cfg, store, result, dataset.fingerprint, started_at, reason=reason,
                parent_sweep_id=parent_sweep_id, reference=reference, report=report, summary=summary)
     return result
@@ -519,6 +526,7 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
         )
         ray_adapter.sign_tuner_state(exp_dir, key)
     t_fit = time.monotonic()
+    mark("tuner_start")
     try:
         with ray_adapter.guarded(exp_dir, key, exempt=_own_files(),
                                  context=f"--resume: sweep {sweep_id}"):
