@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIG, alive, assert_user_error, cli, free_port, make_token, orch
+from tests.conftest import CONFIG, alive, assert_user_error, cli, free_port, make_token, orch, store_rows
 
 TINY = ["study=warm", "search.num_samples=2", "scheduler.name=fifo", "scheduler.max_epochs=1",
         "data.source=sklearn:iris", "--no-report"]
@@ -24,7 +25,9 @@ def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     the head it started; stopped at the end whatever happened."""
     tmp = tmp_path_factory.mktemp("warm")
     env = {"ORCH_HOME": str(tmp / "home"), "RAY_AUTH_TOKEN_PATH": str(make_token(tmp / "token")),
-           "ORCH_STORE": str(tmp / "store")}
+           "ORCH_STORE": str(tmp / "store"),
+           # The head's Ray Jobs run `orch` from its environment: this interpreter's.
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     port, dashboard = free_port(), free_port()
     up = orch("up", "--num-cpus", "2", "--port", port, "--dashboard-port", dashboard, env=env, timeout=180)
     try:
@@ -78,6 +81,18 @@ def test_sweeps_join_the_warm_ray_and_its_dashboard_outlives_them(warm: dict[str
     status = orch("status", "--all", env=warm)
     assert status.returncode == 0, status.stderr
     assert status.stdout.count("warm ") == 3, status.stdout
+
+
+@pytest.mark.slow
+def test_submit_sends_a_sweep_to_the_warm_ray_as_a_ray_job(warm: dict[str, str]) -> None:
+    head = _head(warm)
+    p = orch("submit", "conf/tabular.yaml", "study=warm-job", "search.num_samples=2", "scheduler.name=fifo",
+             "scheduler.max_epochs=1", "--follow", env=warm, timeout=400)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"Dashboard: {head['dashboard']}/#/jobs/orch:warm-job:" in p.stdout
+    assert "Ray Job orch:warm-job:" in p.stdout and ": SUCCEEDED" in p.stdout
+    trials = store_rows(Path(warm["ORCH_STORE"]), "trials")  # the store of this machine
+    assert (trials["study"] == "warm-job").sum() == 2
 
 
 def test_an_unreadable_record_is_one_line(tmp_path: Path) -> None:
