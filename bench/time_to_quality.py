@@ -20,12 +20,15 @@ Two datasets: scikit-learn's ``digits``, and a synthetic ``make_classification``
 
     python bench/time_to_quality.py                       # both datasets (about 15 minutes on 2 cores)
     python bench/time_to_quality.py --datasets digits     # one
+    python bench/time_to_quality.py --methods fifo,asha --tables digits   # a subset (fifo sets the target)
+    python bench/time_to_quality.py --methods fifo,asha --grace-period 4  # ASHA's first rung elsewhere
     python bench/time_to_quality.py --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,7 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from orchestrator.config.schema import SchedulerConfig, grace_period_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "tabular.yaml"
@@ -90,9 +96,20 @@ def common_overrides(dataset: str, directory: Path, study: str) -> list[str]:
     d = dict(DATASETS[dataset])
     d["trials"] = int(os.environ.get("ORCH_TTQ_TRIALS", d["trials"]))
     d["epochs"] = int(os.environ.get("ORCH_TTQ_EPOCHS", d["epochs"]))
-    return [f"study={study}", "ray.num_cpus=2", "search.seed=0", f"search.num_samples={d['trials']}",
-            f"scheduler.max_epochs={d['epochs']}", "scheduler.grace_period=2", "scheduler.reduction_factor=3",
-            *[o.format(dir=directory) for o in d["overrides"]]]
+    return [f"study={study}", "ray.num_cpus=2", f"search.seed={_seed()}", f"search.num_samples={d['trials']}",
+            f"scheduler.max_epochs={d['epochs']}", f"scheduler.grace_period={_grace(d['epochs'])}",
+            "scheduler.reduction_factor=3", *[o.format(dir=directory) for o in d["overrides"]]]
+
+
+def _grace(epochs: int) -> int:
+    """ASHA's grace period (and Optuna's pruner's minimum resource): ``--grace-period``, else
+    orch's default for ``epochs`` (a fifth of them, at least 2)."""
+    given = os.environ.get("ORCH_TTQ_GRACE", "")
+    return int(given) if given else grace_period_of(SchedulerConfig(max_epochs=epochs))
+
+
+def _seed() -> int:
+    return int(os.environ.get("ORCH_TTQ_SEED", 0))
 
 
 # -- orch -------------------------------------------------------------------------------------------
@@ -181,9 +198,10 @@ def optuna_worker(dataset: str, sampler_name: str, directory: Path, out: Path) -
             finals[trial.number] = (best, (result.get("test") or {}).get("test_accuracy"))
         return best
 
-    sampler = (optuna.samplers.RandomSampler(seed=0) if sampler_name == "random"
-               else optuna.samplers.TPESampler(seed=0))
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)
+    sampler = (optuna.samplers.RandomSampler(seed=_seed()) if sampler_name == "random"
+               else optuna.samplers.TPESampler(seed=_seed()))
+    epochs = int(os.environ.get("ORCH_TTQ_EPOCHS", DATASETS[dataset]["epochs"]))
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=_grace(epochs), reduction_factor=3)
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
     n = int(os.environ.get("ORCH_TTQ_TRIALS", DATASETS[dataset]["trials"]))
     study.optimize(objective, n_trials=n, n_jobs=2)
@@ -211,9 +229,9 @@ def time_to(events: list[tuple[float, float]], target: float) -> float | None:
     return None
 
 
-def run_dataset(dataset: str, directory: Path) -> dict:
+def run_dataset(dataset: str, directory: Path, methods: list[str]) -> dict:
     rows = {}
-    for method in METHODS:
+    for method in methods:
         runner = run_optuna if method.startswith("optuna") else run_orch
         rows[method] = runner(dataset, method, directory)
         r = rows[method]
@@ -225,6 +243,8 @@ def run_dataset(dataset: str, directory: Path) -> dict:
     for r in rows.values():
         r["time_to_quality_s"] = time_to(r["events"], target)
         r["ttq_over_fifo_wall"] = None if r["time_to_quality_s"] is None else r["time_to_quality_s"] / fifo_wall
+        # When the first epoch's result was known: about the fixed start-up (JSON only).
+        r["first_result_s"] = r["events"][0][0] if r["events"] else None
         del r["events"]
     return {"target_val_loss": target, "fifo_wall_s": fifo_wall, "methods": rows}
 
@@ -244,9 +264,44 @@ def table(dataset: str, res: dict) -> str:
     return "\n".join(lines)
 
 
+def _names(known: dict) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names from ``known``, in the order given."""
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{','.join(unknown) or text!r}: choose from {','.join(known)}")
+        return list(dict.fromkeys(names))
+    return parse
+
+
+@contextlib.contextmanager
+def warm_ray(tmp: Path, warm: bool) -> Iterator[None]:
+    """With ``warm``, a warm local Ray of its own (ORCH_HOME in ``tmp``) that orch's sweeps join;
+    without, a home where no warm Ray runs (the sweeps start their own)."""
+    os.environ["ORCH_HOME"] = str(tmp / "orch-home")
+    if not warm:
+        yield
+        return
+    orch = [sys.executable, "-m", "orchestrator"]
+    subprocess.run([*orch, "up", "--num-cpus", "2"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*orch, "down"], capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--tables", type=_names(DATASETS), help="comma-separated datasets (instead of --datasets)")
+    ap.add_argument("--methods", type=_names(METHODS), default=list(METHODS),
+                    help=f"comma-separated, fifo among them (its best is the target): {','.join(METHODS)}")
+    ap.add_argument("--grace-period", type=int, default=None,
+                    help="ASHA's grace period (default: orch's, a fifth of the epochs, at least 2)")
+    ap.add_argument("--warm", action="store_true",
+                    help="orch's methods join a warm local Ray (orch up, before the timing; orch down after)")
+    ap.add_argument("--seed", type=int, default=0, help="the search's seed (default 0)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--quick", action="store_true", help="a tiny budget, to check the script runs")
     ap.add_argument("--optuna-worker", nargs=4, metavar=("DATASET", "SAMPLER", "DIR", "OUT"), help=argparse.SUPPRESS)
@@ -255,26 +310,33 @@ def main() -> None:
         dataset, sampler, d, out = args.optuna_worker
         optuna_worker(dataset, sampler, Path(d), Path(out))
         return
+    if "fifo" not in args.methods:
+        ap.error("--methods must include fifo: its best validation loss is the target")
+    datasets = args.tables or args.datasets
+    # the workers' too
+    os.environ.update(ORCH_TTQ_GRACE="" if args.grace_period is None else str(args.grace_period),
+                      ORCH_TTQ_SEED=str(args.seed))
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
     if args.quick:
         os.environ.update(ORCH_TTQ_TRIALS="6", ORCH_TTQ_EPOCHS="4")  # seen by the worker processes too
         for d in DATASETS.values():
             d.update(trials=6, epochs=4)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="orch-ttq-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="orch-ttq-") as tmp, warm_ray(Path(tmp), args.warm):
         directory = Path(tmp)
-        if "synthetic" in args.datasets:
+        if "synthetic" in datasets:
             write_synthetic(directory)
-        for dataset in args.datasets:
+        for dataset in datasets:
             d = DATASETS[dataset]
             print(f"{dataset}: {d['trials']} trials x {d['epochs']} epochs", flush=True)
-            results[dataset] = run_dataset(dataset, directory)
+            results[dataset] = run_dataset(dataset, directory, args.methods)
     print()
     for dataset, res in results.items():
         print(table(dataset, res) + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "machine": platform.platform(),
+                                         "grace_period": args.grace_period, "seed": args.seed,
                                          "results": results}, indent=2))
 
 

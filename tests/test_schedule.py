@@ -1,15 +1,18 @@
-"""Scheduling of ``orch retune``: cron expressions, the crontab line, the service loop, the store lock.
+"""Scheduling of ``orch retune``: cron expressions, the crontab line, the service loop, the store lock;
+and the trial scheduler's rung decisions (ASHA on the best objective so far).
 
 Real components throughout: the system's ``crontab`` command on the real user crontab (saved and
 restored around the test), ``sh`` running the generated line, subprocesses stopped by SIGTERM and
-SIGKILL. No Ray.
+SIGKILL; Ray Tune's own ASHA fed by a real trial context. No Ray cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -22,6 +25,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+from orchestrator.config.schema import grace_period_of
 from orchestrator.errors import UserError
 from orchestrator.retune import cron
 from orchestrator.retune.cron import (
@@ -36,7 +40,9 @@ from orchestrator.retune.cron import (
     run_every,
     uninstall_cron,
 )
-from tests.conftest import ROOT, orch
+from orchestrator.train.context import LocalBackend, TrialContext, TrialSetup
+from orchestrator.tune import plan, schedulers
+from tests.conftest import CONFIG, ROOT, orch
 
 PY = sys.executable
 CRONTAB = shutil.which("crontab")
@@ -542,3 +548,109 @@ def test_orch_retune_installs_and_uninstalls_its_cron_line(tmp_path):
         r = orch("retune", "--store", store, "--uninstall-cron")
         assert r.returncode == 0 and "removed" in r.stdout
         assert "orch-retune:" not in _crontab_l().decode()
+
+
+# --------------------------------------------------------------------------- trial schedulers
+
+
+class _Trial:
+    """What ASHA reads of a Tune trial: its id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def _asha(*overrides: str):
+    cfg = plan.load(CONFIG, ["scheduler.name=asha", "scheduler.max_epochs=20", "scheduler.grace_period=2",
+                             "scheduler.reduction_factor=3", *overrides])
+    p = schedulers.create(cfg)
+    p.scheduler.set_search_properties("val_loss", "min")
+    return p
+
+
+def _rung_results(p, curves: dict[str, list[float]]) -> dict[str, list[dict]]:
+    """Each trial's results as a TrialContext sends them: only at the plan's report epochs."""
+    sent: dict[str, list[dict]] = {}
+    for tid, curve in curves.items():
+        setup = TrialSetup(base={}, model="mlp", metric="val_loss", mode="min", max_epochs=20,
+                           report_epochs=schedulers.report_epochs(p, 20, 10**6), checkpoint_every=10**6)
+        ctx = TrialContext({"seed": 0}, setup, None,
+                           LocalBackend(lambda r, _c, tid=tid: sent.setdefault(tid, []).append(r), trial_id=tid))
+        for epoch, value in enumerate(curve, 1):
+            ctx.report(epoch, {"train_loss": 1.0, "val_loss": value})
+    return sent
+
+
+def _decide(sched, results: dict[str, list[dict]]) -> dict[str, str]:
+    """Feed each trial's first result (its first rung) to ``sched``, in order: the action for each."""
+    actions = {}
+    for tid, rs in results.items():
+        trial = _Trial(tid)
+        sched.on_trial_add(None, trial)
+        actions[tid] = sched.on_trial_result(None, trial, rs[0])
+    return actions
+
+
+def test_asha_decides_a_rung_on_the_best_objective_so_far_not_the_last_epoch() -> None:
+    """At the first rung (epoch 2) two trials are recorded; the third's epoch 2 is a noisy bad one
+    (0.50), but its epoch 1 (0.20) beats both: it goes on. Ray's own ASHA, which compares the epoch
+    at the rung, stops it."""
+    p = _asha()
+    assert isinstance(p.scheduler, schedulers.BestSoFarASHA) and p.decision_epochs == frozenset({2, 6, 18})
+    curves = {"a": [0.40, 0.30], "b": [0.35, 0.25], "noisy": [0.20, 0.50]}
+    sent = _rung_results(p, curves)
+    assert [r["epoch"] for r in sent["noisy"]] == [2] and sent["noisy"][0]["best"]["val_loss"] == 0.20
+    assert _decide(p.scheduler, sent) == {"a": "CONTINUE", "b": "CONTINUE", "noisy": "CONTINUE"}
+    # What Tune and the store get is untouched: the epoch's own value.
+    assert sent["noisy"][0]["val_loss"] == 0.50
+    plain = schedulers.AsyncHyperBandScheduler(time_attr="epoch", max_t=20, grace_period=2, reduction_factor=3)
+    plain.set_search_properties("val_loss", "min")
+    assert _decide(plain, sent)["noisy"] == "STOP"
+    # Its best is what the rung recorded (in Ray's reward sign: larger is better).
+    (first_rung,) = [rec for milestone, rec in p.scheduler._brackets[0]._rungs if milestone == 2]
+    assert first_rung == {"a": -0.30, "b": -0.25, "noisy": -0.20}
+
+
+def test_asha_still_stops_a_trial_whose_best_is_behind_and_a_diverged_one() -> None:
+    p = _asha()
+    sent = _rung_results(p, {"a": [0.40, 0.30], "b": [0.35, 0.25], "slow": [0.60, 0.45],
+                             "diverged": [0.10, float("nan")]})
+    assert sent["diverged"][0]["val_loss"] == math.inf and sent["diverged"][0]["best"]["val_loss"] == 0.10
+    assert _decide(p.scheduler, sent) == {"a": "CONTINUE", "b": "CONTINUE", "slow": "STOP", "diverged": "STOP"}
+
+
+def test_best_so_far_only_ever_improves_the_compared_value() -> None:
+    r = {"val_loss": 0.3, "best": {"val_loss": 0.2}}
+    assert schedulers.best_so_far(r, "val_loss", -1.0) == {"val_loss": 0.2, "best": {"val_loss": 0.2}}
+    assert r["val_loss"] == 0.3  # a copy
+    assert schedulers.best_so_far(r, "val_loss", 1.0) is r  # larger is better: 0.3 is already its best
+    assert schedulers.best_so_far({"val_accuracy": 0.9, "best": {"val_accuracy": 0.95}}, "val_accuracy",
+                                  1.0)["val_accuracy"] == 0.95
+    diverged = {"val_loss": math.inf, "best": {"val_loss": 0.2}}  # stays the worst
+    for no_best in ({"val_loss": 0.3}, {"val_loss": 0.3, "best": {}}, diverged):
+        assert schedulers.best_so_far(no_best, "val_loss", -1.0) is no_best
+
+
+def test_the_asha_scheduler_pickles_with_its_rungs(tmp_path) -> None:
+    """Tune keeps the scheduler in tuner.pkl and its state in a checkpoint: both are pickles, and a
+    resumed sweep finds the class by its module path."""
+    p = _asha()
+    _decide(p.scheduler, _rung_results(p, {"a": [0.4, 0.3]}))
+    again = pickle.loads(pickle.dumps(p.scheduler))
+    assert type(again) is schedulers.BestSoFarASHA and type(again).__module__ == "orchestrator.tune.schedulers"
+    p.scheduler.save(str(tmp_path / "asha.pkl"))
+    restored = _asha().scheduler
+    restored.restore(str(tmp_path / "asha.pkl"))
+    assert [rec for _, rec in restored._brackets[0]._rungs][-1] == {"a": -0.3}
+
+
+@pytest.mark.parametrize("max_epochs, given, grace", [(20, None, 4), (30, None, 6), (10, None, 2), (4, None, 2),
+                                                      (1, None, 1), (20, 3, 3)])
+def test_the_grace_period_defaults_to_a_fifth_of_the_budget(max_epochs: int, given: int | None, grace: int) -> None:
+    overrides = ["scheduler.name=asha", f"scheduler.max_epochs={max_epochs}"]
+    if given is not None:
+        overrides.append(f"scheduler.grace_period={given}")
+    cfg = plan.load(CONFIG, overrides)
+    assert grace_period_of(cfg.scheduler) == grace
+    made = schedulers.create(cfg)
+    assert min(made.decision_epochs or {max_epochs}) == min(grace, max_epochs)

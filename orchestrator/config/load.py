@@ -421,8 +421,9 @@ def validate(cfg: SweepConfig) -> None:
     s = cfg.scheduler
     check_choice("scheduler.name", s.name, SCHEDULER_NAMES)
     check_range("scheduler.max_epochs", s.max_epochs, 1)
-    check_range("scheduler.grace_period", s.grace_period, 1)
-    if s.grace_period > s.max_epochs and s.name in ("asha", "median"):
+    if s.grace_period is not None:
+        check_range("scheduler.grace_period", s.grace_period, 1)
+    if s.grace_period is not None and s.grace_period > s.max_epochs and s.name in ("asha", "median"):
         fail("scheduler.grace_period", f"must not exceed scheduler.max_epochs ({s.max_epochs})", s.grace_period)
     check_range("scheduler.reduction_factor", s.reduction_factor, 1, None, lo_open=True)
     check_range("scheduler.min_samples", s.min_samples, 1)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.config import load as config_mod
-from orchestrator.config.schema import TIERS, asha_rungs
+from orchestrator.config.schema import TIERS, asha_rungs, grace_period_of
 from orchestrator.errors import UserError
 from orchestrator.names import check_name
 from orchestrator.space import space as spaces
@@ -167,7 +167,7 @@ def rungs(cfg: SweepConfig) -> list[int]:
     s = cfg.scheduler
     if s.name not in ("asha", "hyperband"):
         return []
-    return [r for r in asha_rungs(s.max_epochs, s.grace_period, s.reduction_factor) if r < s.max_epochs]
+    return [r for r in asha_rungs(s.max_epochs, grace_period_of(s), s.reduction_factor) if r < s.max_epochs]
 
 
 def plot_curves(sw: _Sweep, path: Path) -> None:

@@ -8,6 +8,7 @@ round trips through the Tune driver is most of what makes short trials cheap.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from ray.tune.schedulers import (
     TrialScheduler,
 )
 
-from orchestrator.config.schema import asha_rungs
+from orchestrator.config.schema import asha_rungs, grace_period_of
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import SweepConfig
@@ -36,17 +37,57 @@ class SchedulerPlan:
     decision_epochs: frozenset[int] | None
 
 
+class BestSoFarASHA(AsyncHyperBandScheduler):
+    """Ray Tune's ASHA, deciding at each rung on the trial's best objective so far.
+
+    Ray's scheduler compares the value a trial reports at the rung, which is that one epoch's
+    validation score: a trial whose epoch at the rung happens to be a noisy bad one is stopped,
+    although its best epoch (the one whose weights orch keeps, and by which it ranks trials) is
+    among the leaders. Each result a trial sends carries its best per metric so far (``best``, over
+    every epoch, reported or not, and restored with the trial after a resume); the rung records
+    that instead. Only what the scheduler compares changes: the result Tune records, and the store
+    gets, is the trial's own. A trial whose objective is not finite (diverged) stays the worst.
+
+    Picklable like Ray's (``tuner.pkl`` holds it): keep this class's name and module.
+    """
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        return super().on_trial_result(tune_controller, trial, self._rung_result(result))
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        super().on_trial_complete(tune_controller, trial, self._rung_result(result))
+
+    def _rung_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        return best_so_far(result, self._metric, self._metric_op)
+
+
+def best_so_far(result: dict[str, Any], metric: str | None, sign: float | None) -> dict[str, Any]:
+    """``result`` with ``metric`` replaced by the trial's best so far (``result["best"]``) when that
+    is better; ``sign`` is +1 where larger is better, -1 where smaller is (Ray's ``_metric_op``).
+
+    The result itself is never changed (Tune records it): a copy is returned.
+    """
+    if not metric or not sign:
+        return result
+    value, best = result.get(metric), (result.get("best") or {}).get(metric)
+    if not isinstance(value, (int, float)) or not isinstance(best, (int, float)):
+        return result
+    if not math.isfinite(value) or not math.isfinite(best) or sign * best <= sign * value:
+        return result
+    return {**result, metric: float(best)}
+
+
 def _asha(cfg: SweepConfig) -> SchedulerPlan:
     s = cfg.scheduler
-    sched = AsyncHyperBandScheduler(
+    sched = BestSoFarASHA(
         time_attr=TIME_ATTR,
         max_t=s.max_epochs,
-        grace_period=s.grace_period,
+        grace_period=grace_period_of(s),
         reduction_factor=s.reduction_factor,
         brackets=1,
     )
     # Trials report only at the rungs (and their last epoch): ASHA decides nowhere else.
-    return SchedulerPlan(sched, frozenset(asha_rungs(s.max_epochs, s.grace_period, s.reduction_factor)))
+    return SchedulerPlan(sched, frozenset(asha_rungs(s.max_epochs, grace_period_of(s), s.reduction_factor)))
 
 
 def _pbt_common(cfg: SweepConfig, space: Space, store_root: str | None, sweep_id: str,
@@ -96,7 +137,7 @@ def _hyperband(cfg: SweepConfig) -> SchedulerPlan:
 def _median(cfg: SweepConfig) -> SchedulerPlan:
     s = cfg.scheduler
     sched = MedianStoppingRule(
-        time_attr=TIME_ATTR, grace_period=s.grace_period, min_samples_required=s.min_samples
+        time_attr=TIME_ATTR, grace_period=grace_period_of(s), min_samples_required=s.min_samples
     )
     return SchedulerPlan(sched, None)
 
