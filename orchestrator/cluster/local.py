@@ -38,6 +38,7 @@ DEFAULT_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_METRICS_PORT = 8080
 NODE_MODULE = "orchestrator.cluster.nodes"
+PORT_ATTEMPTS = 3
 FIXED_PORTS = (("--ray-client-server-port", 10001), ("--dashboard-agent-listen-port", 52365))
 
 
@@ -166,40 +167,65 @@ def up(num_cpus: float | None = None, num_gpus: float | None = None, port: int =
         if head is not None:
             return head, False
         _ensure_token()
-        gcs_port = _free_port(port)
-        dash_port = _free_port(dashboard_port)
-        args = [sys.executable, "-m", NODE_MODULE, "ray-start", "--head", "--block", "--disable-usage-stats",
-                "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-                "--include-dashboard", "true"]
-        if num_cpus is not None:
-            args += ["--num-cpus", f"{num_cpus:g}"]
-        if num_gpus is not None:
-            args += ["--num-gpus", f"{num_gpus:g}"]
-        for flag, default in FIXED_PORTS:  # Ray's fixed defaults: one taken and the node would not start
-            if _listening(f"127.0.0.1:{default}"):
-                args += [flag, str(_free_port(0))]
-        metrics_port = _free_port(DEFAULT_METRICS_PORT)
-        args += ["--metrics-export-port", str(metrics_port)]
-        log = directory / LOG_FILE
-        with open(log, "w") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=_environment(), cwd=directory, start_new_session=True)
-        head = Head(proc.pid, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}",
-                    datetime.now(timezone.utc).isoformat(timespec="seconds"), str(log), metrics_port,
-                    num_cpus, num_gpus)
-        deadline = time.monotonic() + timeout_s
-        while not (_listening(head.address) and _listening(head.dashboard) and _started(log)):
-            if proc.poll() is not None:
-                raise SweepFailed(f"the local Ray head did not start: {_last_error(log)} (its log: {log})")
-            if time.monotonic() > deadline:
-                _stop(proc.pid)
-                raise SweepFailed(f"the local Ray head did not start within {timeout_s:g}s (its log: {log})")
-            time.sleep(0.2)
+        attempt = 0
+        while True:
+            try:
+                started = _launch(directory, num_cpus, num_gpus, port, dashboard_port, timeout_s)
+                break
+            except _PortTaken:
+                # Another process bound a port between its check and Ray's bind: free ones again.
+                attempt += 1
+                if attempt == PORT_ATTEMPTS:
+                    log = directory / LOG_FILE
+                    raise SweepFailed(f"the local Ray head did not start: {_last_error(log)} "
+                                      f"(its log: {log})") from None
+                port = dashboard_port = 0
         tmp = _state_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(head), indent=2) + "\n")
+        tmp.write_text(json.dumps(asdict(started), indent=2) + "\n")
         os.replace(tmp, _state_path())
-        return head, True
+        return started, True
+
+
+class _PortTaken(Exception):
+    """The head did not start: a port it was given was taken meanwhile."""
+
+
+def _launch(directory: Path, num_cpus: float | None, num_gpus: float | None, port: int, dashboard_port: int,
+            timeout_s: float) -> Head:
+    """Start the head's process and wait until its GCS and dashboard answer."""
+    gcs_port = _free_port(port)
+    dash_port = _free_port(dashboard_port)
+    args = [sys.executable, "-m", NODE_MODULE, "ray-start", "--head", "--block", "--disable-usage-stats",
+            "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+            "--include-dashboard", "true"]
+    if num_cpus is not None:
+        args += ["--num-cpus", f"{num_cpus:g}"]
+    if num_gpus is not None:
+        args += ["--num-gpus", f"{num_gpus:g}"]
+    for flag, default in FIXED_PORTS:  # Ray's fixed defaults: one taken and the node would not start
+        if _listening(f"127.0.0.1:{default}"):
+            args += [flag, str(_free_port(0))]
+    metrics_port = _free_port(DEFAULT_METRICS_PORT)
+    args += ["--metrics-export-port", str(metrics_port)]
+    log = directory / LOG_FILE
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=_environment(), cwd=directory, start_new_session=True)
+    head = Head(proc.pid, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}",
+                datetime.now(timezone.utc).isoformat(timespec="seconds"), str(log), metrics_port,
+                num_cpus, num_gpus)
+    deadline = time.monotonic() + timeout_s
+    while not (_listening(head.address) and _listening(head.dashboard) and _started(log)):
+        if proc.poll() is not None:
+            if any(m in _last_error(log) for m in ("already occupied", "already in use", "used by other")):
+                raise _PortTaken()
+            raise SweepFailed(f"the local Ray head did not start: {_last_error(log)} (its log: {log})")
+        if time.monotonic() > deadline:
+            _stop(proc.pid)
+            raise SweepFailed(f"the local Ray head did not start within {timeout_s:g}s (its log: {log})")
+        time.sleep(0.2)
+    return head
 
 
 def _started(log: Path) -> bool:
