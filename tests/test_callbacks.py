@@ -211,6 +211,79 @@ def test_metrics_rows_are_every_epoch_once(tmp_path: Path, clock: Clock) -> None
     assert list(Store(root).trials()["trial_id"]) == ["ta"]
 
 
+# -- StoreWriter: what the driver keeps of a trial ----------------------------------------------
+
+
+def test_a_results_epochs_leave_it_once_buffered_for_the_store(tmp_path: Path, clock: Clock) -> None:
+    # Tune keeps each result as the trial's last one, and in its experiment snapshots.
+    root = tmp_path / "store"
+    writer = new_writer(root)
+    trial = FakeTrial("t", {"lr": 0.1, "hidden": 8}, [1.0, 0.8, 0.7])
+    trials = [trial]
+    started(writer, trial, trials)
+    result = report(writer, trial, trials, 2)
+    assert "history" not in result
+    assert result["val_loss"] == 0.8 and result["best"]["val_loss"] == 0.8 and result["epoch"] == 2
+    report(writer, trial, trials, 1, final=True)
+    complete(writer, trial, trials)
+    writer.flush()
+    assert sorted(Store(root).metrics()["epoch"]) == [1, 2, 3]
+    assert by_id(Store(root).trials()).loc["t", "final_val_loss"] == 0.7
+
+
+def tune_trial(trial_id: str, config: dict[str, Any]) -> Any:
+    """A Tune trial (a stub: no trainable behind it)."""
+    from ray.tune.experiment import Trial
+
+    return Trial("orch", config=config, stub=True, trial_id=trial_id)
+
+
+def test_a_finished_trial_keeps_only_what_the_store_does_not_hold(tmp_path: Path, clock: Clock) -> None:
+    root = tmp_path / "store"
+    writer = new_writer(root, metric="val_loss")
+    trial = tune_trial("t1", {"lr": 0.1, "hidden": 8})
+    reports = FakeTrial("t1", trial.config, [1.0, 0.6, 0.8])
+    writer.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    for epochs, final in ((2, False), (1, True)):
+        result = reports.report(epochs, final=final)
+        result.update(training_iteration=3 if final else 1, time_total_s=1.5, config=dict(trial.config))
+        writer.on_trial_result(iteration=0, trials=[trial], trial=trial, result=result)
+        trial.update_last_result(result)  # (Tune, after the callbacks)
+    size = len("".join(trial.get_json_state()))
+    trial.set_status("TERMINATED")
+    writer.on_trial_complete(iteration=0, trials=[trial], trial=trial)
+
+    last = trial.last_result
+    assert set(last) <= {*callbacks.KEPT_RESULT, "val_loss"}
+    assert last["val_loss"] == 0.8 and last["best"]["val_loss"] == 0.6 and last["final"]
+    meta = trial.run_metadata
+    assert set(meta.metric_analysis) == set(meta.metric_n_steps) == {"val_loss"}
+    assert meta.metric_analysis["val_loss"]["min"] == 0.6
+    assert len("".join(trial.get_json_state())) < size / 2  # what Tune writes into every snapshot
+    # What is read back from it: its status, the best so far (a resumed sweep's progress line).
+    assert trial_status(trial) == ("completed", "")
+    progress = Progress(1, "val_loss", "min")
+    progress.update([trial])
+    assert progress.counts["completed"] == 1 and progress.best == (0.6, "t1")
+    # The store has the rest.
+    writer.flush()
+    row = by_id(Store(root).trials()).loc["t1"]
+    assert (row["final_val_loss"], row["best_val_loss"], row["epochs"]) == (0.8, 0.6, 3)
+    assert row["test_loss"] == pytest.approx(0.85) and row["final_val_accuracy"] == 0.8 and row["node"] == "node-1"
+    assert sorted(Store(root).metrics()["epoch"]) == [1, 2, 3]
+
+
+def test_trials_are_named_by_a_function_that_tune_pickles_by_reference() -> None:
+    # Tune pickles the name creators into every trial's state (a lambda: by value, about 1 KB each).
+    import cloudpickle
+
+    from orchestrator.tune.trial import trial_name
+
+    assert trial_name(FakeTrial("abc123", {}, [])) == "abc123"
+    data = cloudpickle.dumps(trial_name)
+    assert cloudpickle.loads(data) is trial_name and len(data) < 200
+
+
 # -- StoreWriter: when it writes ----------------------------------------------------------------
 
 
@@ -520,6 +593,29 @@ def test_the_progress_line_counts_from_tunes_trials(clock: Clock,
     clock.t += 0.5
     progress.on_step_end(iteration=3, trials=trials)
     assert capsys.readouterr().out.startswith("[01:10] trials 4/10 done")
+
+
+def test_the_progress_line_reads_tunes_trials_only_when_it_shows(clock: Clock,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    # Tune's list holds every trial of the sweep, and its steps come many a second.
+    class Unread(list):
+        def __iter__(self):
+            raise AssertionError("the trials were read between two lines")
+
+    progress = Progress(10, "val_loss", "min", interval_s=5.0)
+    progress.setup()
+    trial = FakeTrial("t", {}, [0.5], status="RUNNING")
+    progress.on_step_end(iteration=1, trials=[trial])
+    assert "1 running" in capsys.readouterr().out
+    for i in range(4):
+        clock.t += 1
+        progress.on_step_end(iteration=2 + i, trials=Unread([trial]))
+    assert capsys.readouterr().out == ""
+    trial.status = "TERMINATED"
+    trial.report(1, final=True)
+    clock.t += 1
+    progress.on_step_end(iteration=6, trials=[trial])
+    assert "trials 1/10 done | 0 running" in capsys.readouterr().out
 
 
 def test_a_resumed_sweeps_progress_counts_the_trials_restored_finished(clock: Clock) -> None:

@@ -37,6 +37,11 @@ METRIC_TYPES = {"generation": pa.int64(), "epoch": pa.int64(), "batch_size": pa.
                 "resumed_val_loss": pa.float64(), "lr": pa.float64()}
 FLUSH_INTERVAL_S = float(os.environ.get("ORCH_STORE_FLUSH_S", "10"))  # most seconds a row waits in the driver
 FLUSH_ROWS = 5000
+# What a finished trial keeps of its last result in the driver, where Tune holds every trial to the
+# end of the sweep and writes each into every experiment snapshot: what the progress line, the status
+# file and a resumed sweep read back (with the objective's value). The rest is in the store.
+KEPT_RESULT = ("final", "trial_status", "stop_reason", "best", "best_epoch", "epoch", "collapsed", "done",
+               "training_iteration", "time_total_s", "trial_id")
 
 
 def trial_status(trial: Trial) -> tuple[str, str]:
@@ -57,12 +62,20 @@ def trial_status(trial: Trial) -> tuple[str, str]:
 
 
 class StoreWriter(Callback):
-    """Writes every epoch (metrics) and every finished trial (trials) of one sweep to the store."""
+    """Writes every epoch (metrics) and every finished trial (trials) of one sweep to the store.
+
+    Once a result's epochs are buffered for the store, its ``history`` is taken out of it (Tune
+    lets callbacks change a result before it keeps it), and once a trial's row is, the trial keeps
+    only :data:`KEPT_RESULT` of its results: the driver's memory and Tune's experiment snapshots
+    then stay the same size per trial however long the sweep runs.
+    """
 
     def __init__(self, store_root: str, study: str, sweep_id: str, base: dict[str, Any],
                  config_types: dict[str, pa.DataType], knobs: list[str] | tuple[str, ...] = (),
-                 flush_interval_s: float = FLUSH_INTERVAL_S, time_budget_s: float | None = None) -> None:
+                 flush_interval_s: float = FLUSH_INTERVAL_S, time_budget_s: float | None = None,
+                 metric: str | None = None) -> None:
         self.time_budget_s = time_budget_s
+        self.metric = metric  # the objective: a finished trial keeps its value
         self._t_setup: float | None = None
         self.store_root = store_root
         self.study = study
@@ -76,7 +89,8 @@ class StoreWriter(Callback):
     def _reset(self) -> None:
         self._metrics: list[dict[str, Any]] = []
         self._trials: list[dict[str, Any]] = []
-        self._seen_metrics: set[tuple] = set()
+        self._seen_metrics: set[tuple] = set()  # (sweep, trial, generation, epoch) in the store before this run
+        self._epochs: dict[str, set[tuple[int, int]]] = {}  # trial id -> (generation, epoch) buffered or written
         self._seen_trials: set[tuple] = set()
         self._started: dict[str, datetime] = {}
         self._last_flush = time.monotonic()
@@ -84,7 +98,7 @@ class StoreWriter(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for k in ("_metrics", "_trials", "_seen_metrics", "_seen_trials", "_started"):
+        for k in ("_metrics", "_trials", "_seen_metrics", "_epochs", "_seen_trials", "_started"):
             state[k] = type(state[k])()
         return state
 
@@ -106,11 +120,12 @@ class StoreWriter(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
-        for row in result.get("history") or ():
-            key = (self.sweep_id, trial.trial_id, int(row.get("generation", 0)), int(row["epoch"]))
-            if key in self._seen_metrics:
+        epochs = self._epochs.setdefault(trial.trial_id, set())
+        for row in result.pop("history", None) or ():
+            key = (int(row.get("generation", 0)), int(row["epoch"]))
+            if key in epochs or (self.sweep_id, trial.trial_id, *key) in self._seen_metrics:
                 continue
-            self._seen_metrics.add(key)
+            epochs.add(key)
             self._metrics.append({"sweep_id": self.sweep_id, "trial_id": trial.trial_id, **METRIC_ROW,
                                   **{k: v for k, v in row.items() if k != "epoch_time_s"},
                                   "time_s": row.get("epoch_time_s")})
@@ -119,9 +134,12 @@ class StoreWriter(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial)
+        self._epochs.pop(trial.trial_id, None)  # (it reports no more)
+        self._forget(trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial)
+        self._finish(trial)  # (its epochs stay known: a resume may run it again from a checkpoint)
+        self._forget(trial)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
@@ -176,7 +194,7 @@ class StoreWriter(Callback):
             "n_params": last.get("n_params"),
             "epochs": last.get("epoch", 0),
             "train_time_s": last.get("train_time_s"),
-            "started_at": self._started.get(trial.trial_id),
+            "started_at": self._started.pop(trial.trial_id, None),
             "ended_at": datetime.now(timezone.utc),
             "node": last.get("node_id") or last.get("hostname") or last.get("node_ip"),  # the Ray node
             "host": last.get("hostname") or last.get("node_ip"),
@@ -185,6 +203,13 @@ class StoreWriter(Callback):
             "retries": int(getattr(trial, "num_failures", 0) or 0),  # restarts after a lost worker or node
         })
         self._trials.append(row)
+
+    def _forget(self, trial: Trial) -> None:
+        """The finished ``trial``'s row is buffered: it keeps only :data:`KEPT_RESULT` of its results."""
+        from orchestrator.tune import ray_adapter
+
+        metric = (self.metric,) if self.metric else ()
+        ray_adapter.forget_results(trial, (*KEPT_RESULT, *metric), analysed=metric)
 
     def flush(self) -> None:
         """Write buffered rows: one file per table, metrics first (a trial row implies its epochs)."""
@@ -258,9 +283,10 @@ class Progress(Callback):
         self.best = best_so_far(self.best, trial.trial_id, result, self.metric, self.mode)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        self.update(trials)
+        # Counted when shown: Tune's list holds every trial of the sweep, and steps come many a second.
         interval = self.interval_s if self.interval_s is not None else (0.5 if self._tty else 10.0)
         if time.monotonic() - self._last >= interval:
+            self.update(trials)
             self.show()
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -371,6 +372,7 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     started_at = datetime.now(timezone.utc)
 
     dashboard, owned = None, False
+    closing: threading.Thread | None = None  # Ray shutting down while the store is written
     try:
         dashboard, owned = start_ray(cfg, address, verbose)
         mark("ray")
@@ -390,24 +392,37 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
             echo(_population_line(cfg, plan.space, plan.n_trials))
         result = _run_tuner(plan, store, sweep_id, resume is not None, verbose, progress_interval_s,
                             joined=address is not None and not warm, dashboard=dashboard)
+        if owned:
+            # Ray's processes take a second or more to stop, one kind after another: meanwhile the
+            # driver keeps the models and writes the store (nothing that follows needs Ray).
+            closing = threading.Thread(target=_shutdown_ray, name="orch-ray-shutdown")
+            closing.start()
     finally:
         mark("tuner_end")
-        if owned:
-            import ray
+        if owned and closing is None:
+            _shutdown_ray()
 
-            ray.shutdown()
-            mark("ray_shutdown")
-
-    result.dashboard_url = dashboard
-    result.warm = warm
-    result.config_path = _shown_path(cfg.source_file) if cfg.source_file else "CONFIG"
-    result.elapsed_s = time.monotonic() - t_start
-    if result.finished:
-        keep_models(plan, store, result)
-        mark("models")
-        finish(cfg, store, result, dataset.fingerprint, started_at, reason=reason,
-               parent_sweep_id=parent_sweep_id, reference=reference, report=report, summary=summary)
+    try:
+        result.dashboard_url = dashboard
+        result.warm = warm
+        result.config_path = _shown_path(cfg.source_file) if cfg.source_file else "CONFIG"
+        result.elapsed_s = time.monotonic() - t_start
+        if result.finished:
+            keep_models(plan, store, result)
+            mark("models")
+            finish(cfg, store, result, dataset.fingerprint, started_at, reason=reason,
+                   parent_sweep_id=parent_sweep_id, reference=reference, report=report, summary=summary)
+    finally:
+        if closing is not None:
+            closing.join()
     return result
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+    mark("ray_shutdown")
 
 
 def _cluster_line(warm: bool = False) -> str:
@@ -461,7 +476,7 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
 
     reuse = cfg.ray.reuse_actors
     # Resources on the function, so that the actor class (the one the dashboard shows) stays OrchTrial.
-    from orchestrator.tune.trial import tune_trainable
+    from orchestrator.tune.trial import trial_name, tune_trainable
 
     data_config = cfg if plan.data is None else None  # data.load_in: trial
     trainable = _trainable(cfg, sweep_id, tune.with_resources(
@@ -476,7 +491,7 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, 2 * _trial_slots(cfg)))
     progress = Progress(n_trials, cfg.objective.metric, cfg.objective.mode, progress_interval_s)
     writer = StoreWriter(str(store.root), cfg.study, sweep_id, plan.setup.base, plan.columns, list(space),
-                         time_budget_s=cfg.search.time_budget_s)
+                         time_budget_s=cfg.search.time_budget_s, metric=cfg.objective.metric)
     status = SweepStatus(cfg.study, sweep_id, n_trials, cfg.objective.metric, cfg.objective.mode,
                          str(exp_dir / STATUS_FILE), info={"store": str(store.root.resolve()), "dashboard": dashboard,
                                                            "cluster": joined, "job": current_job()})
@@ -511,8 +526,8 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
                 num_samples=n_trials,
                 time_budget_s=cfg.search.time_budget_s,
                 reuse_actors=reuse,
-                trial_name_creator=lambda t: t.trial_id,
-                trial_dirname_creator=lambda t: t.trial_id,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
             ),
             run_config=tune.RunConfig(
                 name=sweep_id,

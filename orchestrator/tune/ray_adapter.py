@@ -20,6 +20,12 @@ Signing Tune's experiment state (see :mod:`orchestrator.tune.state_guard`):
 - ``Trial.get_pickled_error`` unpickles a trial's ``error.pkl`` from the store when the result
   grid is built: orch records errors in its own store and never needs the pickled exception.
 
+Sweeps of many trials (bench/scale.py): Tune's lookups of the trainable's class in Ray's key-value
+store are kept while a sweep runs (``_Registry``), the FIFO scheduler's scan for the next trial
+starts after the finished ones, a finished trial keeps only what orch reads back of its results
+(:func:`forget_results`), and the result grid of a run reads no per-trial result files (orch turns
+them off): each would otherwise cost every trial more than the one before, or the same again.
+
 Resuming a sweep whose store moved: ``Tuner.restore`` rebuilds the run's callbacks and scheduler
 from ``tuner.pkl``, with the paths of the store the sweep started in (:func:`rebind_restored`
 gives it this run's), and Tune's restored search state makes new trials there (rebased after
@@ -34,8 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +101,8 @@ class _Guard:
 
 _active: _Guard | None = None
 _installed = False
+_trainables: dict[tuple[int, str, str], Any] = {}  # the trainables Tune looked up while a sweep runs
+_finished_head: weakref.WeakKeyDictionary[Any, tuple[list[Trial], int]] = weakref.WeakKeyDictionary()
 _loopback_kept = False
 
 
@@ -151,10 +161,12 @@ def guarded(exp_dir: str | Path, key: state_guard.StateKey, *, exempt: Iterable[
     install()
     previous = _active
     _active = _Guard(Path(exp_dir).resolve(), Path(exp_dir).name, key, frozenset(exempt), context)
+    _trainables.clear()
     try:
         yield
     finally:
         _active = previous
+        _trainables.clear()
 
 
 def _guard_for(storage: StorageContext) -> _Guard | None:
@@ -187,13 +199,20 @@ def install() -> None:
     global _installed
     if _installed:
         return
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.experiment.trial import Trial
+    from ray.tune.registry import TRAINABLE_CLASS, _Registry
+    from ray.tune.schedulers import FIFOScheduler
 
     save_to_dir = TuneController.save_to_dir
     resume = TuneController.resume
     sync_down = _ExperimentCheckpointManager.sync_down_experiment_state
+    registry_get, registry_contains = _Registry.get, _Registry.contains
+    registry_register, registry_unregister = _Registry.register, _Registry.unregister
+    fifo_choose = FIFOScheduler.choose_trial_to_run
+    fetch_dataframes = ExperimentAnalysis._fetch_trial_dataframes
 
     # TuneController.save_to_dir (private): the one place Tune writes its experiment state, into
     # the staging directory, right before _ExperimentCheckpointManager uploads it.
@@ -237,11 +256,72 @@ def install() -> None:
     def no_pickled_error(self) -> None:
         return None
 
+    # _Registry.get and .contains (private): Tune looks the trainable's class up by name in Ray's
+    # internal key-value store (a call to the GCS, and an unpickling for get) five times for every
+    # trial it creates (validate_trainable, get_trainable_cls): about 4 ms of the driver, and a
+    # copy of the class that the trial keeps. While a sweep runs, a trainable looked up is kept
+    # here; registering or unregistering anything drops them all.
+    def cached_get(self, category: str, key: str) -> Any:
+        if _active is None or category != TRAINABLE_CLASS:
+            return registry_get(self, category, key)
+        name = (id(self), category, key)
+        if name not in _trainables:
+            _trainables[name] = registry_get(self, category, key)
+        return _trainables[name]
+
+    def cached_contains(self, category: str, key: str) -> bool:
+        return (id(self), category, key) in _trainables or registry_contains(self, category, key)
+
+    def clearing_register(self, *args: Any, **kwargs: Any) -> Any:
+        _trainables.clear()
+        return registry_register(self, *args, **kwargs)
+
+    def clearing_unregister(self, *args: Any, **kwargs: Any) -> Any:
+        _trainables.clear()
+        return registry_unregister(self, *args, **kwargs)
+
+    # FIFOScheduler.choose_trial_to_run (public; the ASHA scheduler inherits it): Tune calls it at
+    # every step of its loop, and it scans the list of every trial of the sweep from its start for
+    # the first pending (else paused) one, past every finished trial: O(trials) a step, a sweep
+    # that slows as it goes. A trial that finished never runs again in the same Tune run (a resume
+    # is another run, with another list), so the scan starts after the finished trials at the head
+    # of the list, remembered per scheduler. The same trial is chosen.
+    def fifo_choose_after_finished(self, tune_controller: Any) -> Trial | None:
+        if _active is None:
+            return fifo_choose(self, tune_controller)
+        trials = tune_controller.get_trials()
+        seen = _finished_head.get(self)
+        start = seen[1] if seen is not None and seen[0] is trials else 0
+        while start < len(trials) and trials[start].status in (Trial.TERMINATED, Trial.ERROR):
+            start += 1
+        _finished_head[self] = (trials, start)
+        for status in (Trial.PENDING, Trial.PAUSED):
+            for trial in itertools.islice(trials, start, None):
+                if trial.status == status:
+                    return trial
+        return None
+
+    # ExperimentAnalysis._fetch_trial_dataframes (private): as a run ends, Tune reads each trial's
+    # result files into a DataFrame for the result grid it returns. orch turns those files off (the
+    # store holds every epoch) and reads nothing of the grid's frames: each lookup fails, is
+    # logged, and leaves an empty DataFrame per trial in the driver (tens of MB, and seconds, at
+    # thousands of trials). While a sweep runs there are none to read.
+    def no_trial_dataframes(self) -> dict[str, Any]:
+        if _active is None:
+            return fetch_dataframes(self)
+        return {}
+
     patches: list[tuple[type, str, Callable[..., Any]]] = [
+        (ExperimentAnalysis, "_fetch_trial_dataframes", no_trial_dataframes),
         (TuneController, "save_to_dir", signed_save_to_dir),
         (TuneController, "resume", checked_resume),
         (_ExperimentCheckpointManager, "sync_down_experiment_state", checked_sync_down),
         (Trial, "get_pickled_error", no_pickled_error),
+        (_Registry, "get", cached_get),
+        (_Registry, "contains", cached_contains),
+        (_Registry, "register", clearing_register),
+        (_Registry, "unregister", clearing_unregister),
+        (FIFOScheduler, "choose_trial_to_run", fifo_choose_after_finished),
     ]
     for cls, name, patch in patches:
         setattr(cls, name, patch)
@@ -265,6 +345,36 @@ def _rebase_new_trials(controller: TuneController) -> None:
     storage.storage_fs_path = current.storage_fs_path
     storage.experiment_dir_name = current.experiment_dir_name
     experiment.storage = spec["storage"] = storage
+
+
+# -- what the driver keeps of finished trials ---------------------------------------------------------
+
+
+def forget_results(trial: Trial, keep: Iterable[str], analysed: Iterable[str] = ()) -> None:
+    """Drop what the finished ``trial`` holds of its results, but the keys ``keep`` of its last one
+    and Tune's analysis of the metrics ``analysed``.
+
+    Tune holds every trial in the driver until the sweep ends and writes each into every experiment
+    snapshot: its last result, and a running analysis (min, max, mean, means of the last 5 and 10)
+    of every number it ever reported, kept in ``Trial.run_metadata`` (``_TrainingRunMetadata``,
+    private) as ``metric_analysis`` and ``metric_n_steps``: about 30 KB of snapshot per trial of
+    orch's results, and more in memory. Setting its attributes drops its cached JSON; Tune marks
+    the trial for the next snapshot as it stops it (after the callbacks' ``on_trial_complete``).
+
+    ``Trial._default_result_or_future`` (private) is the reference to a call Tune makes on the
+    trial's actor as it starts, read only while the trial has reported nothing: held to the end
+    of the sweep, it keeps that call's result in the driver's Ray object store.
+    """
+    meta = getattr(trial, "run_metadata", None)
+    if meta is None:
+        return
+    if meta.last_result:
+        trial._default_result_or_future = None
+    kept, metrics = set(keep), set(analysed)
+    meta.last_result = {k: v for k, v in (meta.last_result or {}).items() if k in kept}
+    # The two stay in step (Tune updates both for a metric, if the trial ever runs again).
+    meta.metric_analysis = {k: v for k, v in meta.metric_analysis.items() if k in metrics}
+    meta.metric_n_steps = {k: v for k, v in meta.metric_n_steps.items() if k in meta.metric_analysis}
 
 
 # -- starting and joining Ray (see orchestrator/tune/driver.py start_ray and the node scripts) -----------

@@ -76,6 +76,12 @@ class RayBackend:
             return load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
 
 
+def trial_name(trial: Any) -> str:
+    """A trial's name and directory name: its id (Tune's ``trial_name_creator``). A function of
+    this module, not a lambda: Tune pickles it into every trial's saved state, by reference."""
+    return str(trial.trial_id)
+
+
 def tune_trainable(config: dict[str, Any], data: Dataset | Variants | None = None,
                    setup: TrialSetup | None = None, data_config: Any = None) -> None:
     """Ray Tune function trainable: ``tune.with_parameters(tune_trainable, data=..., setup=...)``.
