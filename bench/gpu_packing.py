@@ -204,6 +204,9 @@ def table(model: str, rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
+    # An orch home of the run's own: the sweeps start their own Ray, never join a warm one of the
+    # user's (orch up).
+    os.environ["ORCH_HOME"] = tempfile.mkdtemp(prefix="orch-bench-home-")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=list(MODELS), default="cnn")
     ap.add_argument("--fractions", default="1,0.5,0.25", help="values of resources.gpu_per_trial (default 1,0.5,0.25)")

@@ -203,6 +203,9 @@ def store_figures(store: Path, block: int) -> dict:
 
 
 def main() -> None:
+    # An orch home of the run's own: the sweeps start their own Ray, never join a warm one of the
+    # user's (orch up).
+    os.environ["ORCH_HOME"] = tempfile.mkdtemp(prefix="orch-bench-home-")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=10_000)
     ap.add_argument("--block", type=int, default=1000, help="trials per block of the table")

@@ -41,7 +41,7 @@ def one_run(env: dict[str, str], extra: list[str]) -> dict[str, float]:
         if p.returncode != 0:
             raise SystemExit(f"orch sweep failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
         marks: dict[str, float] = {}
-        for line in profile.read_text().splitlines():
+        for line in profile.read_text().splitlines() if profile.exists() else ():  # (an orch without marks)
             m = json.loads(line)
             marks.setdefault(m["phase"], m["t"] - t0)
         metrics = pd.read_parquet(store / "metrics")
@@ -62,6 +62,9 @@ def main() -> None:
     env.pop("ORCH_DEBUG", None)
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     try:
+        # The embedded runs see an orch home where no warm Ray runs: no flag that an older orch
+        # would not know (bench/versus.py --script-from-current runs this script on one).
+        envs = {"embedded": {**env, "ORCH_HOME": tempfile.mkdtemp(prefix="orch-startup-cold-")}, "warm": env}
         if "warm" in variants:
             t = time.time()
             subprocess.run([*ORCH, "up", "--num-cpus", "2"], env=env, check=True, capture_output=True)
@@ -70,8 +73,7 @@ def main() -> None:
         for r in range(args.repeats):
             order = variants if r % 2 == 0 else variants[::-1]
             for v in order:
-                extra = ["--address", "local"] if v == "embedded" else []
-                runs[v].append(one_run(env, extra))
+                runs[v].append(one_run(envs[v], []))
                 print(f"repeat {r + 1} {v}: first training at {runs[v][-1]['first_training']:.2f}s, "
                       f"exit at {runs[v][-1]['exit']:.2f}s", flush=True)
     finally:

@@ -146,6 +146,9 @@ def compare(name: str, points: list[dict], epochs: int, repeats: int, work: Path
 
 
 def main() -> None:
+    # An orch home of the run's own: the sweeps start their own Ray, never join a warm one of the
+    # user's (orch up).
+    os.environ["ORCH_HOME"] = tempfile.mkdtemp(prefix="orch-bench-home-")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=30)

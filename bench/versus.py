@@ -7,6 +7,7 @@ Every run writes its figures as JSON; the table compares the medians of each fig
 
     python bench/versus.py --baseline HEAD~1 -- bench/sweep_overhead.py --quick
     python bench/versus.py --baseline 98b5ebd --rounds 2 -- bench/store_scale.py --studies 20
+    python bench/versus.py --baseline bc5de88 --script-from-current -- bench/scale.py --trials 2000
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main() -> None:
     ap.add_argument("--baseline", required=True, help="the git revision to compare with")
     ap.add_argument("--rounds", type=int, default=1, help="alternating runs of each version")
     ap.add_argument("--json", type=Path, help="also write both versions' figures here")
+    ap.add_argument("--script-from-current", action="store_true",
+                    help="run this tree's copy of the script in the baseline's tree too (a benchmark newer "
+                         "than the baseline; it measures whatever orch its tree holds)")
     ap.add_argument("script", help="the benchmark, relative to the repository (takes --json PATH)")
     ap.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args()
@@ -64,6 +68,9 @@ def main() -> None:
         base_tree = Path(tmp) / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), rev], cwd=ROOT, check=True,
                        capture_output=True)
+        if a.script_from_current:
+            (base_tree / a.script).parent.mkdir(parents=True, exist_ok=True)
+            (base_tree / a.script).write_bytes((ROOT / a.script).read_bytes())
         try:
             runs: dict[str, list[dict[str, float]]] = {"baseline": [], "current": []}
             for i in range(a.rounds):

@@ -6,6 +6,7 @@ line to FILE (bench/startup.py reads them); unset, it costs one environment look
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,5 +16,5 @@ def mark(phase: str) -> None:
     path = os.environ.get("ORCH_PROFILE")
     if not path:
         return
-    with open(path, "a") as out:
+    with contextlib.suppress(OSError), open(path, "a") as out:  # a profile never stops a sweep
         out.write(json.dumps({"phase": phase, "t": time.time(), "pid": os.getpid()}) + "\n")

@@ -582,12 +582,16 @@ def _rung_results(p, curves: dict[str, list[float]]) -> dict[str, list[dict]]:
 
 
 def _decide(sched, results: dict[str, list[dict]]) -> dict[str, str]:
-    """Feed each trial's first result (its first rung) to ``sched``, in order: the action for each."""
+    """Feed each trial's first result (its first rung) to ``sched``, in order, flattened as Tune's
+    controller hands it to schedulers ({"best": {"val_loss": x}} as "best/val_loss"): the action
+    for each."""
+    from ray.tune.utils import flatten_dict
+
     actions = {}
     for tid, rs in results.items():
         trial = _Trial(tid)
         sched.on_trial_add(None, trial)
-        actions[tid] = sched.on_trial_result(None, trial, rs[0])
+        actions[tid] = sched.on_trial_result(None, trial, flatten_dict(rs[0]))
     return actions
 
 
@@ -626,6 +630,8 @@ def test_best_so_far_only_ever_improves_the_compared_value() -> None:
     assert schedulers.best_so_far(r, "val_loss", 1.0) is r  # larger is better: 0.3 is already its best
     assert schedulers.best_so_far({"val_accuracy": 0.9, "best": {"val_accuracy": 0.95}}, "val_accuracy",
                                   1.0)["val_accuracy"] == 0.95
+    flat = {"val_loss": 0.3, "best/val_loss": 0.2}  # as Tune hands results to schedulers
+    assert schedulers.best_so_far(flat, "val_loss", -1.0)["val_loss"] == 0.2
     diverged = {"val_loss": math.inf, "best": {"val_loss": 0.2}}  # stays the worst
     for no_best in ({"val_loss": 0.3}, {"val_loss": 0.3, "best": {}}, diverged):
         assert schedulers.best_so_far(no_best, "val_loss", -1.0) is no_best

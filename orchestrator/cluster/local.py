@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,11 +54,13 @@ class Head:
     metrics_port: int | None = None  # the node's Prometheus endpoint
     num_cpus: float | None = None
     num_gpus: float | None = None
+    python: str = ""  # the interpreter its workers run (sys.executable of orch up)
+    version: str = ""  # orch's version there
 
 
 def home() -> Path:
     """orch's per-user directory: ``$ORCH_HOME``, else ``~/.orch``."""
-    return Path(os.environ.get("ORCH_HOME") or Path.home() / ".orch").expanduser()
+    return Path(os.environ.get("ORCH_HOME") or Path.home() / ".orch").expanduser().resolve()
 
 
 def _state_path() -> Path:
@@ -93,15 +95,38 @@ def read() -> Head | None:
     path = _state_path()
     try:
         data: dict[str, Any] = json.loads(path.read_text())
-        head = Head(**data)
+        known = {f.name for f in fields(Head)}
+        head = Head(**{k: v for k, v in data.items() if k in known})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError):
-        raise UserError(f"{path}: not a record of `orch up` (remove it, or run orch down)") from None
+        raise UserError(f"{path}: not a record of `orch up` (remove the file)") from None
+    if not (isinstance(head.pid, int) and _loopback(head.address, "") and _loopback(head.dashboard, "http://")):
+        # Sweeps send this Ray their code and its token: only to this machine's loopback.
+        raise UserError(f"{path}: not a record of `orch up` on 127.0.0.1 (remove the file)")
     if _is_ours(head.pid):
         return head
     with contextlib.suppress(OSError):
         path.unlink()
+    return None
+
+
+def _loopback(address: Any, scheme: str) -> bool:
+    if not isinstance(address, str) or not address.startswith(scheme):
+        return False
+    host, _, port = address[len(scheme):].rpartition(":")
+    return host == "127.0.0.1" and port.isdigit()
+
+
+def mismatch(head: Head) -> str | None:
+    """Why a sweep of this process should not run on ``head`` (None: it may): its workers run
+    another Python or another orch, which would load this sweep's code in other modules."""
+    from orchestrator import __version__
+
+    if head.python and head.python != sys.executable:
+        return f"its workers run {head.python}, this sweep {sys.executable}"
+    if head.version and head.version != __version__:
+        return f"it runs orch {head.version}, this sweep orch {__version__}"
     return None
 
 
@@ -212,19 +237,25 @@ def _launch(directory: Path, num_cpus: float | None, num_gpus: float | None, por
     with open(log, "w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=_environment(), cwd=directory, start_new_session=True)
+    from orchestrator import __version__
+
     head = Head(proc.pid, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}",
                 datetime.now(timezone.utc).isoformat(timespec="seconds"), str(log), metrics_port,
-                num_cpus, num_gpus)
+                num_cpus, num_gpus, sys.executable, __version__)
     deadline = time.monotonic() + timeout_s
-    while not (_listening(head.address) and _listening(head.dashboard) and _started(log)):
-        if proc.poll() is not None:
-            if any(m in _last_error(log) for m in ("already occupied", "already in use", "used by other")):
-                raise _PortTaken()
-            raise SweepFailed(f"the local Ray head did not start: {_last_error(log)} (its log: {log})")
-        if time.monotonic() > deadline:
-            _stop(proc.pid)
-            raise SweepFailed(f"the local Ray head did not start within {timeout_s:g}s (its log: {log})")
-        time.sleep(0.2)
+    try:
+        while not (_listening(head.address) and _listening(head.dashboard) and _started(log)):
+            if proc.poll() is not None:
+                if any(m in _last_error(log) for m in ("already occupied", "already in use", "used by other")):
+                    raise _PortTaken()
+                raise SweepFailed(f"the local Ray head did not start: {_last_error(log)} (its log: {log})")
+            if time.monotonic() > deadline:
+                raise SweepFailed(f"the local Ray head did not start within {timeout_s:g}s (its log: {log})")
+            time.sleep(0.2)
+    except BaseException:
+        # Not recorded yet: a head left running here (Ctrl-C, a deadline) no orch down could stop.
+        _stop(proc.pid)
+        raise
     return head
 
 
@@ -276,7 +307,11 @@ def _stop(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
 
 
 def down(timeout_s: float = STOP_TIMEOUT_S) -> Head | None:
-    """Stop the warm head, if one runs. Returns it (None: there was none)."""
+    """Stop the warm head, if one runs. Returns it (None: there was none).
+
+    Raises:
+        UserError: the record is not one of ``orch up`` (it is left for the user to look at).
+    """
     head = read()
     if head is None:
         return None

@@ -81,7 +81,17 @@ def ray_address(cfg: SweepConfig, address: str | None) -> str | None:
     from orchestrator.cluster import local
 
     head = local.running()
-    return head.address if head is not None else None
+    return head.address if head is not None and local.mismatch(head) is None else None
+
+
+def warm_passed_over() -> str | None:
+    """Why a sweep with no address of its own does not join the warm local Ray that runs (None:
+    none runs, or it would join it)."""
+    from orchestrator.cluster import local
+
+    head = local.running()
+    why = local.mismatch(head) if head is not None else None
+    return f"the local Ray of `orch up` at {head.address} is not joined: {why}" if head and why else None
 
 
 def warm_dashboard() -> str | None:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -356,10 +355,16 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     from orchestrator.config.imports import project_on_path
 
     project_on_path(cfg.project)  # the code the config names (Ray's local workers inherit sys.path)
+    given = address
     address = ray_address(cfg, address)
-    from orchestrator.tune.connect import warm_head
+    from orchestrator.tune.connect import warm_head, warm_passed_over
 
     warm = warm_head(address)
+    if address is None and given is None and cfg.ray.address is None and (why := warm_passed_over()):
+        echo(f"Note: {why}; this sweep starts a Ray of its own")
+    if warm and (cfg.ray.num_cpus is not None or cfg.ray.num_gpus is not None):
+        echo("Note: ray.num_cpus and ray.num_gpus size a Ray of the sweep's own; the local Ray of `orch up` "
+             "has its own (--address local starts one)")
     store.check_writable()
     dataset = data_mod.load(cfg)
     mark("data")
@@ -372,7 +377,6 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     started_at = datetime.now(timezone.utc)
 
     dashboard, owned = None, False
-    closing: threading.Thread | None = None  # Ray shutting down while the store is written
     try:
         dashboard, owned = start_ray(cfg, address, verbose)
         mark("ray")
@@ -392,37 +396,36 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
             echo(_population_line(cfg, plan.space, plan.n_trials))
         result = _run_tuner(plan, store, sweep_id, resume is not None, verbose, progress_interval_s,
                             joined=address is not None and not warm, dashboard=dashboard)
-        if owned:
-            # Ray's processes take a second or more to stop, one kind after another: meanwhile the
-            # driver keeps the models and writes the store (nothing that follows needs Ray).
-            closing = threading.Thread(target=_shutdown_ray, name="orch-ray-shutdown")
-            closing.start()
     finally:
         mark("tuner_end")
-        if owned and closing is None:
-            _shutdown_ray()
+        if owned:
+            import ray
 
-    try:
-        result.dashboard_url = dashboard
-        result.warm = warm
-        result.config_path = _shown_path(cfg.source_file) if cfg.source_file else "CONFIG"
-        result.elapsed_s = time.monotonic() - t_start
-        if result.finished:
-            keep_models(plan, store, result)
-            mark("models")
-            finish(cfg, store, result, dataset.fingerprint, started_at, reason=reason,
-                   parent_sweep_id=parent_sweep_id, reference=reference, report=report, summary=summary)
-    finally:
-        if closing is not None:
-            closing.join()
+            ray.shutdown()
+            mark("ray_shutdown")
+        elif address is not None:
+            _forget_trainable()
+
+    result.dashboard_url = dashboard
+    result.warm = warm
+    result.config_path = _shown_path(cfg.source_file) if cfg.source_file else "CONFIG"
+    result.elapsed_s = time.monotonic() - t_start
+    if result.finished:
+        keep_models(plan, store, result)
+        mark("models")
+        finish(cfg, store, result, dataset.fingerprint, started_at, reason=reason,
+               parent_sweep_id=parent_sweep_id, reference=reference, report=report, summary=summary)
     return result
 
 
-def _shutdown_ray() -> None:
-    import ray
+def _forget_trainable() -> None:
+    """Remove the sweep's trainable from a joined cluster's key-value store (Tune does it only at
+    the interpreter's exit, after orch has left the cluster): a warm local Ray would keep one per
+    sweep for as long as it runs."""
+    with contextlib.suppress(Exception):  # (private; a cluster that went away has nothing to keep)
+        from ray.tune.registry import _unregister_trainables
 
-    ray.shutdown()
-    mark("ray_shutdown")
+        _unregister_trainables()
 
 
 def _cluster_line(warm: bool = False) -> str:

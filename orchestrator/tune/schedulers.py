@@ -62,14 +62,17 @@ class BestSoFarASHA(AsyncHyperBandScheduler):
 
 
 def best_so_far(result: dict[str, Any], metric: str | None, sign: float | None) -> dict[str, Any]:
-    """``result`` with ``metric`` replaced by the trial's best so far (``result["best"]``) when that
-    is better; ``sign`` is +1 where larger is better, -1 where smaller is (Ray's ``_metric_op``).
+    """``result`` with ``metric`` replaced by the trial's best so far (``result["best/<metric>"]``,
+    as Tune flattens it for schedulers, or ``result["best"][metric]``) when that is better;
+    ``sign`` is +1 where larger is better, -1 where smaller is (Ray's ``_metric_op``).
 
     The result itself is never changed (Tune records it): a copy is returned.
     """
     if not metric or not sign:
         return result
-    value, best = result.get(metric), (result.get("best") or {}).get(metric)
+    # Tune hands schedulers the result flattened ("best/val_loss"); nested where it is not.
+    best = result.get(f"best/{metric}", (result.get("best") or {}).get(metric))
+    value = result.get(metric)
     if not isinstance(value, (int, float)) or not isinstance(best, (int, float)):
         return result
     if not math.isfinite(value) or not math.isfinite(best) or sign * best <= sign * value:
