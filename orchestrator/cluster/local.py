@@ -39,7 +39,6 @@ DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_METRICS_PORT = 8080
 NODE_MODULE = "orchestrator.cluster.nodes"
 PORT_ATTEMPTS = 3
-FIXED_PORTS = (("--ray-client-server-port", 10001), ("--dashboard-agent-listen-port", 52365))
 
 
 @dataclass
@@ -228,9 +227,11 @@ def _launch(directory: Path, num_cpus: float | None, num_gpus: float | None, por
         args += ["--num-cpus", f"{num_cpus:g}"]
     if num_gpus is not None:
         args += ["--num-gpus", f"{num_gpus:g}"]
-    for flag, default in FIXED_PORTS:  # Ray's fixed defaults: one taken and the node would not start
-        if _listening(f"127.0.0.1:{default}"):
-            args += [flag, str(_free_port(0))]
+    if _listening("127.0.0.1:10001"):  # Ray's client port: taken, the node would not start
+        args += ["--ray-client-server-port", str(_free_port(0))]
+    # The dashboard agent's port is never Ray's fixed default: a Ray that a sweep starts of its own
+    # later wants that one, and waits seconds for it while the warm head holds it.
+    args += ["--dashboard-agent-listen-port", str(_free_port(0))]
     metrics_port = _free_port(DEFAULT_METRICS_PORT)
     args += ["--metrics-export-port", str(metrics_port)]
     log = directory / LOG_FILE
