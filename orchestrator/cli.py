@@ -225,7 +225,7 @@ def up(num_cpus: int | None, num_gpus: int | None, port: int, dashboard_port: in
     start-up and the dashboard stays up between sweeps; orch status and orch submit use it too.
     Trials run in the environment orch up was started from. orch down stops it.
     """
-    from orchestrator.cluster import local
+    from orchestrator.tune import warm as local
 
     head, started = local.up(num_cpus, num_gpus, port, dashboard_port)
     click.echo(f"{'Started' if started else 'Already running:'} a local Ray at {head.address} (pid {head.pid})")
@@ -238,7 +238,7 @@ def up(num_cpus: int | None, num_gpus: int | None, port: int, dashboard_port: in
 @main.command()
 def down() -> None:
     """Stop the warm local Ray that orch up started (no other Ray on this machine is touched)."""
-    from orchestrator.cluster import local
+    from orchestrator.tune import warm as local
 
     head = local.down()
     if head is None:
@@ -317,9 +317,9 @@ def check(config: Path, overrides: tuple[str, ...], config_only: bool) -> None:
 
 def _check_machine(cfg: SweepConfig) -> None:
     """A sweep on this machine's own Ray: one trial's CPUs and GPUs must fit the machine."""
-    from orchestrator.tune import connect
+    from orchestrator.tune import connect, warm
 
-    if connect.ray_address(cfg, None) is not None:
+    if warm.ray_address(cfg, None) is not None:
         return  # a cluster: orch sweep waits for a node that fits (resources.wait_s)
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1
     gpus = cfg.ray.num_gpus

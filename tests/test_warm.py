@@ -57,12 +57,14 @@ def _dashboard_answers(env: dict[str, str]) -> bool:
         return False
 
 
+@pytest.mark.slow  # a Ray head of its own (CI runs the slow tests too)
 def test_a_second_up_finds_the_running_head(warm: dict[str, str]) -> None:
     again = orch("up", env=warm)
     assert again.returncode == 0, again.stderr
     assert f"Already running: a local Ray at {_head(warm)['address']}" in again.stdout
 
 
+@pytest.mark.slow  # a Ray head of its own (CI runs the slow tests too)
 def test_sweeps_join_the_warm_ray_and_its_dashboard_outlives_them(warm: dict[str, str]) -> None:
     head = _head(warm)
     p = orch("sweep", CONFIG, *TINY, env=warm)
@@ -118,6 +120,7 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
     assert run.code == 2 and "--num-cpus" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow  # a Ray head of its own (CI runs the slow tests too)
 def test_down_stops_the_head_and_every_process_it_started(warm: dict[str, str]) -> None:
     head = _head(warm)
     group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == head["pid"]]
@@ -140,7 +143,7 @@ def _pgid(pid: int) -> int:
 
 def test_a_head_of_another_python_or_orch_is_not_joined() -> None:
     from orchestrator import __version__
-    from orchestrator.cluster.local import Head, mismatch
+    from orchestrator.tune.warm import Head, mismatch
 
     mine = Head(1, "127.0.0.1:6379", "http://127.0.0.1:8265", "", "", python=sys.executable, version=__version__)
     assert mismatch(mine) is None

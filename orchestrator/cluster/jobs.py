@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.errors import OrchError, UserError
-from orchestrator.tune import connect
+from orchestrator.tune import connect, warm
 from orchestrator.tune.files import STATUS_FILE
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def client(address: str | None) -> tuple[JobSubmissionClient, str]:
     """A Jobs API client of the dashboard at ``address``, presenting the cluster token."""
     from ray.job_submission import JobSubmissionClient
 
-    url = connect.dashboard_address(address)
+    url = connect.dashboard_address(_dashboard(address))
     try:
         return JobSubmissionClient(url, headers=connect.auth_headers()), url
     except Exception as err:  # noqa: BLE001 - Ray raises several kinds; each becomes one line
@@ -91,7 +91,7 @@ def submit(cfg: SweepConfig, config_path: Path, overrides: list[str], address: s
     except ValueError:
         raise UserError(f"{config_path}: the config must be inside the working directory ({workdir}), "
                         "which is what orch submit ships to the cluster") from None
-    if store is None and address is None and not os.environ.get("RAY_API_SERVER_ADDRESS") and connect.warm_dashboard():
+    if store is None and address is None and not os.environ.get("RAY_API_SERVER_ADDRESS") and warm.dashboard():
         from orchestrator.store.tables import store_root
 
         store = str(store_root(cfg).resolve())  # the warm local Ray (orch up) shares this machine's files
@@ -186,7 +186,7 @@ def cluster_jobs(address: str | None, show_all: bool = False) -> list[Running]:
     try:
         listed = jobs.list_jobs()
     except Exception as err:  # noqa: BLE001
-        raise UserError(_client_error(connect.dashboard_address(address), err)) from None
+        raise UserError(_client_error(connect.dashboard_address(_dashboard(address)), err)) from None
     rows = []
     for job in sorted(listed, key=lambda j: j.start_time or 0, reverse=True):
         name = job.submission_id or ""
@@ -266,7 +266,13 @@ def _float(text: str) -> float | None:
 def default_address() -> str | None:
     """The dashboard ``orch status`` asks when given no --address: $RAY_API_SERVER_ADDRESS if set,
     else the warm local Ray's (``orch up``) if one runs."""
-    return os.environ.get("RAY_API_SERVER_ADDRESS") or connect.warm_dashboard() or None
+    return os.environ.get("RAY_API_SERVER_ADDRESS") or warm.dashboard() or None
+
+
+def _dashboard(address: str | None) -> str | None:
+    """The dashboard asked: ``address``, else $RAY_API_SERVER_ADDRESS, else the warm local Ray's
+    (``orch up``), else None (connect.dashboard_address's default)."""
+    return address or os.environ.get("RAY_API_SERVER_ADDRESS") or warm.dashboard()
 
 
 __all__ = ["submit", "follow", "local_sweeps", "cluster_jobs", "render", "merge", "job_name"]

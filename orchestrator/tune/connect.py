@@ -64,10 +64,10 @@ def ray_environment() -> None:
 
 
 def ray_address(cfg: SweepConfig, address: str | None) -> str | None:
-    """The cluster to join: ``--address``, else ``ray.address``, else the Ray Job's own
-    (RAY_ADDRESS), else the warm local Ray of ``orch up`` if one runs.
+    """The cluster to join: ``--address``, else ``ray.address``, else the Ray Job's own (RAY_ADDRESS).
 
-    None (or ``local`` given) means an embedded Ray of this process.
+    None (or ``local`` given) means a Ray of this process's own; see :func:`orchestrator.tune.warm.ray_address`
+    for the warm local Ray of ``orch up``.
     """
     if address:
         check_address(address, "--address")
@@ -78,38 +78,13 @@ def ray_address(cfg: SweepConfig, address: str | None) -> str | None:
     if env and not env.startswith(("http://", "https://")):  # (an http one is for `ray job submit`)
         check_address(env, "RAY_ADDRESS")
         return None if env == "local" else env
-    from orchestrator.cluster import local
-
-    head = local.running()
-    return head.address if head is not None and local.mismatch(head) is None else None
+    return None
 
 
-def warm_passed_over() -> str | None:
-    """Why a sweep with no address of its own does not join the warm local Ray that runs (None:
-    none runs, or it would join it)."""
-    from orchestrator.cluster import local
-
-    head = local.running()
-    why = local.mismatch(head) if head is not None else None
-    return f"the local Ray of `orch up` at {head.address} is not joined: {why}" if head and why else None
-
-
-def warm_dashboard() -> str | None:
-    """The dashboard of the warm local Ray of ``orch up``, if one runs."""
-    from orchestrator.cluster import local
-
-    head = local.running()
-    return head.dashboard if head is not None else None
-
-
-def warm_head(address: str | None) -> bool:
-    """Whether ``address`` is the warm local Ray of ``orch up``."""
-    if not address:
-        return False
-    from orchestrator.cluster import local
-
-    head = local.read()
-    return head is not None and head.address == address
+def local_asked(cfg: SweepConfig, address: str | None) -> bool:
+    """Whether the sweep asked for a Ray of its own (``local`` as its address)."""
+    env = os.environ.get("RAY_ADDRESS", "")
+    return "local" in (address, cfg.ray.address) or (not address and not cfg.ray.address and env == "local")
 
 
 def keep_loopback() -> None:
@@ -195,9 +170,8 @@ def auth_headers() -> dict[str, str]:
 
 
 def dashboard_address(address: str | None) -> str:
-    """The dashboard (Jobs API) URL: ``address``, else $RAY_API_SERVER_ADDRESS, else the warm local
-    Ray's (``orch up``), else 127.0.0.1:8265."""
-    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or warm_dashboard() or DEFAULT_DASHBOARD
+    """The dashboard (Jobs API) URL: ``address``, else $RAY_API_SERVER_ADDRESS, else 127.0.0.1:8265."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or DEFAULT_DASHBOARD
     if "://" not in address:
         address = "http://" + address
     if not address.startswith(("http://", "https://")):

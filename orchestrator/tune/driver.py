@@ -33,7 +33,6 @@ from orchestrator.train import data as data_mod
 from orchestrator.train.metrics import METRIC_DIRECTIONS
 from orchestrator.tune import schedulers, searchers
 from orchestrator.tune.compile import SweepPlan, code_version, compile_sweep
-from orchestrator.tune.connect import ray_address
 from orchestrator.tune.files import STAGES_FILE, STATUS_FILE, SWEEP_CONFIG_FILE
 
 if TYPE_CHECKING:
@@ -355,12 +354,13 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     from orchestrator.config.imports import project_on_path
 
     project_on_path(cfg.project)  # the code the config names (Ray's local workers inherit sys.path)
-    given = address
-    address = ray_address(cfg, address)
-    from orchestrator.tune.connect import warm_head, warm_passed_over
+    from orchestrator.tune import connect
+    from orchestrator.tune import warm as warm_ray
 
-    warm = warm_head(address)
-    if address is None and given is None and cfg.ray.address is None and (why := warm_passed_over()):
+    asked_local = connect.local_asked(cfg, address)
+    address = warm_ray.ray_address(cfg, address)
+    warm = warm_ray.joins(address)
+    if address is None and not asked_local and (why := warm_ray.passed_over()):
         echo(f"Note: {why}; this sweep starts a Ray of its own")
     if warm and (cfg.ray.num_cpus is not None or cfg.ray.num_gpus is not None):
         echo("Note: ray.num_cpus and ray.num_gpus size a Ray of the sweep's own; the local Ray of `orch up` "

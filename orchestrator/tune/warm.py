@@ -26,9 +26,12 @@ import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import SweepFailed, UserError
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import SweepConfig
 
 STATE_FILE = "ray-up.json"
 LOG_FILE = "ray-up.log"
@@ -323,3 +326,40 @@ def down(timeout_s: float = STOP_TIMEOUT_S) -> Head | None:
         raise SweepFailed(f"the local Ray head (pid {head.pid}) did not stop within {timeout_s:g}s; "
                           "its processes were killed")
     return head
+
+
+# -- which Ray a sweep runs on ----------------------------------------------------------------------
+
+
+def ray_address(cfg: SweepConfig, address: str | None) -> str | None:
+    """The cluster a sweep joins (:func:`orchestrator.tune.connect.ray_address`), else the warm
+    head's address if one runs that this process may use; None: a Ray of the sweep's own."""
+    from orchestrator.tune import connect
+
+    chosen = connect.ray_address(cfg, address)
+    if chosen is not None or connect.local_asked(cfg, address):
+        return chosen
+    head = running()
+    return head.address if head is not None and mismatch(head) is None else None
+
+
+def joins(address: str | None) -> bool:
+    """Whether ``address`` is the warm head's."""
+    if not address:
+        return False
+    head = read()
+    return head is not None and head.address == address
+
+
+def passed_over() -> str | None:
+    """Why a sweep that named no Ray does not join the warm head that runs (None: none runs, or it
+    would join it)."""
+    head = running()
+    why = mismatch(head) if head is not None else None
+    return f"the local Ray of `orch up` at {head.address} is not joined: {why}" if head and why else None
+
+
+def dashboard() -> str | None:
+    """The warm head's dashboard, if one runs."""
+    head = running()
+    return head.dashboard if head is not None else None
