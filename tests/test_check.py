@@ -39,6 +39,7 @@ def test_shipped_configs_pass(config) -> None:
     assert "All 6 checks passed" in r.stdout
 
 
+@pytest.mark.slow  # a few seconds of training checks (CI runs the slow tests too)
 def test_unscaled_huge_inputs_fail(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     n = 300
@@ -57,6 +58,7 @@ def test_unscaled_huge_inputs_fail(tmp_path: Path) -> None:
     assert verdicts(ok.stdout)["inputs scaled"] == "ok"
 
 
+@pytest.mark.slow  # a few seconds of training checks (CI runs the slow tests too)
 def test_regression_target_given_to_a_classifier_fails(tmp_path: Path) -> None:
     r = orch("check", CONFIG, "data.source=sklearn:diabetes", "data.task=classification")
     assert r.returncode == 1, r.stdout + r.stderr
