@@ -87,6 +87,19 @@ def local_asked(cfg: SweepConfig, address: str | None) -> bool:
     return "local" in (address, cfg.ray.address) or (not address and not cfg.ray.address and env == "local")
 
 
+def free_port(host: str, port: int) -> int:
+    """``port`` on ``host`` if nothing listens there (0: any), else a free one the system picks.
+    Choosing and binding are two steps: callers serialise them where it matters."""
+    for candidate in (port, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, candidate))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise SweepFailed(f"no free port on {host}")
+
+
 def keep_loopback() -> None:
     """Make Ray keep loopback addresses as given instead of swapping in the machine's outward one.
 

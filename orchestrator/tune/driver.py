@@ -211,7 +211,7 @@ def _start_local_ray(cfg: SweepConfig, kwargs: dict[str, Any], output: str | Non
                     num_gpus=cfg.ray.num_gpus,
                     include_dashboard=True,
                     dashboard_host=cfg.ray.dashboard_host,
-                    dashboard_port=_free_port(cfg.ray.dashboard_host, cfg.ray.dashboard_port),
+                    dashboard_port=connect.free_port(cfg.ray.dashboard_host, cfg.ray.dashboard_port),
                     **ray_adapter.local_node_kwargs(),
                     **kwargs,
                 )
@@ -236,21 +236,6 @@ def _keep_output(path: str, ctx: Any) -> None:
             os.remove(path)
         elif session and os.path.isdir(os.path.join(session, "logs")):
             os.replace(path, os.path.join(session, "logs", f"orch-driver-{os.getpid()}.err"))
-
-
-def _free_port(host: str, port: int) -> int:
-    """``port`` if nothing listens there, else a free one (start_ray's lock covers the race)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-            return port
-        except OSError:
-            pass
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # -- Sweep ------------------------------------------------------------------------------------------

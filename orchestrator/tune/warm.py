@@ -139,14 +139,9 @@ def running() -> Head | None:
 
 
 def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise SweepFailed("no free port on 127.0.0.1")
+    from orchestrator.tune.connect import free_port
+
+    return free_port("127.0.0.1", preferred)
 
 
 def _ensure_token() -> None:
