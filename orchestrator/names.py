@@ -44,8 +44,14 @@ def check_name(value: object, key: str, error: type[UserError] = UserError) -> s
 def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """``path``, once checked to resolve to a place inside ``root`` (raises StoreError otherwise).
 
-    Symbolic links are followed, so a link planted in the store cannot send a write elsewhere.
+    Symbolic links are followed, so a link planted in the store cannot send a write elsewhere. In
+    object storage (no links; '..' is refused when a path is made) the key must start with the
+    store's prefix.
     """
+    if hasattr(root, "is_relative_to") and not isinstance(root, Path):  # an ObjectPath
+        if not (hasattr(path, "bucket") and path.is_relative_to(root)):  # type: ignore[attr-defined]
+            raise StoreError(f"refusing to write {path}: it is outside the store {root}")
+        return path  # type: ignore[return-value]
     base = Path(root).resolve()
     target = Path(path).resolve()
     if target != base and base not in target.parents:

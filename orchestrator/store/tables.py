@@ -39,6 +39,8 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import StoreError, UserError
 from orchestrator.names import check_name, inside
+from orchestrator.store import fs
+from orchestrator.store.fs import AnyPath, ObjectPath
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import SweepConfig
@@ -136,20 +138,28 @@ def to_arrow(rows: list[dict[str, Any]], types: dict[str, pa.DataType] | None = 
 
 
 
-def store_root(cfg: SweepConfig | None, override: str | None = None) -> Path:
-    """``--store`` beats the config's ``store.path``, which beats ``$ORCH_STORE``, else results/."""
+def store_root(cfg: SweepConfig | None, override: str | None = None) -> AnyPath:
+    """``--store`` beats the config's ``store.path``, which beats ``$ORCH_STORE``, else results/.
+
+    A local directory (a :class:`Path`) or a prefix in object storage (``s3://bucket/prefix``,
+    ``gs://bucket/prefix``: an :class:`~orchestrator.store.fs.ObjectPath`).
+    """
     if override:
-        return Path(override)
+        return fs.as_path(override)
     if cfg is not None and cfg.store.path and cfg.store.path != "results":
-        return Path(cfg.store.path)
-    return Path(os.environ.get("ORCH_STORE") or (cfg.store.path if cfg is not None else "results"))
+        return fs.as_path(cfg.store.path)
+    return fs.as_path(os.environ.get("ORCH_STORE") or (cfg.store.path if cfg is not None else "results"))
 
 
 class Store:
-    """A results store rooted at a local directory."""
+    """A results store rooted at a local directory or an object storage prefix."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | ObjectPath) -> None:
+        self.root: Any = fs.as_path(root)
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.root, ObjectPath)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -181,6 +191,14 @@ class Store:
         """
         root = self.root
         hint = "(--store, store.path or $ORCH_STORE)"
+        if isinstance(root, ObjectPath):
+            try:
+                if root.is_file():
+                    raise UserError(f"store: {root} is an object, not a prefix {hint}")
+                fs.names(root.parents[-1] if root.key else root)  # the bucket answers, with these credentials
+            except StoreError as err:
+                raise UserError(f"store: {err} {hint}") from None
+            return
         if root.exists() and not root.is_dir():
             raise UserError(f"store: {root} is a file, not a directory {hint}")
         existing = next(p for p in (root, *root.absolute().parents) if p.exists())
@@ -201,31 +219,16 @@ class Store:
         arrow = to_arrow(rows, types)
         directory = inside(self.root, self.table_dir(table, study))
         check_name(sweep_id, "sweep id")
-        directory.mkdir(parents=True, exist_ok=True)
         stamp = now().strftime("%Y%m%dT%H%M%S%f")
         final = directory / f"{sweep_id}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = directory / f".{final.name}{TMP_SUFFIX}"
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(arrow, f, compression="zstd")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(directory)
+        fs.write_atomic(final, lambda f: pq.write_table(arrow, f, compression="zstd"))
         return final
 
     # -- reading ----------------------------------------------------------------------------------
     def partitions(self, table: str) -> list[Path]:
         """The ``study=<name>`` directories of a table, sorted."""
         d = self.table_dir(table)
-        try:
-            with os.scandir(d) as entries:
-                return sorted(d / e.name for e in entries if e.name.startswith("study=") and e.is_dir())
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        return sorted(d / name for name in fs.subdirectories(d) if name.startswith("study="))
 
     def files(self, table: str, study: str | None = None) -> list[Path]:
         """The files a reader reads now: per partition, files a finished compaction superseded
@@ -343,12 +346,7 @@ def _read_order(name: str) -> tuple[int, str]:
 
 def parquet_names(directory: Path) -> list[str]:
     """Names of the visible Parquet files of a directory (temporary and private names left out)."""
-    try:
-        with os.scandir(directory) as entries:
-            return sorted(e.name for e in entries
-                          if e.name.endswith(".parquet") and not e.name.startswith((".", "_")))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    return sorted(n for n in fs.names(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
 
 
 def read_manifest(directory: Path) -> list[dict[str, list[str]]] | None:
@@ -399,8 +397,8 @@ def partition_files(directory: Path) -> list[Path]:
     raise StoreError(f"cannot list {directory}: it kept changing")
 
 
-def _read_file(path: Path, columns: list[str] | None, sweep_id: str | None = None) -> pa.Table:
-    with pq.ParquetFile(path) as f:
+def _read_file(path: AnyPath, columns: list[str] | None, sweep_id: str | None = None) -> pa.Table:
+    with fs.read_parquet_file(path) as f:
         # Arrow's threads cost more than they save on the small files that appends write.
         threads = f.metadata.num_rows >= 100_000
         if columns is None and sweep_id is None:
@@ -510,14 +508,4 @@ def _untyped_nulls(tables: list[pa.Table]) -> list[pa.Table]:
     return out
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fs.fsync_dir
