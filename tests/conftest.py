@@ -447,7 +447,11 @@ def s3_server():
     """One moto S3 server for the session, its environment set in this process (and so inherited by
     the orch processes and Ray workers the tests start)."""
     pytest.importorskip("moto")
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

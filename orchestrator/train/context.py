@@ -409,15 +409,14 @@ class TrialContext:
         if not self._weights_dirty or self._best_weights is None or not self.setup.weights_dir:
             return
         import os
-        import tempfile
+
+        from orchestrator.store import fs
 
         name = os.path.basename(str(self.trial_id))
-        os.makedirs(self.setup.weights_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.setup.weights_dir, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        torch.save({"weights": self._best_weights, "epoch": self._best_epoch, "n_params": self.n_params,
-                    "n_outputs": self.n_outputs, "test": self._best_test}, tmp)
-        os.replace(tmp, os.path.join(self.setup.weights_dir, f"{name}.pt"))
+        state = {"weights": self._best_weights, "epoch": self._best_epoch, "n_params": self.n_params,
+                 "n_outputs": self.n_outputs, "test": self._best_test}
+        # Local: a temporary file renamed into place; object storage: one upload.
+        fs.write_atomic(fs.as_path(self.setup.weights_dir) / f"{name}.pt", lambda f: torch.save(state, f))
         self._weights_dirty = False
 
     def _result(self, row: dict[str, Any], last: bool) -> dict[str, Any]:

@@ -429,12 +429,12 @@ class SweepStatus(Callback):
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": socket.gethostname(), "pid": os.getpid(), **self.info,
         }
-        path = Path(self.status_file)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        from orchestrator.errors import StoreError
+        from orchestrator.store import fs
+
         try:
-            tmp.write_text(json.dumps(status, indent=1))
-            os.replace(tmp, path)
-        except OSError:
+            fs.write_bytes_atomic(fs.as_path(self.status_file), json.dumps(status, indent=1).encode())
+        except (OSError, StoreError):
             pass  # progress is a courtesy: never stop a sweep over it
 
 

@@ -10,7 +10,6 @@ in two shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pyarrow as pa
 from orchestrator.config import models, schema
 from orchestrator.config.schema import SweepConfig
 from orchestrator.space import space as spaces
+from orchestrator.store import fs
 from orchestrator.train import data as data_mod
 from orchestrator.train.context import BUILT_IN, TrialSetup
 from orchestrator.train.losses import check_task
@@ -72,7 +72,7 @@ def compile_sweep(cfg: SweepConfig, dataset: data_mod.Dataset, store_root: str |
         num_workers=cfg.data.num_workers,
         project=cfg.project,
         needs_state=population,
-        weights_dir=str(Path(exp_dir) / WEIGHTS_DIR) if exp_dir and cfg.store.keep_models > 0 else None,
+        weights_dir=str(fs.as_path(exp_dir) / WEIGHTS_DIR) if exp_dir and cfg.store.keep_models > 0 else None,
         metric=cfg.objective.metric,
         mode=cfg.objective.mode,
         max_epochs=cfg.scheduler.max_epochs,

@@ -90,7 +90,18 @@ class _KeepsExploits(ray_adapter.PBTHooks):
         source = next((c for c in candidates if c is not None and _exists(c)), None)
         if source is None or self.exp_dir is None or os.environ.get("ORCH_PBT_SHARE_CHECKPOINTS") == "1":
             return source  # (the switch is Tune's own behaviour: the negative control of the tests)
-        target = inside(self.exp_dir, Path(self.exp_dir) / EXPLOIT_DIR / f"{trial.trial_id}-{self.exploits:05d}")
+        from orchestrator.store import fs
+
+        exp_dir = fs.as_path(self.exp_dir)
+        target = inside(exp_dir, exp_dir / EXPLOIT_DIR / f"{trial.trial_id}-{self.exploits:05d}")
+        if fs.is_remote(target):  # a store in object storage: copied bucket-side by pyarrow
+            import pyarrow.fs as pafs
+
+            target.rmtree()
+            source_fs = source.filesystem or pafs.LocalFileSystem()
+            pafs.copy_files(source.path, target.fs_path, source_filesystem=source_fs,
+                            destination_filesystem=target.fs)
+            return Checkpoint(path=target.fs_path, filesystem=target.fs)
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -222,4 +233,6 @@ def _domain(knob: Knob) -> Any:
 
 def cleanup(exp_dir: str | Path) -> None:
     """Remove the exploit copies of a finished sweep."""
-    shutil.rmtree(Path(exp_dir) / EXPLOIT_DIR, ignore_errors=True)
+    from orchestrator.store import fs
+
+    fs.rmtree(fs.as_path(exp_dir) / EXPLOIT_DIR)

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UserError
+from orchestrator.store import fs
 from orchestrator.tune import state_guard
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class StateRejected(BaseException):
 
 @dataclass(frozen=True)
 class _Guard:
-    exp_dir: Path  # resolved
+    exp_dir: Any  # resolved: a Path, or an ObjectPath for a store in object storage
     sweep_id: str  # the experiment directory's own name
     key: state_guard.StateKey
     exempt: frozenset[str]
@@ -112,7 +113,7 @@ def restorable(exp_dir: str | Path) -> bool:
     A ``tuner.pkl`` alone (the driver died between creating the Tuner and Tune's first save) is
     not: the sweep starts afresh and that file is written again.
     """
-    exp_dir = Path(exp_dir)
+    exp_dir = fs.as_path(exp_dir)
     return (exp_dir / TUNER_FILE).is_file() and any(exp_dir.glob(EXPERIMENT_STATE_GLOB))
 
 
@@ -138,7 +139,7 @@ def rebind_restored(tuner: Tuner, *, callbacks: list[Callback],
 def sign_tuner_state(exp_dir: str | Path, key: state_guard.StateKey) -> None:
     """Sign the ``tuner.pkl`` a new Tuner just wrote into ``exp_dir`` (Tune writes it there
     directly, not through the staging directory)."""
-    state_guard.sign(exp_dir, {TUNER_FILE: Path(exp_dir) / TUNER_FILE}, key)
+    state_guard.sign(exp_dir, {TUNER_FILE: fs.as_path(exp_dir) / TUNER_FILE}, key)
 
 
 @contextlib.contextmanager
@@ -160,7 +161,8 @@ def guarded(exp_dir: str | Path, key: state_guard.StateKey, *, exempt: Iterable[
     global _active
     install()
     previous = _active
-    _active = _Guard(Path(exp_dir).resolve(), Path(exp_dir).name, key, frozenset(exempt), context)
+    exp_path = fs.as_path(exp_dir).resolve()
+    _active = _Guard(exp_path, exp_path.name, key, frozenset(exempt), context)
     _trainables.clear()
     try:
         yield
@@ -178,6 +180,8 @@ def _guard_for(storage: StorageContext) -> _Guard | None:
 
     local = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
     if local and Path(storage.experiment_fs_path).resolve() == guard.exp_dir:
+        return guard
+    if fs.is_remote(guard.exp_dir) and storage.experiment_fs_path.strip("/") == guard.exp_dir.fs_path:
         return guard
     log.warning("Tune's experiment at %s is not the guarded one (%s): its state is not signed",
                 storage.experiment_fs_path, guard.exp_dir)

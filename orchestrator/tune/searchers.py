@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
 
 from orchestrator.space.space import SearchPlan, Space, stage_sizes
+from orchestrator.store import fs
 from orchestrator.tune.files import STAGES_FILE
 
 if TYPE_CHECKING:
@@ -123,9 +123,7 @@ class SpaceSearcher(Searcher):
             return
         log = [{"stage": i + 1, "trials": self.sizes[i], "ranges": s.ranges()}
                for i, s in enumerate(self.stage_spaces)]
-        tmp = f"{self.stages_path}.tmp"
-        Path(tmp).write_text(json.dumps(log, default=str))
-        os.replace(tmp, self.stages_path)
+        fs.write_bytes_atomic(fs.as_path(self.stages_path), json.dumps(log, default=str).encode())
 
     # Tune saves the searcher with the experiment state, so a resumed sweep continues the same
     # sequence of samples and stages.
@@ -146,12 +144,12 @@ def relocate(search_alg: SearchAlgorithm | Searcher | None, exp_dir: str | Path)
     searcher = search_alg
     while searcher is not None:  # (a ConcurrencyLimiter wraps the searcher)
         if isinstance(searcher, SpaceSearcher) and searcher.stages_path:
-            searcher.stages_path = str(Path(exp_dir) / STAGES_FILE)
+            searcher.stages_path = str(fs.as_path(exp_dir) / STAGES_FILE)
         searcher = getattr(searcher, "searcher", None)
 
 
 def read_stages(exp_dir: str | Path) -> list[dict[str, Any]] | None:
-    path = Path(exp_dir) / STAGES_FILE
+    path = fs.as_path(exp_dir) / STAGES_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -232,7 +230,7 @@ def _random(cfg: SweepConfig, search: SearchPlan, exp_dir: str | None) -> SpaceS
     return SpaceSearcher(
         search.space, metric=cfg.objective.metric, mode=cfg.objective.mode, num_samples=search.n_trials,
         seed=q.seed, points=search.points, stages=q.stages, top_k=q.top_k, margin=q.zoom_margin,
-        stages_path=str(Path(exp_dir) / STAGES_FILE) if exp_dir else None,
+        stages_path=str(fs.as_path(exp_dir) / STAGES_FILE) if exp_dir else None,
     )
 
 

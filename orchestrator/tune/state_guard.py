@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UserError
+from orchestrator.store import fs
+from orchestrator.store.fs import AnyPath
 
 SIGNATURES_FILE = "orch_state.sig"  # not .json/.pkl: Tune copies those back and forth on resume
 HISTORY = 3  # signatures kept per file name
@@ -65,7 +67,7 @@ def _decode(text: str, where: str) -> bytes:
     return secret
 
 
-def load_key(store_root: str | Path | None = None) -> StateKey:
+def load_key(store_root: str | AnyPath | None = None) -> StateKey:
     """This machine's state key: ``$ORCH_STATE_KEY``, else ``$ORCH_STATE_KEY_FILE``, else the
     default file.
 
@@ -85,7 +87,7 @@ def load_key(store_root: str | Path | None = None) -> StateKey:
     named = os.environ.get(KEY_FILE_ENV, "").strip()
     path = Path(named).expanduser() if named else default_key_file()
     where = f"{path} (${KEY_FILE_ENV})" if named else str(path)
-    if store_root is not None:
+    if store_root is not None and not fs.is_remote(store_root):
         root = Path(store_root).resolve()
         if path.resolve() == root or root in path.resolve().parents:
             raise UserError(f"the state key file {path} is inside the results store {root}: "
@@ -123,12 +125,15 @@ def _create_key_file(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def digest(key: StateKey, sweep_id: str, name: str, path: str | Path) -> str:
+def digest(key: StateKey, sweep_id: str, name: str, path: str | AnyPath) -> str:
     """HMAC-SHA256 of the file at ``path``, bound to its sweep and to its name in the experiment
     directory (a signed file copied under another name, or into another sweep, does not verify)."""
     prefix = _DOMAIN + sweep_id.encode() + b"\0" + name.encode() + b"\0"
     mac = hmac.new(key.secret, prefix, hashlib.sha256)
-    with open(path, "rb") as f:
+    if fs.is_remote(path):
+        mac.update(path.read_bytes())  # type: ignore[union-attr]
+        return mac.hexdigest()
+    with open(path, "rb") as f:  # type: ignore[arg-type]
         for chunk in iter(lambda: f.read(1 << 20), b""):
             mac.update(chunk)
     return mac.hexdigest()
@@ -164,13 +169,13 @@ class SignaturesError(ValueError):
     """The signatures file is missing or malformed."""
 
 
-def read_signatures(exp_dir: str | Path) -> dict[str, list[str]]:
+def read_signatures(exp_dir: str | AnyPath) -> dict[str, list[str]]:
     """File name -> its recorded signatures (oldest first).
 
     Raises:
         SignaturesError: no signatures file, or one that is not orch's format.
     """
-    path = Path(exp_dir) / SIGNATURES_FILE
+    path = fs.as_path(exp_dir) / SIGNATURES_FILE
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -185,7 +190,7 @@ def read_signatures(exp_dir: str | Path) -> dict[str, list[str]]:
     return files
 
 
-def sign(exp_dir: str | Path, files: Mapping[str, str | Path], key: StateKey,
+def sign(exp_dir: str | AnyPath, files: Mapping[str, str | AnyPath], key: StateKey,
          sweep_id: str | None = None) -> None:
     """Record the signatures of ``files`` (name in ``exp_dir`` -> where its bytes are now).
 
@@ -193,7 +198,7 @@ def sign(exp_dir: str | Path, files: Mapping[str, str | Path], key: StateKey,
     (temporary file, fsync, rename): a process killed at any moment leaves the previous one or
     the new one. ``sweep_id`` defaults to the name of ``exp_dir``.
     """
-    exp_dir = Path(exp_dir)
+    exp_dir = fs.as_path(exp_dir)
     try:
         recorded = read_signatures(exp_dir)
     except SignaturesError:
@@ -205,38 +210,31 @@ def sign(exp_dir: str | Path, files: Mapping[str, str | Path], key: StateKey,
         recorded[name] = [*history, sig][-HISTORY:]
     doc = {"format": _FORMAT, "version": 1, "algorithm": "HMAC-SHA256", "sweep_id": sweep_id,
            "files": dict(sorted(recorded.items()))}
-    target = exp_dir / SIGNATURES_FILE
-    tmp = exp_dir / f".{SIGNATURES_FILE}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(doc, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    with contextlib.suppress(OSError):  # the rename itself (not every file system can)
-        fd = os.open(exp_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fs.write_bytes_atomic(exp_dir / SIGNATURES_FILE, json.dumps(doc, indent=1).encode())
 
 
-def top_level_files(directory: str | Path, exempt: Iterable[str] = ()) -> dict[str, Path]:
+def top_level_files(directory: str | AnyPath, exempt: Iterable[str] = ()) -> dict[str, AnyPath]:
     """Name -> path of every entry at the top of ``directory`` Tune might read: not a directory,
     not hidden (Tune's temporary files and NFS leftovers; Tune reads none), not in ``exempt``."""
     skip = {SIGNATURES_FILE, *exempt}
-    return {p.name: p for p in sorted(Path(directory).iterdir())
+    directory = fs.as_path(directory)
+    if fs.is_remote(directory):
+        dirs = set(fs.subdirectories(directory))
+        return {n: directory / n for n in sorted(fs.names(directory))
+                if not n.startswith(".") and n not in skip and n not in dirs}
+    return {p.name: p for p in sorted(directory.iterdir())
             if not p.name.startswith(".") and p.name not in skip and not p.is_dir()}
 
 
-def sign_dir(source: str | Path, exp_dir: str | Path, key: StateKey,
+def sign_dir(source: str | AnyPath, exp_dir: str | AnyPath, key: StateKey,
              exempt: Iterable[str] = (), sweep_id: str | None = None) -> None:
     """Sign every file at the top of ``source`` under its name, for ``exp_dir`` (Tune's staging
     directory, just before Tune uploads it to the experiment directory)."""
     sign(exp_dir, top_level_files(source, exempt), key, sweep_id)
 
 
-def verify(directory: str | Path, key: StateKey, *, sweep_id: str, context: str,
-           exempt: Iterable[str] = (), signatures_dir: str | Path | None = None) -> None:
+def verify(directory: str | AnyPath, key: StateKey, *, sweep_id: str, context: str,
+           exempt: Iterable[str] = (), signatures_dir: str | AnyPath | None = None) -> None:
     """Refuse unless every Tune state file at the top of ``directory`` matches a recorded signature.
 
     Args:
@@ -250,7 +248,7 @@ def verify(directory: str | Path, key: StateKey, *, sweep_id: str, context: str,
     Raises:
         UserError: a file that is unsigned or changed, a missing or malformed signatures file.
     """
-    sig_dir = Path(signatures_dir or directory)
+    sig_dir = fs.as_path(signatures_dir or directory)
     how = (f"The key is {key.where}; to resume on another machine, set {KEY_ENV} to the key of "
            "the machine that wrote the sweep.")
     try:
