@@ -7,6 +7,7 @@ one line a person wants to read instead of Ray's tables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -432,10 +433,8 @@ class SweepStatus(Callback):
         from orchestrator.errors import StoreError
         from orchestrator.store import fs
 
-        try:
+        with contextlib.suppress(OSError, StoreError):  # progress is a courtesy: never stop a sweep over it
             fs.write_bytes_atomic(fs.as_path(self.status_file), json.dumps(status, indent=1).encode())
-        except (OSError, StoreError):
-            pass  # progress is a courtesy: never stop a sweep over it
 
 
 def _ray_metrics() -> dict[str, Any] | None:
