@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "orch_sweeps.json"
 
 RAY_SERVICES = ("ray-head", "ray-worker", "ray-gpu-worker", "retuner")
-SHARED = "/shared"
+STORE = "s3://orch/results"
+S3_SECRETS = ("s3_access_key", "s3_secret_key", "s3_credentials")
 TOKEN_SECRET = "ray_auth_token"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # What orch's driver exports through ray.util.metrics, as Prometheus sees it (Ray adds "ray_").
@@ -110,6 +112,7 @@ def command(service: dict) -> list[str]:
 def _docker_compose(*args: str, token_file: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "COMPOSE_", "DOCKER_"))}
     env["ORCH_TOKEN_FILE"] = str(token_file)
+    env["ORCH_SECRETS_DIR"] = str(token_file.parent)
     return subprocess.run(["docker-compose", "--project-directory", str(ROOT), "-f", str(COMPOSE), *args],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
@@ -119,6 +122,8 @@ def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "ray_auth_token"
     path.write_text("0123456789abcdef" * 4 + "\n")
     path.chmod(0o600)
+    for name in S3_SECRETS:
+        (tmp_path / name).write_text("x")
     return path
 
 
@@ -132,7 +137,7 @@ def test_docker_compose_config_accepts_the_file(token_file):
     done = _docker_compose("--profile", "gpu", "--profile", "grafana", "config", token_file=token_file)
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load(done.stdout)
-    assert set(resolved["services"]) == {*RAY_SERVICES, "prometheus", "grafana"}
+    assert set(resolved["services"]) == {*RAY_SERVICES, "prometheus", "grafana", "minio", "minio-bucket"}
     assert resolved["secrets"][TOKEN_SECRET]["file"] == str(token_file)
     head_ports = [published(p) for p in resolved["services"]["ray-head"]["ports"]]
     assert head_ports == [("127.0.0.1", "8265", "8265")]
@@ -178,13 +183,55 @@ def test_no_token_is_written_into_the_compose_file_or_the_image():
     assert not re.search(r"^\s*(COPY|ADD)\b.*secrets", DOCKERFILE.read_text(), re.MULTILINE)
 
 
-def test_every_ray_service_mounts_the_shared_volume_at_the_same_path(compose, services):
-    assert "orch-shared" in compose["volumes"]
+def test_every_ray_service_keeps_the_store_in_minio_and_shares_no_volume(compose, services):
+    assert "orch-shared" not in (compose.get("volumes") or {})
     for name in RAY_SERVICES:
-        targets = {target for source, target, _ in mounts(services[name]) if source == "orch-shared"}
-        assert targets == {SHARED}, name
-        store = environment(services[name]).get("ORCH_STORE", "")
-        assert store.startswith(SHARED + "/"), f"{name}: ORCH_STORE {store!r} is not on the shared volume"
+        env = environment(services[name])
+        assert env.get("ORCH_STORE") == STORE, name
+        assert env.get("AWS_ENDPOINT_URL") == "http://minio:9000", name
+        assert env.get("AWS_SHARED_CREDENTIALS_FILE") == "/run/secrets/s3_credentials", name
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env), f"{name}: keys in the environment"
+        sources = [s if isinstance(s, str) else s["source"] for s in services[name].get("secrets") or []]
+        assert "s3_credentials" in sources, name
+        assert not [m for m in mounts(services[name]) if not m[0].startswith(("ray-head-tmp", "./"))], name
+    minio = services["minio"]
+    assert not minio.get("ports"), "MinIO is reachable on the compose network only"
+    assert environment(minio)["MINIO_ROOT_USER_FILE"] == "/run/secrets/s3_access_key"
+    assert environment(minio)["MINIO_ROOT_PASSWORD_FILE"] == "/run/secrets/s3_secret_key"
+    bucket = services["minio-bucket"]
+    assert environment(bucket)["ORCH_STORE"] == STORE  # the bucket it creates is the store's
+    assert bucket["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["ray-head"]["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    for name in S3_SECRETS:
+        assert compose["secrets"][name]["file"] == f"./deploy/secrets/{name}"
+
+
+def test_make_token_writes_minios_keys_and_a_credentials_file_boto3_reads(tmp_path):
+    import configparser
+
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    shutil.copy2(ROOT / "deploy" / "make-token", deploy / "make-token")
+    env = {**os.environ, "ORCH_PYTHON": sys.executable}
+    first = subprocess.run([str(deploy / "make-token")], capture_output=True, text=True, env=env, timeout=60)
+    assert first.returncode == 0, first.stderr
+    secrets_dir = deploy / "secrets"
+    key, secret = ((secrets_dir / n).read_text() for n in ("s3_access_key", "s3_secret_key"))
+    for name in ("ray_auth_token", *S3_SECRETS):
+        assert (secrets_dir / name).stat().st_mode & 0o077 == 0, name
+    ini = configparser.ConfigParser()
+    ini.read(secrets_dir / "s3_credentials")
+    assert ini["default"]["aws_access_key_id"] == key and ini["default"]["aws_secret_access_key"] == secret
+    boto3 = pytest.importorskip("boto3")
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if k.startswith("AWS_")]:
+            mp.delenv(k)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(secrets_dir / "s3_credentials"))
+        creds = boto3.Session().get_credentials()
+        assert (creds.access_key, creds.secret_key) == (key, secret)
+    again = subprocess.run([str(deploy / "make-token")], capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0 and again.stdout.count("kept") == 4  # nothing replaced
+    assert (secrets_dir / "s3_access_key").read_text() == key
 
 
 def test_prometheus_and_grafana_read_the_heads_ray_directory(compose, services):
