@@ -401,9 +401,9 @@ def new_cluster(tmp: Path, ray_tmp: Path, **env: str) -> Cluster:
     and an environment without the machine's own RAY_ and ORCH_ settings (plus ``env``)."""
     token = make_token(tmp / "ray_auth_token")
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ORCH_"))}
-    base.update(RAY_AUTH_TOKEN_PATH=str(token), ORCH_PYTHON=sys.executable,
-                ORCH_STORE=str(tmp / "store"), RAY_USAGE_STATS_ENABLED="0", ORCH_NO_REPORT="1",
-                PATH=f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}", **env)
+    base.update({"RAY_AUTH_TOKEN_PATH": str(token), "ORCH_PYTHON": sys.executable,
+                 "ORCH_STORE": str(tmp / "store"), "RAY_USAGE_STATS_ENABLED": "0", "ORCH_NO_REPORT": "1",
+                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}", **env})
     return Cluster(tmp, base, f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}",
                    tmp / "store", ray_tmp)
 

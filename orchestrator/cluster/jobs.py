@@ -101,7 +101,7 @@ def submit(cfg: SweepConfig, config_path: Path, overrides: list[str], address: s
     entrypoint = shlex.join(argv) + " --store " + (shlex.quote(store) if store else STORE_FROM_CLUSTER)
     excludes = [".git", "bench/out", "*.egg-info", "__pycache__", ".venv", "venv"]
     local_store = Path(cfg.store.path)
-    if not local_store.is_absolute() and not str(local_store).startswith(".."):
+    if "://" not in cfg.store.path and not local_store.is_absolute() and not str(local_store).startswith(".."):
         excludes.append(local_store.as_posix())
     runtime_env: dict = {"working_dir": str(workdir), "excludes": excludes}
     if os.environ.get("ORCH_DEBUG") == "1":
