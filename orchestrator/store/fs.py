@@ -75,8 +75,12 @@ def _filesystem(scheme: str, bucket: str, query: str) -> Any:
     if fs is None:
         import pyarrow.fs as pafs
 
+        options = query
+        if scheme == "s3" and "allow_delayed_open" not in query:
+            # A small object is then one PUT request, not a multipart upload's three.
+            options = "&".join(filter(None, [query, "allow_delayed_open=true"]))
         try:
-            fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))
+            fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}" + (f"?{options}" if options else ""))
         except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds; all are "cannot reach"
             raise UserError(f"store: cannot open {scheme}://{bucket}: {_one_line(err)}") from None
         _FILESYSTEMS[key] = fs
@@ -340,7 +344,8 @@ def _call(path: ObjectPath, fn: Callable[[], Any]) -> Any:
         raise
     except OSError as err:
         text = str(err)
-        if "Path does not exist" in text or "NoSuchKey" in text or "does not exist" in text.lower():
+        if any(m in text for m in ("Path does not exist", "NoSuchKey", "RESOURCE_NOT_FOUND")) \
+                or "does not exist" in text.lower():
             raise FileNotFoundError(str(path)) from None
         raise StoreError(f"cannot use {path}: {_one_line(err)}") from None
 

@@ -18,6 +18,16 @@ trial's best epoch) as ``<store>/models/<study>/<sweep_id>/<trial_id>/``; ``orch
 :func:`load_model` reads one (nothing in it runs code; a model named by import path is imported
 only when this machine's key signed ``model.json``, or the caller says it trusts the code) and
 :meth:`Model.predict` takes raw columns as the user has them.
+
+A store in object storage (``s3://``, ``gs://``) has no links and no atomic directory renames:
+
+- an artefact is built in a local temporary directory and uploaded file by file, ``model.json``
+  (which lists and hashes the other files) last, a replaced one's ``model.json`` deleted first;
+  a reader downloads ``model.json``, then the files it lists, then reads ``model.json`` again:
+  the same bytes mean every file it got belongs to that record (else it reads again);
+- ``best/<study>/CURRENT`` names the current version (``best/.versions/<study>/<version>/``,
+  uploaded whole before it is named, never changed after); it is replaced in one upload;
+- readers load from a local temporary copy (removed after) with the same checks as locally.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import math
 import os
@@ -33,7 +44,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +54,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from orchestrator.errors import UserError
+from orchestrator.errors import StoreError, UserError
+from orchestrator.store import fs
+from orchestrator.store.fs import AnyPath, ObjectPath
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import SweepConfig
@@ -56,6 +69,10 @@ PREPROCESSING_FILE = "preprocessing.json"
 CONFIG_FILE = "config.yaml"
 MODELS_DIR = "models"
 BEST_DIR = "best"
+VERSIONS_DIR = ".versions"
+POINTER_FILE = "CURRENT"  # object storage: best/<study>/CURRENT holds the current version's name
+REPLACED_FILE = ".replaced"  # object storage: written into a version when it stops being the current one
+FETCH_WAIT_S = 30.0  # how long a reader waits for an artefact being rewritten in object storage
 BATCH = 4096
 
 
@@ -90,22 +107,36 @@ class Spec:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def sweep_models_dir(store: Store, study: str, sweep_id: str) -> Path:
+def sweep_models_dir(store: Store, study: str, sweep_id: str) -> AnyPath:
     from orchestrator.names import check_name
 
     return store.path(MODELS_DIR, check_name(study, "study"), check_name(sweep_id, "sweep id"))
 
 
-def write(directory: Path, members: Sequence[Member], spec: Spec, data: Dataset | None, cfg: SweepConfig,
-          scores: dict[str, dict[str, float]]) -> Path:
+def _path(path: str | os.PathLike[str] | AnyPath) -> AnyPath:
+    """A local :class:`Path`, or an :class:`ObjectPath` for an object storage URI."""
+    if isinstance(path, ObjectPath):
+        return path
+    if isinstance(path, str) and fs.is_uri(path):
+        return fs.as_path(path)
+    return Path(path)
+
+
+def write(directory: AnyPath, members: Sequence[Member], spec: Spec, data: Dataset | None, cfg: SweepConfig,
+          scores: dict[str, dict[str, float]]) -> AnyPath:
     """Write an artefact to ``directory`` atomically: built beside it, then renamed into place (a
-    reader never sees half of one). An existing artefact there is replaced."""
+    reader never sees half of one). An existing artefact there is replaced. In object storage:
+    built in a local temporary directory, then uploaded (:func:`_publish`)."""
     from orchestrator.config import load as config_mod
     from orchestrator.tune import state_guard
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    directory = _path(directory)
+    remote = isinstance(directory, ObjectPath)
+    if isinstance(directory, ObjectPath):
+        tmp = Path(tempfile.mkdtemp(prefix="orch-artefact-"))
+    else:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
         files = []
         for i, m in enumerate(members):
@@ -127,19 +158,54 @@ def write(directory: Path, members: Sequence[Member], spec: Spec, data: Dataset 
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **_plain(spec.info),
         }
         text = json.dumps(record, indent=1, sort_keys=True)
-        sig = state_guard.text_digest(state_guard.load_key(_store_of(directory)), "model", MODEL_FILE, text)
+        sig = state_guard.text_digest(_signing_key(directory), "model", MODEL_FILE, text)
         (tmp / MODEL_FILE).write_text(json.dumps({"record": record, "signature": sig}, indent=1, sort_keys=True))
-        _swap(tmp, directory)
+        if isinstance(directory, ObjectPath):
+            _publish(tmp, directory)
+        else:
+            _swap(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if remote:
+        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
-def copy(source: Path, out: Path, extra: Callable[[Path], Any] | None = None) -> Path:
+def _signing_key(directory: AnyPath) -> Any:
+    """This machine's key, to sign an artefact written to ``directory`` (refused when its file lies
+    inside the local store ``directory`` is in; no key file can lie in object storage)."""
+    from orchestrator.tune import state_guard
+
+    return state_guard.load_key(None if fs.is_remote(directory) else _store_of(directory))  # type: ignore[arg-type]
+
+
+def copy(source: AnyPath, out: AnyPath, extra: Callable[[Path], Any] | None = None) -> AnyPath:
     """Copy an artefact to ``out``: built beside it (with ``extra(directory)`` adding files), then
     renamed into place, so ``out`` never holds half of one. Refuses to replace a directory that is
-    not an artefact."""
+    not an artefact.
+
+    Either may be in object storage: a source there is downloaded first (and checked to be one
+    version of the artefact), an ``out`` there is built in a local temporary directory and
+    uploaded with ``model.json`` last (:func:`_publish`)."""
+    source, out = _path(source), _path(out)
+    if isinstance(source, ObjectPath):
+        with fetched(source, everything=True) as art:
+            return copy(art.directory, out, extra)
+    if isinstance(out, ObjectPath):
+        if not _replaceable_remote(out):
+            raise UserError(f"--out: {out} exists and is not an empty prefix or a model artefact")
+        tmp = Path(tempfile.mkdtemp(prefix="orch-artefact-"))
+        try:
+            for p in source.resolve().iterdir():
+                if p.is_file() and not p.name.startswith("."):
+                    shutil.copy2(p, tmp / p.name)
+            if extra is not None:
+                extra(tmp)
+            _publish(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
     source, out = Path(source).resolve(), Path(out)
     if out.exists() and not _replaceable(out):
         raise UserError(f"--out: {out} exists and is not an empty directory or a model artefact")
@@ -192,10 +258,187 @@ def _swap(built: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# -- object storage -------------------------------------------------------------------------------
+
+
+def _io(path: ObjectPath, fn: Callable[[], Any]) -> Any:
+    """One call to the object store: a missing key is FileNotFoundError, any other failure a
+    one-line StoreError naming ``path``."""
+    try:
+        return fn()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        text = " ".join(str(err).split())
+        # (an object deleted between pyarrow's look and its read: RESOURCE_NOT_FOUND)
+        if any(s in text for s in ("Path does not exist", "NoSuchKey", "RESOURCE_NOT_FOUND")) or \
+                "does not exist" in text.lower():
+            raise FileNotFoundError(str(path)) from None
+        raise StoreError(f"cannot use {path}: {text[:300]}") from None
+
+
+def _entries(directory: ObjectPath, recursive: bool = False) -> list[Any]:
+    """pyarrow's file infos of what lies under ``directory`` (none if nothing does)."""
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(directory.fs_path, recursive=recursive, allow_not_found=True)
+    return _io(directory, lambda: directory.fs.get_file_info(selector))
+
+
+def _file_names(directory: ObjectPath) -> list[str]:
+    import pyarrow.fs as pafs
+
+    return [i.base_name for i in _entries(directory) if i.type == pafs.FileType.File]
+
+
+def _upload(source: Path, target: ObjectPath) -> None:
+    """One local file to one object (streamed; it appears whole when the upload completes)."""
+    def put() -> None:
+        with open(source, "rb") as f, target.fs.open_output_stream(target.fs_path, compression=None) as out:
+            shutil.copyfileobj(f, out, 1 << 22)
+    _io(target, put)
+
+
+def _read(source: ObjectPath) -> bytes:
+    def get() -> bytes:
+        with source.fs.open_input_stream(source.fs_path, compression=None) as f:
+            return f.read()
+    return _io(source, get)
+
+
+def _download(source: ObjectPath, target: Path) -> None:
+    def get() -> None:
+        with source.fs.open_input_stream(source.fs_path, compression=None) as f, open(target, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 22)
+    _io(source, get)
+
+
+def _publish(built: Path, target: ObjectPath) -> None:
+    """Upload the artefact directory ``built`` to ``target``, ``model.json`` last: a reader that
+    finds the record finds every file it lists. An artefact already there is replaced: its
+    ``model.json`` goes first (a reader that holds it reads it again when done, sees it changed and
+    starts over), then its files that the new one does not have."""
+    new = sorted(p.name for p in built.iterdir() if p.is_file() and not p.name.startswith("."))
+    old = _file_names(target)
+    if MODEL_FILE in old:
+        (target / MODEL_FILE).unlink(missing_ok=True)
+    for name in old:
+        if name not in new and name != MODEL_FILE:
+            (target / name).unlink(missing_ok=True)
+    for name in sorted(new, key=lambda n: n == MODEL_FILE):
+        _upload(built / name, target / name)
+
+
+def _replaceable_remote(out: ObjectPath) -> bool:
+    """Whether ``out`` may be replaced: nothing there, or orch's artefact files only (an export
+    interrupted before its ``model.json`` included)."""
+    import pyarrow.fs as pafs
+
+    if out.is_file():
+        return False
+    entries = _entries(out)
+    if not all(i.type == pafs.FileType.File and ARTEFACT_FILES.fullmatch(i.base_name) for i in entries):
+        return False
+    if any(i.base_name == MODEL_FILE for i in entries):
+        try:
+            read_record(out)
+        except ArtefactError:
+            return False
+    return True
+
+
+def _pointer(file: ObjectPath) -> str | None:
+    """The version a ``best/<study>/CURRENT`` names, or None when there is none."""
+    try:
+        name = _read(file).decode("utf-8", "replace").strip()
+    except FileNotFoundError:
+        return None
+    if not re.fullmatch(r"[0-9A-Za-z_-][0-9A-Za-z._-]*", name) or len(name) > 200:
+        raise ArtefactError(f"{file}: not a version name orch wrote")
+    return name
+
+
+def _version_name() -> str:
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:6]}"
+
+
+def _copy_remote(source: ObjectPath, target: ObjectPath) -> None:
+    """Copy the artefact ``source`` to ``target`` (a new prefix) inside the object store, without
+    downloading it: each file copied by the store, ``model.json`` last, the copy checked to be of
+    one version (``model.json`` read before and after)."""
+    directory, _, _, raw = _remote_record(source)
+    deadline = time.monotonic() + FETCH_WAIT_S
+    while True:
+        for name in _file_names(directory):
+            if name != MODEL_FILE and ARTEFACT_FILES.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):  # replaced meanwhile: read again below
+                    _copy_object(directory / name, target / name)
+        if _raw_record(directory) == raw:
+            break
+        _wait(deadline, directory)
+        fs.rmtree(target)
+        directory, _, _, raw = _remote_record(source)
+    fs.write_bytes_atomic(target / MODEL_FILE, raw)
+
+
+def _copy_object(source: ObjectPath, target: ObjectPath) -> None:
+    """One object copied by the store itself (no download)."""
+    _io(source, lambda: source.fs.copy_file(source.fs_path, target.fs_path))
+
+
+def _wait(deadline: float, directory: AnyPath) -> None:
+    if time.monotonic() > deadline:
+        raise ArtefactError(f"{directory}: the artefact is being replaced, or half-written (its writer stopped "
+                            f"before its {MODEL_FILE}): try again, or write it again")
+    time.sleep(0.2)
+
+
+def _promote_remote(store: Store, study: str, artefact: AnyPath | None, config_text: str | None) -> ObjectPath:
+    """:func:`promote` in object storage: the version uploaded whole, then named by one upload of
+    ``best/<study>/CURRENT``."""
+    import pyarrow.fs as pafs
+
+    best: ObjectPath = store.path(BEST_DIR)  # type: ignore[assignment]
+    versions = best / VERSIONS_DIR / study
+    name = _version_name()
+    if artefact is not None:
+        artefact = _path(artefact)
+        target = versions / name / "model"
+        if isinstance(artefact, ObjectPath) and (artefact.scheme, artefact.query) == (target.scheme, target.query):
+            _copy_remote(artefact, target)
+        else:
+            with fetched(artefact, everything=True) as art:
+                _publish(art.directory, target)
+    if config_text is not None:
+        fs.write_bytes_atomic(versions / name / "best.yaml", config_text.encode())
+    pointer = best / study / POINTER_FILE
+    previous = _pointer(pointer)
+    fs.write_bytes_atomic(pointer, f"{name}\n".encode())
+    current = _pointer(pointer)  # (another promotion may have replaced it since)
+    now = pointer.stat().st_mtime  # the store's clock, as the versions' times are
+    newest: dict[str, float] = {}
+    for info in _entries(versions, recursive=True):
+        version = info.path[len(versions.fs_path):].lstrip("/").split("/", 1)[0]
+        mtime = info.mtime.timestamp() if info.type == pafs.FileType.File and info.mtime is not None else 0.0
+        newest[version] = max(newest.get(version, 0.0), mtime)
+    if previous and previous in newest:
+        # Replaced now: its readers get KEEP_VERSIONS_S from here.
+        with contextlib.suppress(StoreError):
+            fs.write_bytes_atomic(versions / previous / REPLACED_FILE,
+                                 datetime.now(timezone.utc).isoformat().encode())
+    for version, mtime in newest.items():
+        if version.startswith(".") or version in (name, previous, current):
+            continue
+        if now - mtime > KEEP_VERSIONS_S:
+            with contextlib.suppress(StoreError):
+                fs.rmtree(versions / version)
+    return best / study
+
+
 KEEP_VERSIONS_S = 600.0  # a replaced version of best/<study> stays at least this long (for its readers)
 
 
-def promote(store: Store, study: str, artefact: Path | None, config_text: str | None = None) -> Path:
+def promote(store: Store, study: str, artefact: AnyPath | None, config_text: str | None = None) -> AnyPath:
     """Make ``artefact`` the study's model: ``<store>/best/<study>/`` (``model/`` and, given,
     ``best.yaml``; with no artefact, the config alone: a best without a model).
 
@@ -203,14 +446,19 @@ def promote(store: Store, study: str, artefact: Path | None, config_text: str | 
     sees the old model or the new one, never half of either. :func:`load_model` resolves the link
     once, so a swap while it reads does not mix two versions. Replaced versions are removed once
     they are neither the previous one nor younger than :data:`KEEP_VERSIONS_S`.
+
+    In object storage ``best/<study>/CURRENT`` names the version (``best/.versions/<study>/<name>/``,
+    uploaded before it is named); replaced versions go by the same rule, by the objects' times.
     """
     from orchestrator.names import check_name
 
     study = check_name(study, "study")
+    if fs.is_remote(store.root):
+        return _promote_remote(store, study, artefact, config_text)
     best = store.path(BEST_DIR)
-    versions = store.path(BEST_DIR, ".versions", study)
+    versions = store.path(BEST_DIR, VERSIONS_DIR, study)
     versions.mkdir(parents=True, exist_ok=True)
-    name = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:6]}"
+    name = _version_name()
     tmp = versions / f".{name}.tmp"
     tmp.mkdir()
     try:
@@ -231,7 +479,7 @@ def promote(store: Store, study: str, artefact: Path | None, config_text: str | 
         os.replace(link, versions / f"{name[:-7]}copied")
     previous = os.path.basename(os.readlink(link)) if link.is_symlink() else None
     tmp_link = best / f".{study}.{uuid.uuid4().hex[:8]}.link"
-    os.symlink(os.path.join(".versions", study, name), tmp_link)
+    os.symlink(os.path.join(VERSIONS_DIR, study, name), tmp_link)
     os.replace(tmp_link, link)
     current = os.path.basename(os.readlink(link))  # (another promotion may have swapped it since)
     if previous and (versions / previous).is_dir():
@@ -247,11 +495,14 @@ def promote(store: Store, study: str, artefact: Path | None, config_text: str | 
     return link
 
 
-def best_model_dir(store: Store, study: str) -> Path | None:
+def best_model_dir(store: Store, study: str) -> AnyPath | None:
     """``<store>/best/<study>/model``, resolved to the version it is now, or None."""
     from orchestrator.names import check_name
 
     link = store.path(BEST_DIR) / check_name(study, "study")
+    if isinstance(link, ObjectPath):
+        version = _pointer(link / POINTER_FILE)
+        return None if version is None else link.parent / VERSIONS_DIR / link.name / version / "model"
     if not link.exists():
         return None
     return Path(os.path.realpath(link)) / "model"
@@ -264,7 +515,7 @@ class Model:
     """A trained model (one network, or an ensemble) with its preprocessing: :func:`load_model`."""
 
     def __init__(self, record: dict[str, Any], modules: list[torch.nn.Module], features: Any, target: Any,
-                 path: Path) -> None:
+                 path: AnyPath) -> None:
         self.record, self.modules, self.features, self.target, self.path = record, modules, features, target, path
         self.task: str = record["task"]
         self.classes: list[Any] = list(record.get("classes") or [])
@@ -357,16 +608,18 @@ def _head(task: str, out: torch.Tensor) -> torch.Tensor:
     return torch.softmax(out, 1)
 
 
-def read_record(path: str | Path) -> tuple[Path, dict[str, Any], bool]:
+def read_record(path: str | AnyPath) -> tuple[AnyPath, dict[str, Any], bool]:
     """An artefact's ``model.json``: (the artefact's resolved directory, its record, whether this
     machine's key signed it).
 
     Raises:
         ArtefactError: no artefact there, or not one of this orch.
     """
-    from orchestrator.tune import state_guard
-
-    directory = Path(os.path.realpath(path))
+    target = _path(path)
+    if isinstance(target, ObjectPath):
+        remote, record, signed, _ = _remote_record(target)
+        return remote, record, signed
+    directory = Path(os.path.realpath(target))
     best_version = (directory / "model").is_dir() or (directory / "best.yaml").exists()
     if directory.is_dir() and not (directory / MODEL_FILE).exists() and best_version:
         if not (directory / "model" / MODEL_FILE).exists():
@@ -374,35 +627,93 @@ def read_record(path: str | Path) -> tuple[Path, dict[str, Any], bool]:
         directory = directory / "model"  # <store>/best/<study>/
     file = directory / MODEL_FILE
     try:
-        outer = json.loads(file.read_text())
-        record, sig = outer["record"], outer.get("signature")
-        if not isinstance(record, dict) or record.get("format") != FORMAT:
-            raise ValueError("an unknown format")
-        for key, kind in (("model", str), ("task", str), ("input_shape", list), ("n_outputs", int),
-                          ("members", list)):
-            if not isinstance(record.get(key), kind):
-                raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
-        if not record["members"]:
-            raise ValueError("no members")
-        if not all(isinstance(n, int) and n > 0 for n in record["input_shape"]):
-            raise ValueError("'input_shape' is not a list of positive integers")
-        for m in record["members"]:
-            if not isinstance(m, dict) or not isinstance(m.get("weights"), str) or not isinstance(
-                    m.get("hyperparameters"), dict):
-                raise ValueError("a member without weights or hyperparameters")
+        record, sig = _parsed(file.read_text())
     except (FileNotFoundError, NotADirectoryError):
         raise ArtefactError(f"{path}: not a model artefact (no {MODEL_FILE})") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ArtefactError(f"{file}: not a model artefact of this orch ({err})") from None
+    return directory, record, _signed(directory, record, sig)
+
+
+def _parsed(text: str) -> tuple[dict[str, Any], Any]:
+    """A ``model.json``'s record and signature, checked to be orch's format."""
+    outer = json.loads(text)
+    record, sig = outer["record"], outer.get("signature")
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError("an unknown format")
+    for key, kind in (("model", str), ("task", str), ("input_shape", list), ("n_outputs", int),
+                      ("members", list)):
+        if not isinstance(record.get(key), kind):
+            raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
+    if not record["members"]:
+        raise ValueError("no members")
+    if not all(isinstance(n, int) and n > 0 for n in record["input_shape"]):
+        raise ValueError("'input_shape' is not a list of positive integers")
+    for m in record["members"]:
+        if not isinstance(m, dict) or not isinstance(m.get("weights"), str) or not isinstance(
+                m.get("hyperparameters"), dict):
+            raise ValueError("a member without weights or hyperparameters")
+    return record, sig
+
+
+def _signed(directory: AnyPath, record: dict[str, Any], sig: Any) -> bool:
+    """Whether this machine's key signed ``record``."""
+    from orchestrator.tune import state_guard
+
     text = json.dumps(record, indent=1, sort_keys=True)
     key = _machine_key(directory)
     signed = False
     if key is not None and isinstance(sig, str) and sig.isascii():
         signed = hmac.compare_digest(sig, state_guard.text_digest(key, "model", MODEL_FILE, text))
-    return directory, record, signed
+    return signed
 
 
-def _machine_key(directory: Path) -> Any:
+def _remote_directory(path: ObjectPath) -> ObjectPath:
+    """The artefact directory ``path`` names in object storage: itself, or, for ``best/<study>``
+    (or one of its versions), the model of the version it names."""
+    names = set(fs.names(path))
+    if MODEL_FILE in names:
+        return path
+    if POINTER_FILE in names:
+        version = _pointer(path / POINTER_FILE)
+        if version is not None:
+            path = path.parent / VERSIONS_DIR / path.name / version
+            names = set(fs.names(path))
+    if "model" in names or "best.yaml" in names:
+        if MODEL_FILE not in fs.names(path / "model"):
+            raise ArtefactError(f"{path}: the study's best has no model (its best trial kept none)")
+        return path / "model"
+    return path
+
+
+def _raw_record(directory: ObjectPath) -> bytes | None:
+    try:
+        return _read(directory / MODEL_FILE)
+    except FileNotFoundError:
+        return None
+
+
+def _remote_record(path: ObjectPath) -> tuple[ObjectPath, dict[str, Any], bool, bytes]:
+    """:func:`read_record` in object storage, with ``model.json``'s bytes. An artefact whose
+    ``model.json`` is missing while its other files are there (being replaced) is waited for."""
+    deadline = time.monotonic() + FETCH_WAIT_S
+    while True:
+        directory = _remote_directory(path)
+        raw = _raw_record(directory)
+        if raw is not None:
+            break
+        if not any(ARTEFACT_FILES.fullmatch(n) for n in _file_names(directory)):
+            raise ArtefactError(f"{path}: not a model artefact (no {MODEL_FILE})")
+        _wait(deadline, directory)
+    file = directory / MODEL_FILE
+    try:
+        record, sig = _parsed(raw.decode())
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ArtefactError(f"{file}: not a model artefact of this orch ({err})") from None
+    return directory, record, _signed(directory, record, sig), raw
+
+
+def _machine_key(directory: AnyPath) -> Any:
     """This machine's state key, when it has one (reading an artefact creates none), refused when
     its file lies inside the store the artefact is in (whoever writes the store could sign)."""
     from orchestrator.tune import state_guard
@@ -412,7 +723,7 @@ def _machine_key(directory: Path) -> Any:
         path = Path(named).expanduser() if named else state_guard.default_key_file()
         if not path.exists():
             return None
-    return state_guard.load_key(_store_of(directory))
+    return _signing_key(directory)
 
 
 def _store_of(directory: Path) -> Path:
@@ -421,8 +732,55 @@ def _store_of(directory: Path) -> Path:
     return next((p for p in directory.parents if (p / "_ray").is_dir() or (p / "sweeps").is_dir()), directory)
 
 
-def load_model(path: str | Path, *, trust_code: bool = False, device: str | torch.device = "cpu") -> Model:
-    """Load a model artefact (a directory :func:`write` wrote, or ``<store>/best/<study>``).
+@dataclass
+class Fetched:
+    """An artefact as local files: ``directory`` holds them, ``where`` is where it is (the same
+    directory, or its place in object storage, for messages)."""
+
+    directory: Path
+    where: AnyPath
+    record: dict[str, Any]
+    signed: bool
+
+
+@contextlib.contextmanager
+def fetched(path: str | AnyPath, everything: bool = False) -> Iterator[Fetched]:
+    """The artefact at ``path`` as a local directory: its own, or, in object storage, a temporary
+    copy of its files (``everything``: all of them, else those :func:`load_model` reads), removed
+    when the block ends.
+
+    The copy is of one version: ``model.json`` is read before the files and after them, and the
+    files are read again until both reads agree (an artefact being replaced meanwhile).
+    """
+    target = _path(path)
+    if not isinstance(target, ObjectPath):
+        directory, record, signed = read_record(path)
+        yield Fetched(directory, directory, record, signed)  # type: ignore[arg-type]  # (a Path: local)
+        return
+    with tempfile.TemporaryDirectory(prefix="orch-model-") as tmp:
+        local = Path(tmp)
+        deadline = time.monotonic() + FETCH_WAIT_S
+        while True:
+            directory, record, signed, raw = _remote_record(target)
+            names = [PREPROCESSING_FILE, *(Path(m["weights"]).name for m in record["members"])]
+            if everything:
+                names += _file_names(directory)
+            for p in local.iterdir():
+                p.unlink()
+            for name in dict.fromkeys(names):
+                if name != MODEL_FILE and ARTEFACT_FILES.fullmatch(name):
+                    with contextlib.suppress(FileNotFoundError):  # the checks below say which
+                        _download(directory / name, local / name)
+            if _raw_record(directory) == raw:
+                break
+            _wait(deadline, directory)
+        (local / MODEL_FILE).write_bytes(raw)
+        yield Fetched(local, directory, record, signed)
+
+
+def load_model(path: str | AnyPath, *, trust_code: bool = False, device: str | torch.device = "cpu") -> Model:
+    """Load a model artefact (a directory :func:`write` wrote, or ``<store>/best/<study>``; either
+    may be in object storage: ``s3://...``).
 
     Nothing in it runs code: the weights are read with ``weights_only=True`` and checked against
     their recorded hashes, the preprocessing is numbers. A model named by a shipped name (``mlp``,
@@ -432,14 +790,20 @@ def load_model(path: str | Path, *, trust_code: bool = False, device: str | torc
     Raises:
         ArtefactError: not an artefact, a file changed since it was written, code not trusted.
     """
+    with fetched(path) as art:
+        return load_fetched(art, trust_code=trust_code, device=device)
+
+
+def load_fetched(art: Fetched, *, trust_code: bool = False, device: str | torch.device = "cpu") -> Model:
+    """:func:`load_model` of an artefact :func:`fetched` gave."""
     from orchestrator.config import models
     from orchestrator.config.imports import project_on_path
     from orchestrator.train.preprocess import Preprocessing, TargetScaling
 
-    directory, record, signed = read_record(path)
+    directory, where, record, signed = art.directory, art.where, art.record, art.signed
     model = str(record["model"])
     if models.is_path(model) and not (signed or trust_code):
-        raise ArtefactError(f"{directory}: the model is built by {model}, code this machine's key did not sign "
+        raise ArtefactError(f"{where}: the model is built by {model}, code this machine's key did not sign "
                             "the artefact for; load it with trust_code=True (orch: --trust-code) if you trust "
                             "that code")
     if models.is_path(model):
@@ -448,39 +812,50 @@ def load_model(path: str | Path, *, trust_code: bool = False, device: str | torc
         pre = json.loads((directory / PREPROCESSING_FILE).read_text())
         pre_digest = _sha256(directory / PREPROCESSING_FILE)
     except (OSError, ValueError) as err:
-        raise ArtefactError(f"{directory / PREPROCESSING_FILE}: unreadable ({err})") from None
+        raise ArtefactError(f"{_shown(where, PREPROCESSING_FILE)}: unreadable ({_why(err, where)})") from None
     if pre_digest != record.get("preprocessing_sha256"):
-        raise ArtefactError(f"{directory / PREPROCESSING_FILE}: changed since the artefact was written")
+        raise ArtefactError(f"{_shown(where, PREPROCESSING_FILE)}: changed since the artefact was written")
     if not isinstance(pre, dict):
-        raise ArtefactError(f"{directory / PREPROCESSING_FILE}: not orch's preprocessing")
+        raise ArtefactError(f"{_shown(where, PREPROCESSING_FILE)}: not orch's preprocessing")
     features = Preprocessing.from_dict(pre["features"]) if pre.get("features") else None
     target = TargetScaling.from_dict(pre["target"]) if pre.get("target") else None
     modules = []
     for member in record["members"]:
-        file = directory / Path(member["weights"]).name
+        name = Path(member["weights"]).name
+        file, shown = directory / name, _shown(where, name)
         try:
             digest = _sha256(file)
         except OSError as err:
-            raise ArtefactError(f"{file}: unreadable ({err.strerror or err})") from None
+            raise ArtefactError(f"{shown}: unreadable ({err.strerror or err})") from None
         if digest != member.get("sha256"):
-            raise ArtefactError(f"{file}: changed since the artefact was written")
+            raise ArtefactError(f"{shown}: changed since the artefact was written")
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
-            raise ArtefactError(f"{file}: not a file of weights ({str(err).splitlines()[0][:200]})") from None
+            raise ArtefactError(f"{shown}: not a file of weights ({str(err).splitlines()[0][:200]})") from None
         try:
             module = _network(model, tuple(record["input_shape"]), int(record["n_outputs"]), record["task"],
                               member["hyperparameters"])
         except (TypeError, ValueError, KeyError) as err:
-            raise ArtefactError(f"{directory / MODEL_FILE}: cannot build {model} from its record "
+            raise ArtefactError(f"{_shown(where, MODEL_FILE)}: cannot build {model} from its record "
                                 f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
         try:
             module.load_state_dict(state)
         except RuntimeError as err:
-            raise ArtefactError(f"{file}: the weights do not fit {model} with its recorded hyperparameters "
+            raise ArtefactError(f"{shown}: the weights do not fit {model} with its recorded hyperparameters "
                                 f"({str(err).splitlines()[0][:200]})") from None
         modules.append(module.to(device).eval())
-    return Model(record, modules, features, target, directory)
+    return Model(record, modules, features, target, where)
+
+
+def _shown(where: AnyPath, name: str) -> AnyPath | str:
+    """A file of an artefact as messages name it."""
+    return where / name if isinstance(where, Path) else f"{where}/{name}"
+
+
+def _why(err: OSError | ValueError, where: AnyPath) -> Any:
+    """An error reading a file, without the temporary copy's path when the artefact is remote."""
+    return err if isinstance(where, Path) else (getattr(err, "strerror", None) or err)
 
 
 def _network(model: str, input_shape: tuple[int, ...], n_outputs: int, task: str,
@@ -585,7 +960,7 @@ def trial_data(cfg: SweepConfig, hp: dict[str, Any], variants: Any = None) -> Da
 
 
 def keep_best(cfg: SweepConfig, store: Store, sweep_id: str, trials: pd.DataFrame, data: Any,
-              exp_dir: Path, warn: Callable[[str], None] | None = None) -> list[Path]:
+              exp_dir: str | AnyPath, warn: Callable[[str], None] | None = None) -> list[AnyPath]:
     """The artefacts of the sweep's best ``store.keep_models`` trials (their best epochs' weights,
     which each trial wrote to ``<exp_dir>/weights/``), best first; the weights directory goes.
 
@@ -597,8 +972,8 @@ def keep_best(cfg: SweepConfig, store: Store, sweep_id: str, trials: pd.DataFram
     from orchestrator.store import trials as trial_rules
     from orchestrator.tune.files import WEIGHTS_DIR
 
-    weights_dir = Path(exp_dir) / WEIGHTS_DIR
-    out: list[Path] = []
+    weights_dir = _path(exp_dir) / WEIGHTS_DIR
+    out: list[AnyPath] = []
     column = f"best_{cfg.objective.metric}"
     try:
         ok = trial_rules.usable(trials, column)
@@ -608,10 +983,16 @@ def keep_best(cfg: SweepConfig, store: Store, sweep_id: str, trials: pd.DataFram
                 break
             trial_id = check_name(str(row["trial_id"]), "trial id")  # a directory name inside the store
             file = weights_dir / f"{trial_id}.pt"
-            if not file.exists():
+            source: Any = file
+            if isinstance(file, ObjectPath):
+                try:
+                    source = io.BytesIO(_read(file))  # (one request: no look first)
+                except FileNotFoundError:
+                    continue
+            elif not file.exists():
                 continue
             try:
-                saved = torch.load(file, map_location="cpu", weights_only=True)
+                saved = torch.load(source, map_location="cpu", weights_only=True)
                 digest = _weights_digest(saved["weights"])
                 if digest in seen:
                     continue
@@ -632,7 +1013,14 @@ def keep_best(cfg: SweepConfig, store: Store, sweep_id: str, trials: pd.DataFram
             seen.add(digest)
             out.append(path)
     finally:
-        if weights_dir.exists():
+        if isinstance(weights_dir, ObjectPath):
+            try:
+                fs.rmtree(weights_dir)
+            except Exception as err:  # noqa: BLE001 - the models are kept either way
+                if warn is not None:
+                    warn(f"orch: warning: the trials' weights were not removed from {weights_dir}: "
+                         f"{' '.join(str(err).split())[:200]}")
+        elif weights_dir.exists():
             shutil.rmtree(weights_dir, ignore_errors=True)
     return out
 
@@ -645,7 +1033,7 @@ def _weights_digest(weights: dict[str, torch.Tensor]) -> str:
 
 
 def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = None,
-             trust_code: bool = False) -> Path:
+             trust_code: bool = False) -> AnyPath:
     """``<store>/models/<study>/<sweep_id>/ensemble-<k>/``: the top ``k`` kept trials of the sweep as
     one model that averages their predictions (probabilities, or values), scored on validation and
     test rows.
@@ -654,8 +1042,9 @@ def ensemble(cfg: SweepConfig, store: Store, sweep_id: str, k: int, data: Any = 
         UserError: fewer than ``k`` models kept, or kept models that do not share their input.
     """
     base = sweep_models_dir(store, cfg.study, sweep_id)
-    kept = []
-    for p in sorted(base.iterdir()) if base.exists() else []:
+    kept: list[tuple[AnyPath, dict[str, Any]]] = []
+    entries: list[AnyPath] = list(base.iterdir()) if base.exists() else []
+    for p in sorted(entries, key=lambda p: p.name):
         if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).exists():
             _, record, _ = read_record(p)
             if record.get("kind") == "trial":

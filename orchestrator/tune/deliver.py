@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 
 from orchestrator.errors import DataError, SweepFailed, UserError
+from orchestrator.store import fs
+from orchestrator.store.fs import AnyPath, ObjectPath
 from orchestrator.store.tables import Store
 from orchestrator.tune import artefacts
 
@@ -59,7 +61,7 @@ def sweep_config(store: Store, study: str, sweep_id: str | None = None) -> tuple
     return cfg, row
 
 
-def model_path(store: Store, study: str, trial: str | None = None, sweep_id: str | None = None) -> Path:
+def model_path(store: Store, study: str, trial: str | None = None, sweep_id: str | None = None) -> AnyPath:
     """The artefact of ``trial`` (a kept trial of any of the study's sweeps), else the study's model
     (``<store>/best/<study>``), else its best sweep's best trial.
 
@@ -72,8 +74,7 @@ def model_path(store: Store, study: str, trial: str | None = None, sweep_id: str
     root = store.path(artefacts.MODELS_DIR, study)
     if trial is not None:
         check_name(trial, "--trial")
-        sweeps = [check_name(sweep_id, "--sweep")] if sweep_id else (
-            sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else [])
+        sweeps = [check_name(sweep_id, "--sweep")] if sweep_id else sorted(fs.subdirectories(root))
         for s in reversed(sweeps):
             path = root / s / trial
             if (path / artefacts.MODEL_FILE).exists():
@@ -98,11 +99,27 @@ def model_path(store: Store, study: str, trial: str | None = None, sweep_id: str
 # -- export --------------------------------------------------------------------------------------
 
 
-def export(store: Store, study: str, out: Path, *, trial: str | None = None, sweep_id: str | None = None,
-           ensemble: int | None = None, trust_code: bool = False) -> tuple[Path, dict[str, Any]]:
+def out_path(out: str | os.PathLike[str] | AnyPath) -> AnyPath:
+    """``--out``: a local path, or a place in object storage (``s3://bucket/key``, also as the
+    command line's path type leaves it: ``s3:/bucket/key``)."""
+    if isinstance(out, ObjectPath):
+        return out
+    if isinstance(out, str) and fs.is_uri(out):
+        return fs.as_path(out)
+    path = Path(out)
+    head = path.parts[0].lower() if path.parts else ""
+    if head.endswith(":") and head[:-1] in fs.SCHEMES and len(path.parts) > 1:
+        return fs.as_path(f"{head}//" + "/".join(path.parts[1:]))
+    return path
+
+
+def export(store: Store, study: str, out: str | AnyPath, *, trial: str | None = None, sweep_id: str | None = None,
+           ensemble: int | None = None, trust_code: bool = False) -> tuple[AnyPath, dict[str, Any]]:
     """Copy a model artefact to ``out`` and add its network as TorchScript (and ONNX), checked.
 
     Returns ``out`` and what was exported (format -> file and largest output difference, or why not).
+    An artefact in object storage is downloaded once, to a temporary directory; ``out`` may be
+    in object storage too.
     """
     if ensemble is not None:
         if trial is not None:
@@ -113,14 +130,16 @@ def export(store: Store, study: str, out: Path, *, trial: str | None = None, swe
         source = artefacts.ensemble(cfg, store, str(row["sweep_id"]), ensemble, trust_code=trust_code)
     else:
         source = model_path(store, study, trial, sweep_id)
-    model = artefacts.load_model(source, trust_code=trust_code)
+    target = out_path(out)
     exports: dict[str, Any] = {}
+    with artefacts.fetched(source, everything=True) as art:
+        model = artefacts.load_fetched(art, trust_code=trust_code)
 
-    def add(directory: Path) -> None:
-        exports.update(compiled(model, directory))
-        (directory / EXPORTS_FILE).write_text(json.dumps(exports, indent=1))
+        def add(directory: Path) -> None:
+            exports.update(compiled(model, directory))
+            (directory / EXPORTS_FILE).write_text(json.dumps(exports, indent=1))
 
-    return artefacts.copy(source, Path(out), extra=add), exports
+        return artefacts.copy(art.directory, target, extra=add), exports
 
 
 def _example(model: artefacts.Model, n: int) -> Any:
@@ -206,8 +225,8 @@ def read_input(path: Path) -> pd.DataFrame:
     return frame
 
 
-def predict(store: Store, study: str, data: Path, out: Path, *, trial: str | None = None,
-            trust_code: bool = False) -> tuple[Path, int, dict[str, int]]:
+def predict(store: Store, study: str, data: Path, out: str | AnyPath, *, trial: str | None = None,
+            trust_code: bool = False) -> tuple[AnyPath, int, dict[str, int]]:
     """Predict every row of ``data`` (CSV or Parquet) with the study's model (or ``trial``'s) and
     write ``out`` (Parquet, atomically): the input's columns, then ``prediction`` (and
     ``proba_<class>``). Returns (out, rows, unseen categories per column).
@@ -232,7 +251,10 @@ def predict(store: Store, study: str, data: Path, out: Path, *, trial: str | Non
     table = pd.concat([frame.reset_index(drop=True), result.reset_index(drop=True)], axis=1)
     if str(out).endswith(".csv"):
         raise UserError(f"--out: {out}: predictions are written as Parquet (name it .parquet)")
-    out = Path(out)
+    out = out_path(out)
+    if isinstance(out, ObjectPath):  # one upload: the object appears whole or not at all
+        fs.write_atomic(out, lambda f: table.to_parquet(f, index=False))
+        return out, len(table), unseen
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
@@ -263,7 +285,8 @@ def merged(data: Dataset) -> Dataset:
     return replace(data, sets=sets, y_train=np.concatenate([data.y_train, y_val.astype(data.y_train.dtype)]))
 
 
-def fit(store: Store, study: str, *, sweep_id: str | None = None, echo: Any = print) -> tuple[Path, dict[str, Any]]:
+def fit(store: Store, study: str, *, sweep_id: str | None = None,
+        echo: Any = print) -> tuple[AnyPath, dict[str, Any]]:
     """Re-train the study's best config on its training and validation rows, for as many epochs as
     its best trial needed to reach its best (each epoch now sees the larger set, so the optimizer
     takes (train + val) / train times the steps), and make it the study's model.
