@@ -220,8 +220,8 @@ def to_yaml(cfg: SweepConfig) -> str:
 
 
 def uses_project_code(cfg: SweepConfig) -> bool:
-    """Whether the config names code by import path (a model or data factory, a trainable)."""
-    return bool(cfg.model.get("factory") or cfg.data.factory or cfg.trainable)
+    """Whether the config names code by import path (a model or data factory, a trainable, callbacks)."""
+    return bool(cfg.model.get("factory") or cfg.data.factory or cfg.trainable or cfg.callbacks)
 
 
 def from_yaml(text: str) -> SweepConfig:
@@ -479,3 +479,4 @@ def validate(cfg: SweepConfig) -> None:
     check_range("retune.drift_tolerance", cfg.retune.drift_tolerance, 0)
     check_range("retune.num_samples", cfg.retune.num_samples, 1, allow_none=True)
     check_range("retune.top_k", cfg.retune.top_k, 1)
+    schema.check_tracking(cfg)  # its trackers' packages are installed; its callbacks import

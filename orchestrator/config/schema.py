@@ -234,6 +234,28 @@ class RetuneConfig:
 
 
 @dataclass
+class MlflowConfig:
+    # MLflow's tracking URI (a server, a database, a path); None: a SQLite database in <store>/mlruns/
+    # (artefacts beside it) when the store is local, else MLflow's own default.
+    uri: str | None = None
+    experiment: str | None = None  # None: the study name
+
+
+@dataclass
+class TensorboardConfig:
+    # Each trial's event files go to <dir>/<study>/<sweep_id>/<trial_id>/; None: <store>/tensorboard.
+    dir: str | None = None
+
+
+@dataclass
+class TrackingConfig:
+    # Each: true (its defaults), a mapping of its keys (MlflowConfig, TensorboardConfig), or
+    # false/null (off). Written by the driver as the sweep runs (orchestrator/tune/tracking.py).
+    mlflow: Any = None
+    tensorboard: Any = None
+
+
+@dataclass
 class SweepConfig:
     study: str = "???"
     base: Any = None  # a path (or list of paths) of configs this one extends
@@ -261,6 +283,10 @@ class SweepConfig:
     failure: FailureConfig = field(default_factory=FailureConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     retune: RetuneConfig = field(default_factory=RetuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # The user's own Ray Tune callbacks: "package.module:Class" (a ray.tune.Callback subclass),
+    # each instantiated with no arguments and run in the driver after orch's own.
+    callbacks: list[str] = field(default_factory=list)
 
     # Filled by load(), not by the user.
     source_file: str | None = None
@@ -392,3 +418,108 @@ def hyperparameter_types(cfg: SweepConfig) -> dict[str, pa.DataType]:
     types = {f"config.{n}": arrow_type(h.annotation, h.declared)
              for n, h in hyperparameters(cfg).items()}
     return {k: v for k, v in types.items() if v is not None}
+
+
+# -- experiment tracking and the user's callbacks ------------------------------------------------
+
+# tracking.<name>: its settings class, the package it needs, and the extra that installs it.
+TRACKERS: dict[str, tuple[type, str, str]] = {
+    "mlflow": (MlflowConfig, "mlflow", "mlflow"),
+    "tensorboard": (TensorboardConfig, "tensorboard", "tensorboard"),
+}
+
+
+def tracker(cfg: SweepConfig, name: str) -> Any:
+    """``tracking.<name>`` as its settings (an :class:`MlflowConfig` or a :class:`TensorboardConfig`),
+    or None when it is off.
+
+    Raises:
+        ConfigError: naming the key: not true/false/null or a mapping, an unknown key, a value
+            that is not a non-empty string.
+    """
+    from collections.abc import Mapping
+
+    from orchestrator.config.checks import did_you_mean, fail
+
+    cls = TRACKERS[name][0]
+    key = f"tracking.{name}"
+    value = getattr(cfg.tracking, name)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    if value is None or value is False:
+        return None
+    if value is True:
+        return cls()
+    if not isinstance(value, Mapping):
+        fail(key, f"true, false, or a mapping of {', '.join(valid)}", value)
+    for k, v in value.items():
+        if k not in valid:
+            fail(f"{key}.{k}", f"unknown key{did_you_mean(str(k), valid)}; valid: {', '.join(valid)}", k)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            fail(f"{key}.{k}", "a non-empty string (or null for the default)", v)
+    return cls(**{str(k): v for k, v in value.items()})
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # (a module set to None, or one without a spec)
+        return False
+
+
+def check_tracking(cfg: SweepConfig) -> None:
+    """The ``tracking`` section and the ``callbacks`` list, before anything runs: each tracker's
+    keys and its package (an extra of orch's), and each callback's import path, class and
+    constructor.
+
+    Raises:
+        ConfigError: naming the key (``tracking.mlflow``, ``callbacks[1]``, ...).
+    """
+    from orchestrator.errors import ConfigError
+
+    if not isinstance(cfg.tracking, TrackingConfig):
+        from orchestrator.config.checks import fail
+
+        fail("tracking", "a mapping of mlflow and tensorboard", cfg.tracking)
+    for name, (_, package, extra) in TRACKERS.items():
+        if tracker(cfg, name) is not None and not _installed(package):
+            raise ConfigError(f"tracking.{name}: the {package} package is not installed; "
+                              f"pip install 'orch[{extra}]'")
+    callback_classes(cfg)
+
+
+def callback_classes(cfg: SweepConfig) -> list[type]:
+    """The classes ``callbacks`` names, in order: each a ``ray.tune.Callback`` subclass that takes
+    no arguments.
+
+    Raises:
+        ConfigError: naming ``callbacks[i]`` and its value: an import path that does not import,
+            something that is not such a class.
+    """
+    import inspect
+    import sys
+
+    from orchestrator.config.checks import fail
+    from orchestrator.config.imports import import_object
+
+    if not isinstance(cfg.callbacks, (list, tuple)):
+        fail("callbacks", "a list of import paths 'package.module:Class'", cfg.callbacks)
+    classes = []
+    for i, spec in enumerate(cfg.callbacks):
+        key = f"callbacks[{i}]"
+        value = import_object(spec, key)
+        # A subclass of Ray Tune's Callback was defined by a module that imported Ray Tune: when
+        # none did, it cannot be one (and checking costs no import of Ray).
+        tune_callback = getattr(sys.modules.get("ray.tune.callback"), "Callback", None)
+        if not (isinstance(value, type) and tune_callback is not None and issubclass(value, tune_callback)):
+            what = f"the class {value.__name__}" if isinstance(value, type) else f"a {type(value).__name__}"
+            fail(key, f"is {what}, not a subclass of ray.tune.Callback", spec)
+        try:
+            inspect.signature(value).bind()
+        except TypeError:
+            fail(key, f"{value.__name__} must take no arguments (orch calls {value.__name__}())", spec)
+        except ValueError:
+            pass  # (no signature to read: it is called as it is)
+        classes.append(value)
+    return classes

@@ -26,7 +26,9 @@ from orchestrator.config import load as config_mod
 from orchestrator.config.schema import SweepConfig
 from orchestrator.errors import SweepFailed, UserError
 from orchestrator.phases import mark
+from orchestrator.store import fs
 from orchestrator.store import trials as trial_rules
+from orchestrator.store.fs import AnyPath
 from orchestrator.store.tables import Store, new_sweep_id, store_root
 from orchestrator.store.trials import TrialStatus
 from orchestrator.train import data as data_mod
@@ -68,7 +70,7 @@ class SweepResult:
     reference: float | None = None  # the value it had to beat
     report: Path | None = None  # the report's page, when finish wrote one
     report_warning: str | None = None  # why there is no report, when writing it failed
-    models: list[Path] = field(default_factory=list)  # the kept trials' model artefacts, best first
+    models: list[AnyPath] = field(default_factory=list)  # the kept trials' model artefacts, best first
     models_warning: str | None = None  # why no model was kept, when writing them failed
 
 
@@ -339,6 +341,10 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
     from orchestrator.config.imports import project_on_path
 
     project_on_path(cfg.project)  # the code the config names (Ray's local workers inherit sys.path)
+    if resume:
+        from orchestrator.config.schema import check_tracking
+
+        check_tracking(cfg)  # the saved config's trackers and callbacks (a new one's were checked as it loaded)
     from orchestrator.tune import connect
     from orchestrator.tune import warm as warm_ray
 
@@ -400,6 +406,9 @@ def run(cfg: SweepConfig, *, store: Store | None = None, address: str | None = N
         mark("models")
         finish(cfg, store, result, dataset.fingerprint, started_at, reason=reason,
                parent_sweep_id=parent_sweep_id, reference=reference, report=report, summary=summary)
+        from orchestrator.tune import tracking
+
+        tracking.after_sweep(cfg, store.root, result, echo)  # the best and its model on the MLflow run
     return result
 
 
@@ -443,12 +452,24 @@ def _trainable(cfg: SweepConfig, sweep_id: str, base: Callable[..., Any], per_tr
     return OrchTrial
 
 
+def _tune_path(path: Any) -> str:
+    """Where Tune keeps a sweep's state, as its ``storage_path`` takes it: an absolute local path
+    (a relative one is no URI to pyarrow), or the bucket and key of the store's filesystem."""
+    return path.fs_path if fs.is_remote(path) else str(path.resolve())
+
+
+def _tune_fs(path: Any) -> Any:
+    """The store's own pyarrow filesystem for a store in object storage (its options: one request
+    per small object), else None (Tune's local one)."""
+    return path.fs if fs.is_remote(path) else None
+
+
 def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, verbose: bool,
                progress_interval_s: float | None, joined: bool = False,
                dashboard: str | None = None) -> SweepResult:
     from ray import tune
 
-    from orchestrator.tune import ray_adapter, state_guard
+    from orchestrator.tune import ray_adapter, state_guard, tracking
     from orchestrator.tune.callbacks import Progress, StoreWriter, SweepStatus
     from orchestrator.tune.connect import current_job
 
@@ -483,12 +504,16 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
     status = SweepStatus(cfg.study, sweep_id, n_trials, cfg.objective.metric, cfg.objective.mode,
                          str(exp_dir / STATUS_FILE), info={"store": str(store.root.resolve()), "dashboard": dashboard,
                                                            "cluster": joined, "job": current_job()})
+    # Trackers read each result's epochs before the store writer takes them out; the user's own come last.
+    callbacks = [*tracking.trackers(cfg, store.root, sweep_id, space.searched), writer, progress, status,
+                 *tracking.user_callbacks(cfg)]
     # Restoring unpickles Tune's files of the store: only those this machine's key signed (see
     # orchestrator/tune/state_guard.py), checked before Tune reads any and again as it reads them.
     if resuming and ray_adapter.restorable(exp_dir):
         _check_tune_state(store, sweep_id, key)
         try:
-            tuner = tune.Tuner.restore(str(exp_dir.resolve()), trainable, resume_unfinished=True,
+            tuner = tune.Tuner.restore(_tune_path(exp_dir), trainable, storage_filesystem=_tune_fs(exp_dir),
+                                       resume_unfinished=True,
                                        resume_errored=True)  # (a relative path is no URI to pyarrow)
         except (ModuleNotFoundError, AttributeError) as err:
             # Tune's state names orch's classes by module path: those of an older orch are gone.
@@ -498,7 +523,7 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
                             f"cannot be resumed by this one ({err}); start a new sweep") from None
         # The restored callbacks, scheduler and searcher hold the paths of when the sweep
         # started: the store may have moved since.
-        search_alg = ray_adapter.rebind_restored(tuner, callbacks=[writer, progress, status],
+        search_alg = ray_adapter.rebind_restored(tuner, callbacks=callbacks,
                                                  scheduler=plan.scheduler.scheduler)
         searchers.relocate(search_alg, exp_dir)
     else:
@@ -519,9 +544,10 @@ def _run_tuner(plan: SweepPlan, store: Store, sweep_id: str, resuming: bool, ver
             ),
             run_config=tune.RunConfig(
                 name=sweep_id,
-                storage_path=str(ray_dir.resolve()),
+                storage_path=_tune_path(ray_dir),
+                storage_filesystem=_tune_fs(ray_dir),
                 verbose=0 if not verbose else 1,
-                callbacks=[writer, progress, status],
+                callbacks=callbacks,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=cfg.failure.max_retries),
                 log_to_file=not verbose,
