@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UserError
+from orchestrator.store.fs import AnyPath
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,7 +49,7 @@ class Sweep:
     best_config: dict[str, Any]  # the best trial's hyperparameters
     best_trial: pd.Series | None  # the best trial's row of ``trials``
     trials: pd.DataFrame  # one row per trial of this sweep (orch.results(store, study, sweep_id))
-    report: Path | None = None  # the report's page, with sweep(..., report=True)
+    report: AnyPath | None = None  # the report's page, with sweep(..., report=True)
     details: SweepResult | None = field(default=None, repr=False)  # everything the driver returned
 
     def __repr__(self) -> str:

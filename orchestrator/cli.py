@@ -22,13 +22,25 @@ if TYPE_CHECKING:
 
 NO_REPORT = click.option("--no-report", is_flag=True, default=lambda: os.environ.get("ORCH_NO_REPORT") == "1",
                          help="Do not write the report (orch report) after a sweep. Default from $ORCH_NO_REPORT=1.")
-STORE_HELP = "Results store directory (default: the config's store.path, else $ORCH_STORE, else results/)."
+STORE_HELP = ("Results store: a directory, or s3://bucket/prefix (default: the config's store.path, "
+              "else $ORCH_STORE, else results/).")
 
 
 def _store_root(store: str | None) -> Path:
+    """``--store`` (else $ORCH_STORE, else results/) as a path: a local Path, or an ObjectPath. A
+    store in object storage is asked once here, so that an endpoint that does not answer or
+    refused credentials are one line (exit 2) before the command does anything."""
+    from orchestrator.errors import StoreError
+    from orchestrator.store import fs
     from orchestrator.store.tables import store_root
 
-    return store_root(None, store)
+    root = store_root(None, store)
+    if fs.is_remote(root):
+        try:
+            fs.names(root)
+        except StoreError as err:
+            raise UserError(f"store: {err} (--store or $ORCH_STORE)") from None
+    return root  # type: ignore[return-value]
 
 
 class OrchGroup(click.Group):
@@ -410,13 +422,16 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
         raise UserError(f"{scheduling[0]} and {scheduling[1]} do not go together")
     if not studies and not all_studies and not uninstall_cron:
         raise UserError("name the studies to re-tune, or give --all")
-    argv = [*studies, *overrides, *(["--all"] if all_studies else []), "--store", str(root),
+    remote = not isinstance(root, Path)  # a store in object storage: its URI, endpoint options and all
+    argv = [*studies, *overrides, *(["--all"] if all_studies else []),
+            "--store", root.uri if remote else str(root),  # type: ignore[attr-defined]
             *(["--dry-run"] if dry_run else []), *(["--no-drift"] if no_drift else []),
             *(["--address", address] if address else [])]
     expr = install_cron or print_cron
     if expr:
-        root.mkdir(parents=True, exist_ok=True)
-        line = cron.cron_line(expr, workdir=Path.cwd(), argv=argv, log_file=root / "retune.log",
+        log_file = cron.log_path(root)  # <store>/retune.log; in object storage, a local file
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        line = cron.cron_line(expr, workdir=Path.cwd(), argv=argv, log_file=log_file,
                                   env=dict(os.environ), store_root=root,
                                   option="--print-cron" if print_cron else "--install-cron")
         if print_cron:
@@ -424,6 +439,10 @@ def retune(studies: tuple[str, ...], store: str | None, all_studies: bool, dry_r
             return
         cron.install_cron(line, cron.marker(root))
         click.echo(f"installed in the crontab:\n{line}")
+        secrets = [n for n in cron.CLOUD_SECRET_NAMES if os.environ.get(n)]
+        if remote and secrets:
+            click.echo(f"orch: warning: the line does not carry {', '.join(secrets)}: cron's runs read the store's "
+                       "credentials from ~/.aws (or the machine's role)", err=True)
         if not cron.cron_running():
             click.echo("orch: warning: no cron daemon is running on this machine; the line runs once one is", err=True)
         return
@@ -547,7 +566,7 @@ def lr_find(config: Path, overrides: tuple[str, ...], out: Path | None, write: P
 
 @main.group(name="store")
 def store_group() -> None:
-    """Maintain the results store: merge small files, check every file."""
+    """Maintain the results store: merge small files, check every file, migrate older files."""
 
 
 @store_group.command()
@@ -582,6 +601,24 @@ def verify(store: str | None) -> None:
     report = maintenance.verify(_store_root(store), echo=lambda m: click.echo(f"orch: {m}", err=True))
     click.echo(report.text(), nl=False)
     if report.unreadable:
+        sys.exit(1)
+
+
+@store_group.command()
+@click.option("--store", default=None, help=STORE_HELP)
+@click.option("--dry-run", is_flag=True, help="Say which partitions hold files of the previous layout; change nothing.")
+def migrate(store: str | None, dry_run: bool) -> None:
+    """Rewrite files written by an older orch into the stable layout (the same columns in every file).
+
+    Every row and value is kept (checked before an old file is removed); each table and study is
+    replaced at once, as orch store compact does. Run again, it does nothing. Exits 1 when a
+    partition could not be migrated (it is left as it was).
+    """
+    from orchestrator.store import migrate as migration
+
+    report = migration.migrate(_store_root(store), dry_run=dry_run)
+    click.echo(report.text(), nl=False)
+    if report.errors:
         sys.exit(1)
 
 

@@ -9,10 +9,9 @@ a store: it must resolve (symbolic links followed) to a place below the store's 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from orchestrator.errors import StoreError, UserError
 
@@ -41,7 +40,7 @@ def check_name(value: object, key: str, error: type[UserError] = UserError) -> s
     return value
 
 
-def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+def inside(root: Any, path: Any) -> Any:
     """``path``, once checked to resolve to a place inside ``root`` (raises StoreError otherwise).
 
     Symbolic links are followed, so a link planted in the store cannot send a write elsewhere. In
@@ -49,9 +48,9 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     store's prefix.
     """
     if hasattr(root, "is_relative_to") and not isinstance(root, Path):  # an ObjectPath
-        if not (hasattr(path, "bucket") and path.is_relative_to(root)):  # type: ignore[attr-defined]
+        if not (hasattr(path, "bucket") and path.is_relative_to(root)):
             raise StoreError(f"refusing to write {path}: it is outside the store {root}")
-        return path  # type: ignore[return-value]
+        return path
     base = Path(root).resolve()
     target = Path(path).resolve()
     if target != base and base not in target.parents:

@@ -137,10 +137,14 @@ def imported_modules(stderr: str) -> set[str]:
 
 
 def store_rows(store: Path, table: str) -> pd.DataFrame:
-    """A table exactly as its files hold it (no de-duplication), plus the study partition."""
+    """A table's rows exactly as its files hold them (no de-duplication), with the stable layout's
+    maps expanded to their columns (``config.<knob>``, a training loop's own metrics), plus the
+    study partition."""
+    from orchestrator.store import layout
+
     frames = []
     for f in sorted((store / table).glob("study=*/*.parquet")):
-        df = pq.read_table(f).to_pandas()
+        df = layout.from_stable(table, pq.read_table(f)).to_pandas()
         df["study"] = f.parent.name.split("=", 1)[1]
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -14,14 +14,13 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from orchestrator.space import space as spaces
 from orchestrator.train import lrfind
 from orchestrator.tune import plan
-from tests.conftest import CONFIG, ROOT, SMALL, cli, imported_modules, orch
+from tests.conftest import CONFIG, ROOT, SMALL, cli, imported_modules, orch, store_rows
 
 SPACE = ROOT / "search_spaces" / "mlp_adam.yaml"
 SUGGESTED = re.compile(r"^Suggested lr range: loguniform \[(\S+), (\S+)\]$", re.M)
@@ -248,7 +247,7 @@ def test_on_digits_the_suggestion_brackets_the_sweeps_best_learning_rates(tmp_pa
     low, high = suggested(p.stdout)
     s = orch("sweep", CONFIG, "ray.num_cpus=2", "search.num_samples=80", "--store", store, timeout=600)
     assert s.returncode == 0, s.stderr
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     trials = trials[~trials["collapsed"].astype(bool) & (trials["status"] != "diverged")]
     best = trials.sort_values("best_val_loss").head(5)["config.lr"]
     assert ((best >= low) & (best <= high)).all(), (low, high, sorted(best))

@@ -16,7 +16,7 @@ from orchestrator.space import space as spaces
 from orchestrator.store.tables import Store
 from orchestrator.tune import plan
 from orchestrator.tune.pbt import mutable_knobs, perturb
-from tests.conftest import ROOT, SMALL, orch
+from tests.conftest import ROOT, SMALL, orch, store_rows
 
 PBT = ROOT / "conf" / "tabular_pbt.yaml"
 # Iris, 4 trials, 8 epochs, an exploit step every 2 epochs.
@@ -89,7 +89,7 @@ def test_pbt_sweep_babysits_a_small_population(pbt_sweep) -> None:
     store, out = pbt_sweep
     assert "Babysitting a population of 4 with pbt" in out
     assert "hidden, layers fixed per trial" in out
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     assert len(trials) == 4 and set(trials["status"]) == {"completed"}
     assert (trials["epochs"] == 8).all()
 
@@ -125,7 +125,7 @@ def test_an_exploited_trial_resumes_from_the_donors_weights_with_the_new_lr(pbt_
         perturbed += lr_changed
         # Width and depth came with the weights, unperturbed: the donor's.
         donor_cfgs = [json.loads(c) for c in exploits[exploits["trial_id"] == e["donor_trial_id"]]["new_config"]]
-        trials = pd.read_parquet(store / "trials").set_index("trial_id")
+        trials = store_rows(store, "trials").set_index("trial_id")
         donor_shapes = {(c["hidden"], c["layers"]) for c in donor_cfgs}
         donor_shapes.add((int(trials.loc[e["donor_trial_id"], "config.hidden"]),
                           int(trials.loc[e["donor_trial_id"], "config.layers"])))
@@ -135,7 +135,7 @@ def test_an_exploited_trial_resumes_from_the_donors_weights_with_the_new_lr(pbt_
 
 def test_schedule_reads_back_in_results_and_best(pbt_sweep) -> None:
     store, _ = pbt_sweep
-    exploits = pd.read_parquet(store / "exploits")
+    exploits = store_rows(store, "exploits")
     trial = exploits.sort_values("generation").iloc[-1]["trial_id"]
     r = orch("results", "--store", store, "--schedule", trial)
     assert r.returncode == 0, r.stderr
@@ -172,9 +172,9 @@ def test_retention_that_would_delete_an_exploited_checkpoint_is_harmless(tmp_pat
     store = tmp_path / "store"
     p = _retention_sweep(store)
     assert p.returncode == 0, p.stderr
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     assert len(trials) == 6 and set(trials["status"]) == {"completed"}, trials[["status", "stop_reason"]]
-    assert len(pd.read_parquet(store / "exploits")) >= 3
+    assert len(store_rows(store, "exploits")) >= 3
     assert not list((store / "_ray").glob("*/pbt/*"))  # the copies are removed at the end
 
 
@@ -184,7 +184,7 @@ def test_without_the_copies_the_same_sweep_loses_checkpoints(tmp_path: Path) -> 
     behaviour) under the same retention fails trials with a missing checkpoint."""
     store = tmp_path / "store"
     p = _retention_sweep(store, env={"ORCH_PBT_SHARE_CHECKPOINTS": "1"})
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     errors = trials[trials["status"] == "error"]
     assert len(errors) >= 1, trials[["status", "stop_reason"]]
     assert errors["stop_reason"].str.contains("does not exist on storage").any()
@@ -197,11 +197,11 @@ def test_pb2_runs_with_a_small_population(tmp_path: Path) -> None:
     p = orch("sweep", PBT, *SMALL_PBT, "scheduler.name=pb2", "--store", store)
     assert p.returncode == 0, p.stderr
     assert "Babysitting a population of 4 with pb2" in p.stdout
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     # PB2's proposals are its own (a GP's upper confidence bound, not seeded): one at the edge of the
     # space (lr 0.1 with beta1 0.999) can diverge, as it should; no trial may fail.
     assert set(trials["status"]) <= {"completed", "diverged"} and (trials["status"] == "completed").any(), trials
-    e = pd.read_parquet(store / "exploits") if (store / "exploits").exists() else pd.DataFrame()
+    e = store_rows(store, "exploits") if (store / "exploits").exists() else pd.DataFrame()
     for _, row in e.iterrows():  # PB2 proposes inside each knob's range
         new = json.loads(row["new_config"])
         assert 1e-4 <= new["lr"] <= 1e-1 and 0 <= new["dropout"] <= 0.5

@@ -16,7 +16,7 @@ import pytest
 from orchestrator.report import page as report_mod
 from orchestrator.space import space as spaces
 from orchestrator.tune import plan
-from tests.conftest import CONFIG, orch
+from tests.conftest import CONFIG, orch, store_rows
 
 STUDY = "test-report"
 SMALL = [f"study={STUDY}", "ray.num_cpus=2"]
@@ -101,7 +101,7 @@ def test_sweep_writes_its_report_and_the_page_holds_every_plot(swept) -> None:
     shares = [float(r[2].rstrip("%")) for r in rows.values()]
     assert abs(sum(shares) - 100) < 1 and sorted(int(r[3]) for r in rows.values()) == list(range(1, len(KNOBS) + 1))
     # The summary counts the trials the store holds, by status.
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     trials = trials[trials["sweep_id"] == sweep_id]
     status = next(t for t in page.tables if t and t[0] == ["status", "trials"])
     counted = {r[0]: int(r[1]) for r in status[1:]}
@@ -109,13 +109,13 @@ def test_sweep_writes_its_report_and_the_page_holds_every_plot(swept) -> None:
     assert counted["stopped early"] == (trials["status"] == "stopped_early").sum()
     assert "saved by early stopping" in text
     # The study's history names both sweeps.
-    assert text.count(sweep_id) >= 2 and len({s for s in pd.read_parquet(store / "sweeps")["sweep_id"]}) == 2
+    assert text.count(sweep_id) >= 2 and len({s for s in store_rows(store, "sweeps")["sweep_id"]}) == 2
 
 
 @pytest.mark.slow
 def test_report_command_for_an_older_sweep_and_its_errors(swept, tmp_path: Path) -> None:
     store, sweep_id, _ = swept
-    first = sorted(set(pd.read_parquet(store / "sweeps")["sweep_id"]) - {sweep_id})[0]
+    first = sorted(set(store_rows(store, "sweeps")["sweep_id"]) - {sweep_id})[0]
     res = orch("report", STUDY, "--store", store, "--sweep", first, "--out", tmp_path / "r")
     assert res.returncode == 0, res.stderr
     assert f"Report of sweep {first} of {STUDY}: {tmp_path / 'r' / 'report.html'}" in res.stdout

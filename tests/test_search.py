@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import CONFIG, SMALL, orch
+from tests.conftest import CONFIG, SMALL, orch, store_rows
 
 
 @pytest.mark.slow
@@ -18,9 +18,9 @@ def test_two_stages_land_in_the_store_and_in_orch_results(store: Path) -> None:
     assert "Stage 1 of 2: 5 trials, full space: lr 0.0001..0.1 (log)" in p.stdout
     assert "Stage 2 of 2: 5 trials, zoomed on the top 3 trials: lr " in p.stdout
 
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     assert sorted(trials["stage"].value_counts().items()) == [(1, 5), (2, 5)]
-    sweep = pd.read_parquet(store / "sweeps").iloc[0]
+    sweep = store_rows(store, "sweeps").iloc[0]
     stages = json.loads(sweep["stages"])
     assert [s["stage"] for s in stages] == [1, 2]
     full, zoomed = stages[0]["ranges"], stages[1]["ranges"]
@@ -46,7 +46,7 @@ def test_tpe_with_conditional_knobs(store: Path) -> None:
              "search.points_to_evaluate=[{optimizer: sgd, momentum: 0.9, lr: 0.05}]", "--store", store)
     assert p.returncode == 0, p.stderr
     assert "8 trials (tpe search)" in p.stdout
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     assert len(trials) == 8
     first = trials[(trials["config.optimizer"] == "sgd") & (trials["config.lr"] == 0.05)]
     assert len(first) == 1 and first["config.momentum"].iloc[0] == 0.9
@@ -54,4 +54,4 @@ def test_tpe_with_conditional_knobs(store: Path) -> None:
         assert pd.notna(t["config.momentum"]) == (t["config.optimizer"] == "sgd")
         assert pd.notna(t["config.beta1"]) == (t["config.optimizer"] in ("adam", "adamw"))
         assert t["config.batch_size"] in (16, 32, 64, 128, 256)
-    assert pd.read_parquet(store / "sweeps")["searcher"].tolist() == ["tpe"]
+    assert store_rows(store, "sweeps")["searcher"].tolist() == ["tpe"]

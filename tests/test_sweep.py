@@ -41,7 +41,7 @@ def test_mini_sweep_end_to_end(store: Path) -> None:
     # Ray's own tables stay out of the way.
     assert "View detailed results" not in out and "Configuration for experiment" not in out
 
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     assert len(trials) == 5 and trials["trial_id"].is_unique
     assert set(trials["study"].astype(str)) == {"test-iris"}
     assert {"config.lr", "config.batch_size", "config.hidden", "final_val_loss", "best_val_accuracy",
@@ -53,13 +53,13 @@ def test_mini_sweep_end_to_end(store: Path) -> None:
     sane = trials[trials["status"] != "diverged"]
     assert sane["best_val_accuracy"].max() > 0.5  # iris: a real model was trained
 
-    metrics = pd.read_parquet(store / "metrics")
+    metrics = store_rows(store, "metrics")
     assert not metrics.duplicated(["trial_id", "epoch"]).any()
     completed = trials[trials["status"] == "completed"]
     for _, t in completed.iterrows():  # every epoch of a completed trial is in the metrics table
         assert sorted(metrics[metrics["trial_id"] == t["trial_id"]]["epoch"]) == list(range(1, 5))
 
-    sweeps = pd.read_parquet(store / "sweeps")
+    sweeps = store_rows(store, "sweeps")
     assert len(sweeps) == 1
     s = sweeps.iloc[0]
     assert s["best_trial_id"] in set(sane["trial_id"])
@@ -173,16 +173,16 @@ def test_collapsed_trials_are_flagged_and_never_best(store: Path) -> None:
     p = orch("sweep", CONFIG, *SMALL, "scheduler.name=fifo", "search.num_samples=3", space,
              "search.points_to_evaluate=[{bias_init: -10.0}, {bias_init: 0.0}]", "--store", store)
     assert p.returncode == 0, p.stderr
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     dead = trials[trials["config.bias_init"] == -10.0]
     assert len(dead) >= 1 and dead["collapsed"].all()
     assert (dead["test_top_class_share"] == 1.0).all()
     assert not trials[trials["config.bias_init"] == 0.0]["collapsed"].any()
-    sweeps = pd.read_parquet(store / "sweeps")
+    sweeps = store_rows(store, "sweeps")
     best = trials[trials["trial_id"] == sweeps["best_trial_id"].iloc[0]]
     assert not best["collapsed"].iloc[0]
     assert f"{len(dead)} trial{'s' if len(dead) != 1 else ''} collapsed to a constant output" in p.stdout
-    metrics = pd.read_parquet(store / "metrics")
+    metrics = store_rows(store, "metrics")
     per_epoch = metrics[metrics["trial_id"].isin(dead["trial_id"])]
     assert (per_epoch["val_collapsed"] == 1.0).all() and len(per_epoch) == 4 * len(dead)
 
@@ -194,7 +194,7 @@ def test_a_sweep_of_only_collapsed_trials_reports_no_best(store: Path) -> None:
     assert p.returncode == 1, p.stdout + p.stderr
     assert "No best trial: all 2 trials that finished collapsed to a constant output" in p.stdout
     assert "Best trial" not in p.stdout
-    sweeps = pd.read_parquet(store / "sweeps")
+    sweeps = store_rows(store, "sweeps")
     assert len(sweeps) == 1 and pd.isna(sweeps["best_trial_id"].iloc[0])
     b = orch("best", "test-iris", "--store", store)
     assert b.returncode == 2 and "no sweep produced a usable trial" in b.stderr
@@ -207,7 +207,7 @@ def test_regression_sweep_reports_in_the_target_units(store: Path) -> None:
              "scheduler.grace_period=2", "--store", store)
     assert p.returncode == 0, p.stderr
     assert "Best trial" in p.stdout and "val_rmse" in p.stdout and "val_r2" in p.stdout
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     assert len(trials) == 4 and set(trials["study"].astype(str)) == {"tabular-diabetes"}
     ok = trials[trials["status"] != "diverged"]
     # diabetes: disease progression with a spread of about 77; a trained model's RMSE lies in the
@@ -216,7 +216,7 @@ def test_regression_sweep_reports_in_the_target_units(store: Path) -> None:
     assert ok["best_val_r2"].max() > 0.2
     assert ok["test_rmse"].between(30, 150).all()
     # val_loss is the squared error in units of the target's spread: (rmse / std)^2.
-    metrics = pd.read_parquet(store / "metrics")
+    metrics = store_rows(store, "metrics")
     ratio = metrics["val_loss"] / metrics["val_rmse"] ** 2
     assert ratio.max() / ratio.min() == pytest.approx(1.0, rel=1e-6)
     b = orch("best", "tabular-diabetes", "--store", store)

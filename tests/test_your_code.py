@@ -15,7 +15,6 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -158,11 +157,11 @@ def test_a_sweep_of_the_users_model_data_and_loop_and_every_reader_of_it(project
     p = orch("sweep", "conf/sweep.yaml", cwd=project)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "1797 samples of shape (1, 8, 8) (classification)" in p.stdout
-    trials = pd.read_parquet(store / "trials")
+    trials = store_rows(store, "trials")
     assert len(trials) == 4 and set(trials["status"]) <= {"completed", "stopped_early"}, trials
     assert trials["best_val_accuracy"].max() > 0.5
     assert "test_loss" not in trials or trials["test_loss"].isna().all()  # the loop reports none: none made up
-    metrics = pd.read_parquet(store / "metrics")
+    metrics = store_rows(store, "metrics")
     assert len(metrics) == trials["epochs"].sum()  # every reported epoch, once
     # Readers of the store, from another directory (cron's): the sweep recorded the project.
     elsewhere = project.parent

@@ -13,18 +13,20 @@ study's other sweeps):
 - a summary: best config, its validation and test metrics, trials by status, compute spent and
   compute saved by early stopping.
 
-The page embeds its images (base64) and needs no network.
+The page embeds its images (base64) and needs no network. It is written under the store
+(``<store>/reports/<study>/<sweep_id>/``, in object storage too: each file one upload), or under
+``--out``, a local directory.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,7 +38,9 @@ from orchestrator.errors import UserError
 from orchestrator.names import check_name
 from orchestrator.space import space as spaces
 from orchestrator.space.distributions import Axis
+from orchestrator.store import fs
 from orchestrator.store import trials as trial_rules
+from orchestrator.store.fs import AnyPath, ObjectPath
 from orchestrator.store.tables import Store
 from orchestrator.store.trials import TrialStatus
 
@@ -64,8 +68,8 @@ class Importance:
 class Report:
     study: str
     sweep_id: str
-    html: Path
-    pngs: dict[str, Path] = field(default_factory=dict)
+    html: AnyPath  # a local Path, or an ObjectPath in a store in object storage
+    pngs: dict[str, AnyPath] = field(default_factory=dict)
     importance: list[Importance] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     surrogate_r2: float | None = None
@@ -114,7 +118,7 @@ class _Sweep:
 # -- loading --------------------------------------------------------------------------------------
 
 
-def load(store_root: Path, study: str, sweep_id: str | None = None) -> _Sweep:
+def load(store_root: AnyPath, study: str, sweep_id: str | None = None) -> _Sweep:
     store = Store(store_root)
     if not store.files("sweeps", study):
         studies = sorted(p.name.split("=", 1)[1] for p in store.partitions("sweeps"))
@@ -170,7 +174,7 @@ def rungs(cfg: SweepConfig) -> list[int]:
     return [r for r in asha_rungs(s.max_epochs, grace_period_of(s), s.reduction_factor) if r < s.max_epochs]
 
 
-def plot_curves(sw: _Sweep, path: Path) -> None:
+def plot_curves(sw: _Sweep, path: AnyPath) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 4.8))
     m = sw.metrics
@@ -217,8 +221,18 @@ def plot_curves(sw: _Sweep, path: Path) -> None:
     ax.set_title(f"Learning curves: {len(sw.trials)} trials of sweep {sw.sweep_id}")
     ax.legend(loc="upper right", fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
+
+
+def _save(fig: Any, path: AnyPath) -> None:
+    """Save a figure as PNG: a local file, or one upload to object storage."""
+    if isinstance(path, ObjectPath):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        path.write_bytes(buffer.getvalue())
+    else:
+        fig.savefig(path)
 
 
 def _knob_axis(knob: spaces.Knob, values: pd.Series) -> tuple[np.ndarray, str, bool]:
@@ -228,7 +242,7 @@ def _knob_axis(knob: spaces.Knob, values: pd.Series) -> tuple[np.ndarray, str, b
     return axis.transform(v), axis.label(knob.name), axis.scale == "log"
 
 
-def plot_knobs(sw: _Sweep, path: Path) -> list[str]:
+def plot_knobs(sw: _Sweep, path: AnyPath) -> list[str]:
     """Objective against every searched knob; returns the knobs drawn."""
     plt = _plt()
     knobs = [sw.space.knobs[k] for k in sw.space.searched]
@@ -270,7 +284,7 @@ def plot_knobs(sw: _Sweep, path: Path) -> list[str]:
         axes.flat[0].legend(fontsize=7, frameon=False, loc="best")
     fig.suptitle(f"{sw.objective} against each knob, on the scale it was sampled on")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return [k.name for k in knobs]
 
@@ -314,7 +328,7 @@ def _normalised(knob: spaces.Knob, values: pd.Series) -> np.ndarray:
     return u / max(1, len(knob.values) - 1)
 
 
-def plot_parallel(sw: _Sweep, path: Path) -> int:
+def plot_parallel(sw: _Sweep, path: AnyPath) -> int:
     """Parallel coordinates of the best trials; returns how many are drawn."""
     plt = _plt()
     top = sw.ranked().head(PARALLEL_TOP)
@@ -347,7 +361,7 @@ def plot_parallel(sw: _Sweep, path: Path) -> int:
     ax.set_ylim(-0.08, 1.08)
     ax.set_title(f"The best {len(top)} trials, each knob on its own scale (low at the bottom)")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return len(top)
 
@@ -418,7 +432,7 @@ def tier_suggestions(items: list[Importance], r2: float | None) -> list[str]:
     return out[:MAX_SUGGESTIONS]
 
 
-def plot_importance(items: list[Importance], r2: float | None, path: Path) -> None:
+def plot_importance(items: list[Importance], r2: float | None, path: AnyPath) -> None:
     plt = _plt()
     items = sorted([i for i in items if math.isfinite(i.importance)], key=lambda i: i.importance)
     fig, ax = plt.subplots(figsize=(7, 0.45 * max(3, len(items)) + 1))
@@ -429,11 +443,11 @@ def plot_importance(items: list[Importance], r2: float | None, path: Path) -> No
     fit = f"; surrogate out-of-bag R\u00b2 {r2:.2f}" if r2 is not None else ""
     ax.set_title(f"Hyperparameter importance (tier in brackets){fit}")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
 
 
-def plot_history(sw: _Sweep, path: Path) -> None:
+def plot_history(sw: _Sweep, path: AnyPath) -> None:
     plt = _plt()
     s = sw.sweeps.copy()
     s["t"] = pd.to_datetime(s["started_at"], utc=True)
@@ -454,7 +468,7 @@ def plot_history(sw: _Sweep, path: Path) -> None:
     ax.legend(fontsize=8, frameon=False)
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -490,13 +504,15 @@ def summary(sw: _Sweep) -> dict[str, Any]:
 # -- the page -------------------------------------------------------------------------------------
 
 
-def build(store_root: Path, study: str, sweep_id: str | None = None, out: Path | None = None) -> Report:
+def build(store_root: str | AnyPath, study: str, sweep_id: str | None = None,
+          out: str | AnyPath | None = None) -> Report:
     """Write the report of ``sweep_id`` (default: the study's newest) under ``out``; return it."""
     if sweep_id is not None:
         check_name(sweep_id, "--sweep")
-    sw = load(Path(store_root), study, sweep_id)
+    root = fs.as_path(store_root)
+    sw = load(root, study, sweep_id)
     # The sweep id comes from the store's own rows: checked again before it becomes a path.
-    out = Path(out) if out else Store(store_root).path(REPORT_DIR, check_name(study, "study"),
+    out = fs.as_path(out) if out else Store(root).path(REPORT_DIR, check_name(study, "study"),
                                                         check_name(sw.sweep_id, "sweep id"))
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(study, sw.sweep_id, out / "report.html")
@@ -514,13 +530,17 @@ def build(store_root: Path, study: str, sweep_id: str | None = None, out: Path |
     if len(sw.sweeps) > 1:
         rep.pngs["history"] = out / "study_history.png"
         plot_history(sw, rep.pngs["history"])
+    page = _page(sw, rep, summary(sw))
+    if isinstance(rep.html, ObjectPath):
+        rep.html.write_text(page)  # one upload: whole or not at all
+        return rep
     tmp = rep.html.with_name(f".{rep.html.name}.tmp")
-    tmp.write_text(_page(sw, rep, summary(sw)))
+    tmp.write_text(page)
     tmp.replace(rep.html)
     return rep
 
 
-def _img(path: Path, alt: str) -> str:
+def _img(path: AnyPath, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 

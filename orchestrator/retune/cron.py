@@ -18,7 +18,10 @@ Cron expressions (local time of the machine, as cron itself uses):
 A crontab line (the real ``crontab`` command; ``UserError`` saying to install cron when it is missing):
 
 - ``marker(store_root)``: ``"orch-retune:<id>"``, ``<id>`` a short hash of the absolute store
-  path, so each store has at most one line.
+  path (of the URI, for a store in object storage), so each store has at most one line.
+- ``log_path(store_root)``: where the line appends its output: ``<store>/retune.log``; for a store
+  in object storage (where nothing can be appended to) ``$ORCH_HOME/retune-<id>.log`` on this
+  machine (``~/.orch`` by default).
 - ``cron_line(expr, *, workdir, argv, log_file, env, store_root, command=None, option="--install-cron")``:
   one crontab line
   ``<5 fields> (cd WORKDIR && PATH=... ORCH_...=... RAY_...=... ORCH retune ARGV...) >> LOG 2>&1 # <marker>``
@@ -28,9 +31,12 @@ A crontab line (the real ``crontab`` command; ``UserError`` saying to install cr
   ``--print-cron X``, ``--uninstall-cron``, also as ``--opt=X``) from a list of arguments.
   PATH puts the interpreter's directory (the virtual environment's bin) first, then the user's
   PATH; ``ORCH_*``, ``RAY_*``, ``CUDA_VISIBLE_DEVICES``, ``LANG``, ``LC_ALL`` and ``TZ`` are kept
-  when set in ``env``; nothing else of ``env`` is. Every word is shell-quoted and ``%`` (a
-  newline to cron) is escaped. Standard output and error are appended to ``log_file``, whose
-  directory the caller creates.
+  when set in ``env``; for a store in object storage also where it is and how to reach it
+  (``CLOUD_ENV_NAMES``: ``AWS_PROFILE``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``...,
+  ``GOOGLE_APPLICATION_CREDENTIALS``), but no secret key (``AWS_SECRET_ACCESS_KEY``: cron's runs
+  read credentials from ``~/.aws`` or the machine's role); nothing else of ``env`` is. Every word
+  is shell-quoted and ``%`` (a newline to cron) is escaped. Standard output and error are appended
+  to ``log_file``, whose directory the caller creates.
 - ``install_cron(line, marker) -> bool``: adds the line to the user's crontab, replacing the line
   with the same marker (True when one was replaced); every other line is kept byte for byte.
 - ``uninstall_cron(marker) -> bool``: removes that line (False when there was none).
@@ -57,6 +63,12 @@ One retune at a time per store:
   (``holder(store_root)``: that record, or None). The lock is
   an ``flock``: the system releases it when its holder dies, even by SIGKILL, so a later run takes
   it over and replaces the dead holder's ``.retune.pid``.
+
+  In object storage (``s3://...``) the lock is the object ``<store>/.retune.lock``, created with a
+  conditional write (:func:`orchestrator.store.fs.lock`); it records its holder itself (no
+  ``.retune.pid``). Nothing releases it when its holder dies, so the holder refreshes it every
+  ``HEARTBEAT_S`` seconds (a conditional write again), and a lock not refreshed for
+  ``LOCK_STALE_S`` is taken over.
 """
 
 from __future__ import annotations
@@ -73,16 +85,19 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from orchestrator.errors import UserError
+from orchestrator.errors import OrchError, UserError
+from orchestrator.store import fs
+from orchestrator.store.fs import ObjectPath
 
 LOCK_NAME = ".retune.lock"
 HOLDER_NAME = ".retune.pid"
@@ -107,6 +122,15 @@ _NAMED_FIELD = re.compile(r"^(?:[0-9*,/-]|[A-Za-z]{3})+$")  # month and day-of-w
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CRON_ENV_PREFIXES = ("ORCH_", "RAY_")
 _CRON_ENV_NAMES = ("CUDA_VISIBLE_DEVICES", "LANG", "LC_ALL", "TZ")
+# A store in object storage: where it is and how to reach it; never secret keys.
+CLOUD_ENV_NAMES = ("AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                   "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_EC2_METADATA_DISABLED",
+                   "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
+CLOUD_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# The lock in object storage: refreshed by its holder every HEARTBEAT_S, taken over when older
+# than LOCK_STALE_S (its holder died).
+HEARTBEAT_S = 60.0
+LOCK_STALE_S = 15 * 60.0
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 SLICE_S = 0.25  # the longest single sleep of run_every: how long a stop may wait
 
@@ -189,10 +213,23 @@ def next_times(expr: str, start: datetime, n: int, *, option: str = "--every",
 # --------------------------------------------------------------------------- crontab line
 
 
-def marker(store_root: Path) -> str:
-    """``orch-retune:<id>``: the id is a short hash of the absolute store path."""
-    path = os.path.abspath(os.fspath(store_root))
+def _remote(store_root: object) -> bool:
+    return isinstance(store_root, ObjectPath) or (isinstance(store_root, str) and fs.is_uri(store_root))
+
+
+def marker(store_root: Path | ObjectPath) -> str:
+    """``orch-retune:<id>``: the id is a short hash of the absolute store path (or of its URI)."""
+    path = str(fs.as_path(store_root)) if _remote(store_root) else os.path.abspath(os.fspath(store_root))  # type: ignore[arg-type]
     return MARKER_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:12]
+
+
+def log_path(store_root: Path | ObjectPath) -> Path:
+    """Where a crontab line appends its output: ``<store>/retune.log``; for a store in object
+    storage, ``$ORCH_HOME/retune-<id>.log`` on this machine (``~/.orch`` by default)."""
+    if not _remote(store_root):
+        return Path(store_root) / "retune.log"  # type: ignore[arg-type]
+    home = Path(os.environ.get("ORCH_HOME") or Path.home() / ".orch").expanduser()
+    return home / f"retune-{marker(store_root).removeprefix(MARKER_PREFIX)}.log"
 
 
 def orch_executable() -> str:
@@ -229,7 +266,7 @@ def retune_args(args: Sequence[str], *, options: Sequence[str] = SCHEDULE_OPTION
     return kept
 
 
-def _cron_env(env: Mapping[str, str], command: Sequence[str]) -> list[tuple[str, str]]:
+def _cron_env(env: Mapping[str, str], command: Sequence[str], cloud: bool = False) -> list[tuple[str, str]]:
     bins = [os.path.dirname(os.path.abspath(sys.executable))]  # the virtual environment's bin
     if command and os.path.isabs(command[0]):
         bins.append(os.path.dirname(command[0]))
@@ -241,13 +278,13 @@ def _cron_env(env: Mapping[str, str], command: Sequence[str]) -> list[tuple[str,
     for name in sorted(env):
         if name == "PATH" or not _ENV_NAME.match(name):
             continue
-        if name.startswith(_CRON_ENV_PREFIXES) or name in _CRON_ENV_NAMES:
+        if name.startswith(_CRON_ENV_PREFIXES) or name in _CRON_ENV_NAMES or (cloud and name in CLOUD_ENV_NAMES):
             out.append((name, env[name]))
     return out
 
 
 def cron_line(expr: str, *, workdir: Path, argv: Sequence[str], log_file: Path,
-              env: Mapping[str, str], store_root: Path, command: Sequence[str] | None = None,
+              env: Mapping[str, str], store_root: Path | ObjectPath, command: Sequence[str] | None = None,
               option: str = "--install-cron") -> str:
     """One crontab line running ``orch retune ARGV...`` in ``workdir`` at ``expr``, output appended to
     ``log_file``, marked with ``store_root``'s marker. ``command`` replaces ``[orch, "retune"]``."""
@@ -258,7 +295,7 @@ def cron_line(expr: str, *, workdir: Path, argv: Sequence[str], log_file: Path,
     full = [*(command if command is not None else [orch_executable(), "retune"]), *argv]
     if not full:
         raise ValueError("cron_line needs a command")
-    words = [f"{name}={shlex.quote(value)}" for name, value in _cron_env(env, full)]
+    words = [f"{name}={shlex.quote(value)}" for name, value in _cron_env(env, full, cloud=_remote(store_root))]
     words += [shlex.quote(str(a)) for a in full]
     for text in [str(workdir), str(log_file), *words]:
         if "\n" in text or "\r" in text:
@@ -490,17 +527,34 @@ class Holder:
         return True
 
 
-def holder(store_root: Path) -> Holder | None:
+def holder(store_root: Path | ObjectPath) -> Holder | None:
     """The recorded holder of ``store_root``'s retune lock; None when absent or unreadable."""
+    if _remote(store_root):
+        return _object_holder(fs.as_path(store_root) / LOCK_NAME)  # type: ignore[operator]
     try:
-        data = json.loads((Path(store_root) / HOLDER_NAME).read_text())
+        data = json.loads((Path(store_root) / HOLDER_NAME).read_text())  # type: ignore[arg-type]
         return Holder(pid=int(data["pid"]), host=str(data.get("host", "")),
                       started=str(data.get("started", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def busy_message(store_root: Path, *, wait_s: float = 0.5) -> str:
+def _object_holder(lock: ObjectPath) -> Holder | None:
+    """The holder a lock object records (see :func:`orchestrator.store.fs.lock`)."""
+    try:
+        held = fs._conditional_client(lock).get(lock)  # one request: never half of a refresh
+        if held is None:
+            return None
+        data = json.loads(held[0])
+        started = str(data.get("started") or data.get("since") or "")
+        with contextlib.suppress(ValueError):
+            started = datetime.fromisoformat(started).astimezone().isoformat(timespec="seconds")
+        return Holder(pid=int(data["pid"]), host=str(data.get("host", "")), started=started)
+    except (OSError, OrchError, ValueError, KeyError, TypeError):
+        return None
+
+
+def busy_message(store_root: Path | ObjectPath, *, wait_s: float = 0.5) -> str:
     """``another orch retune is running on <store> (pid N, since ...); nothing to do``.
 
     Waits up to ``wait_s`` for a holder that has just taken the lock to record itself."""
@@ -524,11 +578,15 @@ def _write_holder(store_root: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(store_root: Path) -> Iterator[bool]:
+def exclusive(store_root: Path | ObjectPath) -> Iterator[bool]:
     """Hold ``<store>/.retune.lock`` for the block: yields True, or False when another process has it."""
+    if _remote(store_root):
+        with _exclusive_object(fs.as_path(store_root)) as got:  # type: ignore[arg-type]
+            yield got
+        return
     from filelock import FileLock, Timeout
 
-    root = Path(store_root)
+    root = Path(store_root)  # type: ignore[arg-type]
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / LOCK_NAME), timeout=0)
     try:
@@ -545,3 +603,64 @@ def exclusive(store_root: Path) -> Iterator[bool]:
             with contextlib.suppress(OSError):
                 (root / HOLDER_NAME).unlink()
         lock.release()
+
+
+@contextlib.contextmanager
+def _exclusive_object(root: ObjectPath) -> Iterator[bool]:
+    """:func:`exclusive` in object storage: the lock object, refreshed while held."""
+    lock = root / LOCK_NAME
+    try:
+        held = fs.lock(lock, timeout=0, stale_after_s=LOCK_STALE_S)
+        held.__enter__()
+    except fs.LockTimeout:
+        yield False
+        return
+    except OrchError:
+        from orchestrator.store.maintenance import missing_reason
+
+        why = missing_reason(root)
+        if "no bucket" in why:  # a store that cannot exist: one line, exit 2
+            raise UserError(f"store: no results store at {root}{why}") from None
+        raise
+    beat = _Heartbeat(lock, HEARTBEAT_S)
+    beat.start()
+    try:
+        yield True
+    finally:
+        beat.stop()
+        held.__exit__(None, None, None)
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the time a lock object records (``since``; ``started`` keeps the first) while
+    this process holds it, with a conditional write on its ETag: a lock taken over meanwhile (this
+    process stalled past ``LOCK_STALE_S``) is left to its new holder."""
+
+    def __init__(self, lock: ObjectPath, every_s: float) -> None:
+        super().__init__(name="orch-retune-lock", daemon=True)
+        self.lock, self.every_s = lock, every_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every_s):
+            with contextlib.suppress(Exception):  # a missed beat: the next one may pass
+                refresh_lock(self.lock)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+def refresh_lock(lock: ObjectPath) -> bool:
+    """Mark the lock object held by this process as alive now; False when another holds it."""
+    client = fs._conditional_client(lock)  # the conditional writes fs.lock itself uses
+    held = client.get(lock)
+    if held is None:
+        return False
+    body, version = held
+    data = json.loads(body)
+    if data.get("host") != socket.gethostname() or data.get("pid") != os.getpid():
+        return False
+    data.setdefault("started", data.get("since"))
+    data["since"] = datetime.now(timezone.utc).isoformat()
+    return bool(client.replace(lock, json.dumps(data).encode(), version))

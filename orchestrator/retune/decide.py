@@ -16,6 +16,9 @@ fingerprints, the two scores). A stale study gets a re-tune sweep: its previous 
 first (``points_to_evaluate``), the space is zoomed around them (the coarse-to-fine rule), and the
 sweep row records ``reason`` and ``parent_sweep_id``. The re-tune is promoted (``orch best``, and
 ``<store>/best/<study>.yaml``) only when it beats the current best.
+
+The store may be a prefix in object storage (``s3://bucket/prefix``): the decisions and the
+re-tune sweeps go to the same store (the one :class:`Store` the command opened).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from orchestrator.config.checks import check_range, did_you_mean
 from orchestrator.config.load import uses_project_code
 from orchestrator.errors import UserError
 from orchestrator.store import trials as trial_rules
+from orchestrator.store.fs import ObjectPath
 from orchestrator.store.tables import Store
 
 if TYPE_CHECKING:
@@ -135,6 +139,7 @@ def _light(row: pd.Series, overrides: dict[str, Any]) -> Any:
         retune=dataclasses.replace(schema.RetuneConfig(**(raw.get("retune") or {})), **overrides),
         source_file=path if isinstance(path, str) and path else None,
         project=raw.get("project"), trainable=raw.get("trainable"), params=raw.get("params") or {},
+        callbacks=raw.get("callbacks") or [],
         model_signature=raw.get("model_signature"),
     )
 
@@ -330,7 +335,7 @@ def table(decisions: list[Decision]) -> str:
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
 
 
-def run(store_root: str | Path, names: list[str], *, all_studies: bool, now: datetime, dry_run: bool,
+def run(store_root: str | Path | ObjectPath, names: list[str], *, all_studies: bool, now: datetime, dry_run: bool,
         drift: bool = True, address: str | None = None, echo: Callable[[str], None] = print,
         policy: dict[str, Any] | None = None, report: bool = True) -> int:
     """Decide for every named study (or all), re-tune the stale ones (``report``: and write each

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Union
+from typing import IO, Any, TypeGuard, Union
 
 from orchestrator.errors import StoreError, UserError
 
@@ -47,7 +47,7 @@ def is_uri(text: str | os.PathLike[str]) -> bool:
     return isinstance(text, str) and text.split("://", 1)[0].lower() in SCHEMES and "://" in text
 
 
-def as_path(text: str | os.PathLike[str]) -> AnyPath:
+def as_path(text: str | os.PathLike[str] | ObjectPath) -> AnyPath:
     """A local :class:`Path`, or an :class:`ObjectPath` for an ``s3://`` or ``gs://`` URI."""
     if isinstance(text, ObjectPath | Path):
         return text
@@ -61,7 +61,7 @@ def as_path(text: str | os.PathLike[str]) -> AnyPath:
     return Path(text)
 
 
-def is_remote(path: object) -> bool:
+def is_remote(path: object) -> TypeGuard[ObjectPath]:
     return isinstance(path, ObjectPath)
 
 
@@ -267,10 +267,24 @@ class ObjectPath:
         raise ValueError(f"ObjectPath.open: mode {mode!r} is not supported")
 
     def read_bytes(self) -> bytes:
+        """The object's bytes, all of one version of it: pyarrow asks for the size, then the bytes;
+        an object replaced in between (a manifest, a pointer) would read as a mixture of two, so a
+        read is repeated until the size and time stay the same across it."""
+        import pyarrow.fs as pafs
+
         def read() -> bytes:
             with self.fs.open_input_stream(self.fs_path) as f:
                 return f.read()
-        return _call(self, read)
+
+        for _ in range(20):
+            before = self._info()
+            if before.type == pafs.FileType.NotFound:
+                raise FileNotFoundError(str(self))
+            data = _call(self, read)
+            after = self._info()
+            if (before.size, before.mtime) == (after.size, after.mtime) and len(data) == after.size:
+                return data
+        raise StoreError(f"cannot read {self}: it kept changing while it was read")
 
     def read_text(self, encoding: str | None = None) -> str:
         return self.read_bytes().decode(encoding or "utf-8")
@@ -315,7 +329,7 @@ class _Upload(io.BytesIO):
         super().__init__()
         self._path, self._text, self._failed = path, text, False
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         return super().write(data.encode() if isinstance(data, str) else data)
 
     def __exit__(self, kind: Any, *rest: Any) -> None:
@@ -380,18 +394,20 @@ def subdirectories(directory: AnyPath) -> list[str]:
         return []
 
 
-def write_atomic(path: AnyPath, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomic(path: AnyPath, write: Callable[[IO[bytes]], object], parents: bool = True) -> None:
     """Write a file whole or not at all: ``write(f)`` fills it.
 
     Local: a hidden temporary file beside it, flushed to disk, renamed into place, the directory
-    flushed. Object storage: one upload, made when ``write`` returns without an error.
+    flushed (and created first, with ``parents``). Object storage: one upload, made when
+    ``write`` returns without an error.
     """
     if isinstance(path, ObjectPath):
         buffer = io.BytesIO()
         write(buffer)
         path.write_bytes(buffer.getvalue())
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
@@ -405,8 +421,8 @@ def write_atomic(path: AnyPath, write: Callable[[IO[bytes]], None]) -> None:
     fsync_dir(path.parent)
 
 
-def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
-    write_atomic(path, lambda f: f.write(data))  # type: ignore[arg-type,return-value]
+def write_bytes_atomic(path: AnyPath, data: bytes, parents: bool = True) -> None:
+    write_atomic(path, lambda f: f.write(data), parents)
 
 
 def read_parquet_file(path: AnyPath) -> Any:

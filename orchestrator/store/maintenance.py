@@ -15,11 +15,21 @@ the store, or a crash, can interrupt anywhere:
 
 ``settle`` also finishes (or rolls back, if its merged files never all appeared) a compaction that
 was interrupted, so the next compaction repairs the store before it merges anything. One
-compaction runs at a time per store (a file lock, ``<store>/_store.lock``).
+compaction runs at a time per store (the lock ``<store>/_store.lock``).
+
+A store in object storage (``s3://bucket/prefix``) has no rename that is atomic (a rename is a
+copy and a delete) and no directories. There, step 1 keeps the merged files in memory, and
+``publish`` uploads each one under its final name only after the manifest lists it: an upload
+appears whole or not at all, and a reader reads the merged files only once all of them are there,
+as it does locally. The manifest is one upload (atomic by itself); the lock is an object created
+with a conditional write (see :func:`orchestrator.store.fs.lock`); a store is a prefix that
+holds any of the tables.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -29,12 +39,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from orchestrator.errors import StoreError, UserError
+from orchestrator.store import fs, layout
+from orchestrator.store.fs import AnyPath, ObjectPath
 from orchestrator.store.tables import (
     KEYS,
     MANIFEST,
@@ -60,9 +73,12 @@ DEFAULT_MAX_ROWS = 1_000_000
 _MANIFEST_TMP = f".{MANIFEST}{TMP_SUFFIX}"
 
 
-def check_root(root: str | os.PathLike[str]) -> Path:
-    """The store directory, or a one-line user error when there is none at ``root``."""
-    root = Path(root)
+def check_root(root: str | os.PathLike[str] | ObjectPath) -> AnyPath:
+    """The store directory (or object storage prefix), or a one-line user error when there is none
+    at ``root``."""
+    root = fs.as_path(root)
+    if isinstance(root, ObjectPath):
+        return _check_remote_root(root)
     if not root.is_dir():
         raise UserError(f"--store: no results store at {root}" + (" (not a directory)" if root.exists() else ""))
     if not any((root / t).is_dir() for t in TABLES):
@@ -70,10 +86,39 @@ def check_root(root: str | os.PathLike[str]) -> Path:
     return root
 
 
+def _check_remote_root(root: ObjectPath) -> ObjectPath:
+    """A prefix is a store when it holds any of the tables (object storage has no directories)."""
+    try:
+        if set(TABLES) & set(fs.subdirectories(root)):
+            return root
+        entries = fs.names(root)
+    except StoreError as err:  # unreachable endpoint, refused credentials...
+        raise UserError(f"--store: {err}") from None
+    if entries:
+        raise UserError(f"--store: {root} holds no results store (none of {', '.join(t + '/' for t in TABLES)})")
+    raise UserError(f"--store: no results store at {root}{missing_reason(root)}")
+
+
+def missing_reason(root: ObjectPath) -> str:
+    """Why nothing is under ``root``, when it can tell: `` (no bucket 'x')``, `` (an object, not a
+    prefix)``; else ``""``. (A listing of a missing bucket is empty, as for an empty prefix.)"""
+    with contextlib.suppress(StoreError, OSError):
+        bucket = root.parents[-1] if root.key else root
+        if not bucket.exists():
+            return f" (no bucket {root.bucket!r})"
+        if root.key and root.is_file():
+            return " (an object, not a prefix)"
+    return ""
+
+
 @contextmanager
-def store_lock(root: Path, wait: bool, echo: Callable[[str], None] | None = None) -> Iterator[bool]:
+def store_lock(root: AnyPath, wait: bool, echo: Callable[[str], None] | None = None) -> Iterator[bool]:
     """Hold the store's maintenance lock. Yields False when the lock file cannot be created (a
     read-only store: nothing can compact it either)."""
+    if isinstance(root, ObjectPath):
+        with _object_store_lock(root, wait, echo) as held:
+            yield held
+        return
     lock = FileLock(root / LOCK_NAME)
     try:
         lock.acquire(timeout=0)
@@ -92,6 +137,35 @@ def store_lock(root: Path, wait: bool, echo: Callable[[str], None] | None = None
         yield True
     finally:
         lock.release()
+
+
+@contextmanager
+def _object_store_lock(root: ObjectPath, wait: bool, echo: Callable[[str], None] | None) -> Iterator[bool]:
+    """:func:`store_lock` in object storage: a lock object created by a conditional write; one
+    whose holder died is taken over once stale (:func:`orchestrator.store.fs.lock`)."""
+    path = root / LOCK_NAME
+    with contextlib.ExitStack() as stack:
+        try:
+            got = _try_enter(stack, fs.lock(path, timeout=0))
+        except StoreError:
+            if not wait:
+                raise
+            got = None  # credentials that may read but not write: nothing can compact it either
+        if got is False:
+            if not wait:
+                raise StoreError(f"another compaction is running on {root} (lock {path})")
+            if echo:
+                echo(f"waiting for the compaction running on {root} to finish")
+            stack.enter_context(fs.lock(path, timeout=-1))
+        yield got is not None
+
+
+def _try_enter(stack: contextlib.ExitStack, lock: contextlib.AbstractContextManager[None]) -> bool:
+    try:
+        stack.enter_context(lock)
+    except fs.LockTimeout:
+        return False
+    return True
 
 
 # -- compaction -------------------------------------------------------------------------------------
@@ -144,7 +218,7 @@ class CompactionSummary:
         return "\n".join(lines) + "\n"
 
 
-def compact(root: str | os.PathLike[str], study: str | None = None, table: str | None = None,
+def compact(root: str | os.PathLike[str] | ObjectPath, study: str | None = None, table: str | None = None,
             max_rows: int = DEFAULT_MAX_ROWS) -> CompactionSummary:
     """Merge the files of every partition (of ``table``, of ``study``, or all)."""
     root = check_root(root)
@@ -175,14 +249,14 @@ def compact(root: str | os.PathLike[str], study: str | None = None, table: str |
     return report
 
 
-def compact_partition(table: str, directory: Path, max_rows: int = DEFAULT_MAX_ROWS) -> PartitionResult:
+def compact_partition(table: str, directory: AnyPath, max_rows: int = DEFAULT_MAX_ROWS) -> PartitionResult:
     """Compact one partition (the caller holds the store lock)."""
     repaired = settle(directory)
     files = partition_files(directory)
     study = directory.name.split("=", 1)[1]
     inputs = inputs_of(files, max_rows)
     if len(inputs) < 2:
-        rows = sum(pq.read_metadata(f).num_rows for f in files)
+        rows = sum(num_rows(f) for f in files)
         return PartitionResult(table, study, len(files), len(files), rows, repaired=repaired)
     tmps, finals, rows, dups = write_merged(table, directory, inputs, max_rows)
     publish(directory, tmps, finals, [f.name for f in inputs])
@@ -191,21 +265,35 @@ def compact_partition(table: str, directory: Path, max_rows: int = DEFAULT_MAX_R
                            repaired=repaired)
 
 
-def inputs_of(files: list[Path], max_rows: int) -> list[Path]:
+def inputs_of(files: list[AnyPath], max_rows: int) -> list[AnyPath]:
     """The files to merge: all but merged files that are full already."""
     return [f for f in files
-            if merged_group(f.name) is None or pq.read_metadata(f).num_rows < max_rows]
+            if merged_group(f.name) is None or num_rows(f) < max_rows]
 
 
-def write_merged(table: str, directory: Path, inputs: list[Path],
-                 max_rows: int = DEFAULT_MAX_ROWS) -> tuple[list[Path], list[str], int, int]:
+def num_rows(path: AnyPath) -> int:
+    """The rows of a Parquet file, from its footer."""
+    if isinstance(path, ObjectPath):
+        with fs.read_parquet_file(path) as f:
+            return int(f.metadata.num_rows)
+    return pq.read_metadata(path).num_rows
+
+
+# A merged file not yet published: a hidden temporary file beside its final place (local), or its
+# bytes (object storage, where a rename is a copy: they are uploaded under the final name).
+Pending = Union[Path, bytes]  # noqa: UP007 - a runtime alias
+
+
+def write_merged(table: str, directory: AnyPath, inputs: list[AnyPath],
+                 max_rows: int = DEFAULT_MAX_ROWS) -> tuple[list[Pending], list[str], int, int]:
     """Step 1: the rows of ``inputs`` (in read order, the first row of each key) written to hidden
-    temporary files of at most ``max_rows`` rows. Returns (temporary paths, final names, rows,
-    duplicate rows dropped)."""
+    temporary files of at most ``max_rows`` rows (in object storage: kept in memory). Returns
+    (temporary paths or contents, final names, rows, duplicate rows dropped)."""
     tables = []
     for path in inputs:
         try:
-            tables.append(_read_file(path, None))
+            # (A file some other program wrote back, its maps as lists, combines with the others.)
+            tables.append(layout.normalized(table, _read_file(path, None)))
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"cannot read {path.name}: {one_line(err)}") from None
     try:
@@ -219,7 +307,12 @@ def write_merged(table: str, directory: Path, inputs: list[Path],
         arrow = arrow.take(pa.array(first))
     name = f"{MERGED_PREFIX}{now().strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
     parts = max(1, math.ceil(arrow.num_rows / max_rows))
-    tmps, finals = [], []
+    if isinstance(directory, ObjectPath):
+        finals = [f"{name}-{i:04d}.parquet" for i in range(parts)]
+        return ([_parquet_bytes(arrow.slice(i * max_rows, max_rows)) for i in range(parts)], finals,
+                arrow.num_rows, total - arrow.num_rows)
+    tmps: list[Pending] = []
+    finals = []
     try:
         for i in range(parts):
             final = f"{name}-{i:04d}.parquet"
@@ -232,21 +325,44 @@ def write_merged(table: str, directory: Path, inputs: list[Path],
                 os.fsync(f.fileno())
     except BaseException:
         for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
         raise
     return tmps, finals, arrow.num_rows, total - arrow.num_rows
 
 
-def publish(directory: Path, tmps: list[Path], finals: list[str], superseded: list[str]) -> None:
-    """Step 2: record the compaction in the manifest, then rename the merged files into place."""
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def publish(directory: AnyPath, tmps: list[Pending], finals: list[str], superseded: list[str]) -> None:
+    """Step 2: record the compaction in the manifest, then rename the merged files into place (in
+    object storage: upload them under their final names, one after the other)."""
     entries = read_manifest(directory) or []
     write_manifest(directory, [*entries, {"merged": finals, "superseded": superseded}])
+    if isinstance(directory, ObjectPath):
+        try:
+            for data, final in zip(tmps, finals, strict=True):
+                put_merged(directory / final, data)  # type: ignore[arg-type]
+        except BaseException:
+            # Readers never read an incomplete set of merged files: roll back now if the store
+            # answers (else the next compaction does).
+            with contextlib.suppress(Exception):
+                settle(directory)
+            raise
+        return
     for tmp, final in zip(tmps, finals, strict=True):
-        os.replace(tmp, directory / final)
+        os.replace(tmp, directory / final)  # type: ignore[arg-type]
     _fsync_dir(directory)
 
 
-def settle(directory: Path) -> str:
+def put_merged(path: ObjectPath, data: bytes) -> None:
+    """Upload one merged file under its final name: one request, visible whole or not at all."""
+    path.write_bytes(data)
+
+
+def settle(directory: AnyPath) -> str:
     """Step 3, and the repair of an interrupted compaction: for each compaction in the manifest,
     delete the files it superseded if its merged files are all in place, else delete its merged
     files (readers never read them); then clear the manifest, and delete the temporary files of
@@ -268,19 +384,26 @@ def settle(directory: Path) -> str:
                     (directory / n).unlink(missing_ok=True)
                     (directory / f".{n}{TMP_SUFFIX}").unlink(missing_ok=True)
                 done.append(f"rolled back an interrupted compaction ({plural(len(back), 'merged file')} removed)")
-        _fsync_dir(directory)
+        if not isinstance(directory, ObjectPath):
+            _fsync_dir(directory)
         write_manifest(directory, [])
     leftovers = [p for p in directory.glob(f".{MERGED_PREFIX}*{TMP_SUFFIX}")]
     for p in leftovers:
         p.unlink(missing_ok=True)
     if leftovers:
         done.append(f"deleted {plural(len(leftovers), 'temporary file')} of an interrupted compaction")
-    (directory / _MANIFEST_TMP).unlink(missing_ok=True)
+    if not isinstance(directory, ObjectPath):  # (object storage: a manifest is one upload, no temporary)
+        (directory / _MANIFEST_TMP).unlink(missing_ok=True)
     return "; ".join(done)
 
 
-def write_manifest(directory: Path, entries: list[dict[str, list[str]]]) -> None:
-    """Replace the partition's manifest atomically (written under a temporary name, renamed)."""
+def write_manifest(directory: AnyPath, entries: list[dict[str, list[str]]]) -> None:
+    """Replace the partition's manifest atomically (written under a temporary name, renamed; in
+    object storage, one upload)."""
+    if isinstance(directory, ObjectPath):
+        text = json.dumps({"version": 1, "replacements": entries}, indent=1)
+        fs.write_bytes_atomic(directory / MANIFEST, text.encode())
+        return
     tmp = directory / _MANIFEST_TMP
     with open(tmp, "w") as f:
         json.dump({"version": 1, "replacements": entries}, f, indent=1)
@@ -305,7 +428,7 @@ class Problem:
 
 @dataclass
 class VerifyReport:
-    root: Path
+    root: AnyPath
     tables: int = 0
     studies: set[str] = field(default_factory=set)
     files: int = 0
@@ -335,29 +458,42 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]
 
 
-def verify(root: str | os.PathLike[str], echo: Callable[[str], None] | None = None) -> VerifyReport:
+def verify(root: str | os.PathLike[str] | ObjectPath, echo: Callable[[str], None] | None = None) -> VerifyReport:
     """Read every Parquet file of the store (footer and data); list what is wrong."""
     root = check_root(root)
     report = VerifyReport(root)
     with store_lock(root, wait=True, echo=echo):
+        top = {name: (is_dir, is_file) for name, is_dir, is_file in _entries(root)} \
+            if isinstance(root, ObjectPath) else None
         for table in TABLES:
             tdir = root / table
-            if not tdir.exists():
+            if not (tdir.exists() if top is None else table in top):
                 continue
             rel = tdir.relative_to(root)
-            if not tdir.is_dir():
+            if not (tdir.is_dir() if top is None else top[table][0]):
                 report.problems.append(Problem("outside the layout", str(rel), "not a directory"))
                 continue
             report.tables += 1
-            for entry in sorted(tdir.iterdir()):
-                if entry.is_dir() and entry.name.startswith("study="):
+            for name, is_dir, is_file in _entries(tdir):
+                entry = tdir / name
+                if is_dir and entry.name.startswith("study="):
                     _verify_partition(root, entry, report)
                 else:
-                    _other(root, entry, report)
+                    _other(root, entry, report, is_file)
     return report
 
 
-def _verify_partition(root: Path, directory: Path, report: VerifyReport) -> None:
+def _entries(directory: AnyPath) -> list[tuple[str, bool, bool]]:
+    """(name, is a directory, is a file) of each entry of ``directory``, sorted by name. In object
+    storage from two listings, not a request per entry; a name is a "directory" when keys lie
+    under it (it may be an object too)."""
+    if isinstance(directory, ObjectPath):
+        dirs = set(fs.subdirectories(directory))
+        return [(n, n in dirs, n not in dirs) for n in sorted(set(fs.names(directory)))]
+    return [(e.name, e.is_dir(), e.is_file()) for e in sorted(directory.iterdir())]
+
+
+def _verify_partition(root: AnyPath, directory: AnyPath, report: VerifyReport) -> None:
     report.studies.add(directory.name.split("=", 1)[1])
     manifest = None
     try:
@@ -367,12 +503,13 @@ def _verify_partition(root: Path, directory: Path, report: VerifyReport) -> None
                                        str(err).rsplit(": ", 1)[-1]))
     names = parquet_names(directory)
     live = set(live_names(names, manifest))
-    for entry in sorted(directory.iterdir()):
+    for name, _, is_file in _entries(directory):
+        entry = directory / name
         rel = str(entry.relative_to(root))
-        if entry.name in names and entry.is_file():
+        if entry.name in names and is_file:
             report.files += 1
             try:
-                with pq.ParquetFile(entry) as f:
+                with fs.read_parquet_file(entry) as f:
                     rows = f.metadata.num_rows
                     f.read()  # every page, decompressed and decoded
             except Exception as err:  # noqa: BLE001 - any failure to read is the finding
@@ -383,15 +520,15 @@ def _verify_partition(root: Path, directory: Path, report: VerifyReport) -> None
             else:
                 report.problems.append(Problem("superseded", rel, "left by an interrupted compaction; "
                                                                   "orch store compact deletes it"))
-        elif entry.name == MANIFEST and entry.is_file():
+        elif entry.name == MANIFEST and is_file:
             continue
         else:
-            _other(root, entry, report)
+            _other(root, entry, report, is_file)
 
 
-def _other(root: Path, entry: Path, report: VerifyReport) -> None:
+def _other(root: AnyPath, entry: AnyPath, report: VerifyReport, is_file: bool) -> None:
     rel = str(entry.relative_to(root))
-    if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and entry.is_file():
+    if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and is_file:
         report.problems.append(Problem("temporary", rel, "a write in progress, or left by a crash"))
     else:
         report.problems.append(Problem("outside the layout", rel))

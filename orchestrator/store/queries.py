@@ -1,4 +1,8 @@
-"""Queries over the results store behind ``orch results`` and ``orch best``."""
+"""Queries over the results store behind ``orch results`` and ``orch best``.
+
+The store may be a local directory or a prefix in object storage (``s3://bucket/prefix``): every
+path here is a :class:`~pathlib.Path` or an :class:`~orchestrator.store.fs.ObjectPath`.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,12 @@ import yaml
 from orchestrator.config import models, schema
 from orchestrator.errors import UserError
 from orchestrator.names import check_name
+from orchestrator.store import fs
 from orchestrator.store import trials as trial_rules
+from orchestrator.store.fs import AnyPath, ObjectPath
 from orchestrator.store.tables import Store
+
+Root = str | Path | ObjectPath
 
 SWEEP_COLUMNS = ["study", "sweep_id", "ended_at", "trials", "scheduler", "searcher", "metric", "best_value",
                  "best_trial_id", "best_config"]
@@ -33,11 +41,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def sweeps_table(root: str | Path, study: str | None = None) -> pd.DataFrame:
+def sweeps_table(root: Root, study: str | None = None) -> pd.DataFrame:
     """One row per sweep, newest first, with its best trial and that trial's searched knobs."""
     store = Store(root)
     if not store.root.is_dir():
-        raise UserError(f"--store: no results store at {store.root}")
+        why = ""
+        if isinstance(store.root, ObjectPath):
+            from orchestrator.store.maintenance import missing_reason
+
+            why = missing_reason(store.root)
+        raise UserError(f"--store: no results store at {store.root}{why}")
     sweeps = store.sweeps(study)
     if study is not None and sweeps.empty:
         known = sorted(store.sweeps()["study"].unique()) if store.files("sweeps") else []
@@ -63,7 +76,7 @@ def sweeps_table(root: str | Path, study: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
 
 
-def stages_text(root: str | Path, study: str | None = None) -> str:
+def stages_text(root: Root, study: str | None = None) -> str:
     """For each coarse-to-fine sweep: the range every stage sampled, newest sweep first."""
     store = Store(root)
     if not store.files("sweeps", study):
@@ -104,7 +117,7 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     return buf.getvalue()
 
 
-def best_trial(root: str | Path, study: str, sweep_id: str | None = None) -> tuple[pd.Series, pd.Series]:
+def best_trial(root: Root, study: str, sweep_id: str | None = None) -> tuple[pd.Series, pd.Series]:
     """(sweep row, trial row) of the best trial of a study (or of one of its sweeps)."""
     store = Store(root)
     sweeps = store.sweeps(study)
@@ -137,7 +150,7 @@ def _promoted(sweeps: pd.DataFrame) -> pd.Series:
     return trial_rules.ranked(sweeps, "best_value", sweeps["mode"].iloc[0]).iloc[0]
 
 
-def current_best(root: str | Path, study: str) -> pd.Series | None:
+def current_best(root: Root, study: str) -> pd.Series | None:
     """The sweeps row of the study's current best, or None when it has none yet."""
     store = Store(root)
     if not store.files("sweeps", study):
@@ -146,13 +159,16 @@ def current_best(root: str | Path, study: str) -> pd.Series | None:
     return _promoted(sweeps) if len(sweeps) else None
 
 
-def write_best_file(root: str | Path, study: str) -> Path:
+def write_best_file(root: Root, study: str) -> AnyPath:
     """``<store>/best/<study>.yaml``: the current best config, for other programs (atomic)."""
     import os
     import tempfile
 
     text = best_yaml(root, study)
     path = Store(root).path("best", f"{check_name(study, 'study')}.yaml")
+    if isinstance(path, ObjectPath):
+        fs.write_bytes_atomic(path, text.encode())  # one upload
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -161,7 +177,7 @@ def write_best_file(root: str | Path, study: str) -> Path:
     return path
 
 
-def best_yaml(root: str | Path, study: str, sweep_id: str | None = None) -> str:
+def best_yaml(root: Root, study: str, sweep_id: str | None = None) -> str:
     """The best trial's hyperparameters as a config fragment (model: and train: sections)."""
     from orchestrator.config import load as config_mod
 
@@ -207,7 +223,7 @@ def _exploits(store: Store, study: str | None, sweep_id: str) -> pd.DataFrame:
     return store.read("exploits", study, sweep_id=sweep_id)
 
 
-def pbt_history(root: str | Path, trial_id: str, study: str | None = None,
+def pbt_history(root: Root, trial_id: str, study: str | None = None,
              sweep_id: str | None = None) -> tuple[pd.Series, list[dict[str, Any]]]:
     """(trial row, segments) of a trial of a population-based sweep.
 
@@ -266,7 +282,7 @@ def changing_knobs(segments: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(s["config"].get(k), default=str) for s in segments}) > 1]
 
 
-def pbt_history_text(root: str | Path, trial_id: str, study: str | None = None) -> str:
+def pbt_history_text(root: Root, trial_id: str, study: str | None = None) -> str:
     row, segments = pbt_history(root, trial_id, study)
     knobs = changing_knobs(segments)
     lines = [f"Schedule of trial {trial_id} ({row['study']}, sweep {row['sweep_id']}): "

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import StoreError, UserError
 from orchestrator.names import check_name, inside
-from orchestrator.store import fs
+from orchestrator.store import fs, layout
 from orchestrator.store.fs import AnyPath, ObjectPath
 
 if TYPE_CHECKING:
@@ -193,9 +193,11 @@ class Store:
         hint = "(--store, store.path or $ORCH_STORE)"
         if isinstance(root, ObjectPath):
             try:
+                bucket = root.parents[-1] if root.key else root
+                if not bucket.exists():  # (the bucket answers, with these credentials)
+                    raise UserError(f"store: {root}: no bucket {bucket.bucket!r} at this endpoint {hint}")
                 if root.is_file():
                     raise UserError(f"store: {root} is an object, not a prefix {hint}")
-                fs.names(root.parents[-1] if root.key else root)  # the bucket answers, with these credentials
             except StoreError as err:
                 raise UserError(f"store: {err} {hint}") from None
             return
@@ -216,7 +218,9 @@ class Store:
         if not rows:
             return None
         rows = [{k: v for k, v in r.items() if k != "study"} for r in rows]
-        arrow = to_arrow(rows, types)
+        # Every file of a table has one schema (see layout.py); a key column the rows lack gets its default.
+        arrow = layout.to_stable(table, to_arrow(rows, types),
+                                 {k: KEY_DEFAULTS[k] for k in KEYS[table] if k in KEY_DEFAULTS})
         directory = inside(self.root, self.table_dir(table, study))
         check_name(sweep_id, "sweep id")
         stamp = now().strftime("%Y%m%dT%H%M%S%f")
@@ -249,7 +253,8 @@ class Store:
         keys = KEYS[table]
         if sweep_id is not None and "sweep_id" not in keys:
             raise StoreError(f"table {table} has no sweep_id")
-        want = None if columns is None else list(dict.fromkeys(c for c in (*columns, *keys) if c != "study"))
+        want = None if columns is None else layout.stored_columns(
+            table, dict.fromkeys(c for c in (*columns, *keys) if c != "study"))
         for attempt in range(_READ_ATTEMPTS):
             files = self.files(table, study)
             if not files:
@@ -264,7 +269,8 @@ class Store:
         else:
             raise StoreError(f"cannot read {self.table_dir(table)}: its files kept changing")
         try:
-            arrow = pa.concat_tables(_untyped_nulls(tables), promote_options="permissive")
+            normal = [layout.normalized(table, t) for t in tables]  # (maps that pandas wrote back as lists)
+            arrow = pa.concat_tables(_untyped_nulls(normal), promote_options="permissive")
             arrow = fill_key_defaults(arrow, keys)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
             raise StoreError(f"cannot read {self.table_dir(table)}: {err}") from None
@@ -289,7 +295,7 @@ class Store:
             start += n
         if sum(counts) != arrow.num_rows:
             arrow = arrow.take(pa.array(np.concatenate(keep)))
-        df = arrow.to_pandas()
+        df = layout.from_stable(table, arrow).to_pandas()  # knobs and other columns out of their maps
         df.insert(0, "study", np.repeat(np.array(studies, dtype=object), counts))
         if columns is not None:
             df = df[[c for c in columns if c in df.columns]]
@@ -354,7 +360,7 @@ def read_manifest(directory: Path) -> list[dict[str, list[str]]] | None:
     or None when no compaction ever ran there."""
     path = directory / MANIFEST
     try:
-        text = path.read_text()
+        text = _manifest_text(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
@@ -365,6 +371,22 @@ def read_manifest(directory: Path) -> list[dict[str, list[str]]] | None:
                 for e in entries]
     except (ValueError, KeyError, TypeError) as err:
         raise StoreError(f"cannot read {path}: not a compaction manifest ({type(err).__name__}: {err})") from None
+
+
+def _manifest_text(path: AnyPath) -> str:
+    """A manifest's text. In object storage a read asks the size, then the bytes: a manifest
+    replaced in between reads as a mix of two versions (cut short, or padded with NULs), which
+    does not parse: it is read again."""
+    if not isinstance(path, ObjectPath):
+        return path.read_text()
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            text = path.read_text()
+            json.loads(text)
+            return text
+        except ValueError:
+            time.sleep(0.01 * attempt)
+    return path.read_text()  # (not a manifest: the caller says so)
 
 
 def live_names(names: list[str], manifest: list[dict[str, list[str]]] | None) -> list[str]:
@@ -397,6 +419,24 @@ def partition_files(directory: Path) -> list[Path]:
     raise StoreError(f"cannot list {directory}: it kept changing")
 
 
+def _gone_is_missing(read: Any) -> Any:
+    """An object deleted (by a compaction) after it was listed, even after it was opened, is
+    FileNotFoundError, as a local file that is gone: readers list again. (Object storage reads
+    each byte range with a request of its own, which fails once the object is gone.)"""
+    def wrapped(path: AnyPath, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            text = str(err)
+            if isinstance(path, ObjectPath) and ("NO_SUCH_KEY" in text or "NoSuchKey" in text):
+                raise FileNotFoundError(str(path)) from None
+            raise
+    return wrapped
+
+
+@_gone_is_missing
 def _read_file(path: AnyPath, columns: list[str] | None, sweep_id: str | None = None) -> pa.Table:
     with fs.read_parquet_file(path) as f:
         # Arrow's threads cost more than they save on the small files that appends write.

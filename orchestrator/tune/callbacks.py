@@ -434,7 +434,8 @@ class SweepStatus(Callback):
         from orchestrator.store import fs
 
         with contextlib.suppress(OSError, StoreError):  # progress is a courtesy: never stop a sweep over it
-            fs.write_bytes_atomic(fs.as_path(self.status_file), json.dumps(status, indent=1).encode())
+            # (Its directory is the sweep's: one that is gone is not made again.)
+            fs.write_bytes_atomic(fs.as_path(self.status_file), json.dumps(status, indent=1).encode(), parents=False)
 
 
 def _ray_metrics() -> dict[str, Any] | None:

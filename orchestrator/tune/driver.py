@@ -68,7 +68,7 @@ class SweepResult:
     budget_hit: bool = False  # search.time_budget_s ended the sweep
     promoted: bool = False  # its best became the study's best
     reference: float | None = None  # the value it had to beat
-    report: Path | None = None  # the report's page, when finish wrote one
+    report: AnyPath | None = None  # the report's page, when finish wrote one
     report_warning: str | None = None  # why there is no report, when writing it failed
     models: list[AnyPath] = field(default_factory=list)  # the kept trials' model artefacts, best first
     models_warning: str | None = None  # why no model was kept, when writing them failed

@@ -113,8 +113,8 @@ def restorable(exp_dir: str | Path) -> bool:
     A ``tuner.pkl`` alone (the driver died between creating the Tuner and Tune's first save) is
     not: the sweep starts afresh and that file is written again.
     """
-    exp_dir = fs.as_path(exp_dir)
-    return (exp_dir / TUNER_FILE).is_file() and any(exp_dir.glob(EXPERIMENT_STATE_GLOB))
+    where = fs.as_path(exp_dir)
+    return (where / TUNER_FILE).is_file() and any(where.glob(EXPERIMENT_STATE_GLOB))
 
 
 def rebind_restored(tuner: Tuner, *, callbacks: list[Callback],

@@ -88,7 +88,7 @@ def load_key(store_root: str | AnyPath | None = None) -> StateKey:
     path = Path(named).expanduser() if named else default_key_file()
     where = f"{path} (${KEY_FILE_ENV})" if named else str(path)
     if store_root is not None and not fs.is_remote(store_root):
-        root = Path(store_root).resolve()
+        root = Path(str(store_root)).resolve()
         if path.resolve() == root or root in path.resolve().parents:
             raise UserError(f"the state key file {path} is inside the results store {root}: "
                             "whoever can write the store could sign state with it; keep it "
@@ -131,7 +131,7 @@ def digest(key: StateKey, sweep_id: str, name: str, path: str | AnyPath) -> str:
     prefix = _DOMAIN + sweep_id.encode() + b"\0" + name.encode() + b"\0"
     mac = hmac.new(key.secret, prefix, hashlib.sha256)
     if fs.is_remote(path):
-        mac.update(path.read_bytes())  # type: ignore[union-attr]
+        mac.update(path.read_bytes())
         return mac.hexdigest()
     with open(path, "rb") as f:  # type: ignore[arg-type]
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -217,12 +217,13 @@ def top_level_files(directory: str | AnyPath, exempt: Iterable[str] = ()) -> dic
     """Name -> path of every entry at the top of ``directory`` Tune might read: not a directory,
     not hidden (Tune's temporary files and NFS leftovers; Tune reads none), not in ``exempt``."""
     skip = {SIGNATURES_FILE, *exempt}
-    directory = fs.as_path(directory)
-    if fs.is_remote(directory):
-        dirs = set(fs.subdirectories(directory))
-        return {n: directory / n for n in sorted(fs.names(directory))
+    where = fs.as_path(directory)
+    if fs.is_remote(where):
+        dirs = set(fs.subdirectories(where))
+        return {n: where / n for n in sorted(fs.names(where))
                 if not n.startswith(".") and n not in skip and n not in dirs}
-    return {p.name: p for p in sorted(directory.iterdir())
+    local = Path(str(where))
+    return {p.name: p for p in sorted(local.iterdir())
             if not p.name.startswith(".") and p.name not in skip and not p.is_dir()}
 
 
