@@ -40,7 +40,7 @@ def _store_root(store: str | None) -> Path:
             fs.names(root)
         except StoreError as err:
             raise UserError(f"store: {err} (--store or $ORCH_STORE)") from None
-    return root  # type: ignore[return-value]
+    return root
 
 
 class OrchGroup(click.Group):
@@ -555,12 +555,15 @@ def lr_find(config: Path, overrides: tuple[str, ...], out: Path | None, write: P
     from orchestrator.train import lrfind
 
     lrfind.check_options(min_lr, max_lr, steps)  # before loading anything
+    from orchestrator.store import fs
     from orchestrator.store.tables import store_root
     from orchestrator.tune import plan
 
     cfg = plan.load(config, overrides)
-    result = lrfind.run(cfg, min_lr, max_lr, steps, out or store_root(cfg, None) / lrfind.OUT_DIR, write,
-                        str(config))
+    root = store_root(cfg, None)
+    # (Its plot and table are local files: next to a local store, else in the working directory.)
+    default_out = Path(lrfind.OUT_DIR) if fs.is_remote(root) else Path(str(root)) / lrfind.OUT_DIR
+    result = lrfind.run(cfg, min_lr, max_lr, steps, out or default_out, write, str(config))
     click.echo(lrfind.summary(result), nl=False)
 
 

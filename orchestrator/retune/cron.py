@@ -530,7 +530,7 @@ class Holder:
 def holder(store_root: Path | ObjectPath) -> Holder | None:
     """The recorded holder of ``store_root``'s retune lock; None when absent or unreadable."""
     if _remote(store_root):
-        return _object_holder(fs.as_path(store_root) / LOCK_NAME)  # type: ignore[operator]
+        return _object_holder(fs.as_path(store_root) / LOCK_NAME)
     try:
         data = json.loads((Path(store_root) / HOLDER_NAME).read_text())  # type: ignore[arg-type]
         return Holder(pid=int(data["pid"]), host=str(data.get("host", "")),
@@ -581,7 +581,7 @@ def _write_holder(store_root: Path) -> None:
 def exclusive(store_root: Path | ObjectPath) -> Iterator[bool]:
     """Hold ``<store>/.retune.lock`` for the block: yields True, or False when another process has it."""
     if _remote(store_root):
-        with _exclusive_object(fs.as_path(store_root)) as got:  # type: ignore[arg-type]
+        with _exclusive_object(fs.as_path(store_root)) as got:
             yield got
         return
     from filelock import FileLock, Timeout

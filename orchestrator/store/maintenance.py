@@ -76,14 +76,14 @@ _MANIFEST_TMP = f".{MANIFEST}{TMP_SUFFIX}"
 def check_root(root: str | os.PathLike[str] | ObjectPath) -> AnyPath:
     """The store directory (or object storage prefix), or a one-line user error when there is none
     at ``root``."""
-    root = fs.as_path(root)
-    if isinstance(root, ObjectPath):
-        return _check_remote_root(root)
-    if not root.is_dir():
-        raise UserError(f"--store: no results store at {root}" + (" (not a directory)" if root.exists() else ""))
-    if not any((root / t).is_dir() for t in TABLES):
-        raise UserError(f"--store: {root} holds no results store (none of {', '.join(t + '/' for t in TABLES)})")
-    return root
+    where = fs.as_path(root)
+    if isinstance(where, ObjectPath):
+        return _check_remote_root(where)
+    if not where.is_dir():
+        raise UserError(f"--store: no results store at {where}" + (" (not a directory)" if where.exists() else ""))
+    if not any((where / t).is_dir() for t in TABLES):
+        raise UserError(f"--store: {where} holds no results store (none of {', '.join(t + '/' for t in TABLES)})")
+    return where
 
 
 def _check_remote_root(root: ObjectPath) -> ObjectPath:
@@ -325,7 +325,8 @@ def write_merged(table: str, directory: AnyPath, inputs: list[AnyPath],
                 os.fsync(f.fileno())
     except BaseException:
         for tmp in tmps:
-            tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
+            if isinstance(tmp, Path):
+                tmp.unlink(missing_ok=True)
         raise
     return tmps, finals, arrow.num_rows, total - arrow.num_rows
 
@@ -353,7 +354,7 @@ def publish(directory: AnyPath, tmps: list[Pending], finals: list[str], supersed
             raise
         return
     for tmp, final in zip(tmps, finals, strict=True):
-        os.replace(tmp, directory / final)  # type: ignore[arg-type]
+        os.replace(tmp, directory / final)
     _fsync_dir(directory)
 
 
@@ -460,7 +461,10 @@ def one_line(err: BaseException) -> str:
 
 def verify(root: str | os.PathLike[str] | ObjectPath, echo: Callable[[str], None] | None = None) -> VerifyReport:
     """Read every Parquet file of the store (footer and data); list what is wrong."""
-    root = check_root(root)
+    return _verify(check_root(root), echo)
+
+
+def _verify(root: AnyPath, echo: Callable[[str], None] | None) -> VerifyReport:
     report = VerifyReport(root)
     with store_lock(root, wait=True, echo=echo):
         top = {name: (is_dir, is_file) for name, is_dir, is_file in _entries(root)} \

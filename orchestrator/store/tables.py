@@ -234,7 +234,7 @@ class Store:
         d = self.table_dir(table)
         return sorted(d / name for name in fs.subdirectories(d) if name.startswith("study="))
 
-    def files(self, table: str, study: str | None = None) -> list[Path]:
+    def files(self, table: str, study: str | None = None) -> list[AnyPath]:
         """The files a reader reads now: per partition, files a finished compaction superseded
         (and merged files not yet all in place) left out; merged files first, then by name."""
         if study is not None:
@@ -350,12 +350,12 @@ def _read_order(name: str) -> tuple[int, str]:
     return (0 if name.startswith(MERGED_PREFIX) else 1, name)
 
 
-def parquet_names(directory: Path) -> list[str]:
+def parquet_names(directory: AnyPath) -> list[str]:
     """Names of the visible Parquet files of a directory (temporary and private names left out)."""
     return sorted(n for n in fs.names(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
 
 
-def read_manifest(directory: Path) -> list[dict[str, list[str]]] | None:
+def read_manifest(directory: AnyPath) -> list[dict[str, list[str]]] | None:
     """The compactions being published in a partition (``[{"merged": [...], "superseded": [...]}]``),
     or None when no compaction ever ran there."""
     path = directory / MANIFEST
@@ -402,7 +402,7 @@ def live_names(names: list[str], manifest: list[dict[str, list[str]]] | None) ->
     return [n for n in names if n not in skip]
 
 
-def partition_files(directory: Path) -> list[Path]:
+def partition_files(directory: AnyPath) -> list[AnyPath]:
     """The files of one partition a reader reads now, in read order.
 
     A compactor writes the manifest before its merged files appear and deletes the superseded

@@ -177,7 +177,7 @@ def _signing_key(directory: AnyPath) -> Any:
     inside the local store ``directory`` is in; no key file can lie in object storage)."""
     from orchestrator.tune import state_guard
 
-    return state_guard.load_key(None if fs.is_remote(directory) else _store_of(directory))  # type: ignore[arg-type]
+    return state_guard.load_key(None if fs.is_remote(directory) else _store_of(directory))
 
 
 def copy(source: AnyPath, out: AnyPath, extra: Callable[[Path], Any] | None = None) -> AnyPath:
@@ -755,7 +755,7 @@ def fetched(path: str | AnyPath, everything: bool = False) -> Iterator[Fetched]:
     target = _path(path)
     if not isinstance(target, ObjectPath):
         directory, record, signed = read_record(path)
-        yield Fetched(directory, directory, record, signed)  # type: ignore[arg-type]  # (a Path: local)
+        yield Fetched(directory, directory, record, signed)  # (a Path: local)
         return
     with tempfile.TemporaryDirectory(prefix="orch-model-") as tmp:
         local = Path(tmp)

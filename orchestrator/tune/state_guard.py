@@ -133,7 +133,7 @@ def digest(key: StateKey, sweep_id: str, name: str, path: str | AnyPath) -> str:
     if fs.is_remote(path):
         mac.update(path.read_bytes())
         return mac.hexdigest()
-    with open(path, "rb") as f:  # type: ignore[arg-type]
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             mac.update(chunk)
     return mac.hexdigest()
