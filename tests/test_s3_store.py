@@ -415,6 +415,7 @@ def test_compactions_on_s3_take_turns_and_a_stale_lock_is_taken_over(s3_server: 
 # -- orch retune ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_retune_finds_the_stale_studies_of_an_s3_store(s3_server: S3, s3_store: str, config_text,
                                                      here: Path) -> None:
     fill(s3_store, config_text)
@@ -553,6 +554,7 @@ def test_bad_s3_stores_are_one_line_errors(s3_server: S3, s3_store: str, config_
     assert_user_error(cli("results", "--store", f"{s3_store}/notes.txt"), "(an object, not a prefix)")
 
 
+@pytest.mark.slow
 def test_an_unreachable_endpoint_is_a_one_line_error(s3_server: S3) -> None:
     port = free_port()  # nothing listens there
     uri = f"s3://unreachable-{uuid.uuid4().hex[:8]}/x"  # a bucket no filesystem of this process was made for

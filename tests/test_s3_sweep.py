@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.store.tables import Store
-from tests.conftest import CONFIG, S3, SMALL, kill_driver_at, new_cluster, orch, start_sweep
+from tests.conftest import CONFIG, S3, SMALL, cli, kill_driver_at, new_cluster, orch, start_sweep
 
 N = 4
 ARGS = [*SMALL, "study=s3-iris", f"search.num_samples={N}", "scheduler.max_epochs=3"]
@@ -27,6 +27,7 @@ def _prefix(uri: str) -> str:
     return uri.split("/", 3)[3]
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_its_store_state_and_weights_to_s3_and_reads_them_back(
         s3_server: S3, s3_store: str, tmp_path: Path) -> None:
     p = orch("sweep", CONFIG, *ARGS, "--store", s3_store, cwd=tmp_path)
@@ -53,14 +54,14 @@ def test_a_sweep_writes_its_store_state_and_weights_to_s3_and_reads_them_back(
     assert "lr" in best.stdout
 
 
-def test_a_store_uri_that_cannot_be_used_is_one_line_and_exit_2(s3_server: S3, tmp_path: Path) -> None:
-    p = orch("sweep", CONFIG, *ARGS, "--store", "s3://no-such-bucket-orch/x", cwd=tmp_path)
-    assert p.returncode == 2, p.stdout + p.stderr
+def test_a_store_uri_that_cannot_be_used_is_one_line_and_exit_2(s3_server: S3) -> None:
+    p = cli("sweep", CONFIG, *ARGS, "--store", "s3://no-such-bucket-orch/x")
+    assert p.code == 2, p.stdout + p.stderr + p.detail
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "no-such-bucket-orch" in lines[0] and "Traceback" not in p.stderr
     assert "Ray" not in p.stdout  # refused before Ray started
-    p = orch("sweep", CONFIG, *ARGS, "--store", "ftp://host/x", cwd=tmp_path)
-    assert p.returncode == 2 and "unknown scheme 'ftp'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = cli("sweep", CONFIG, *ARGS, "--store", "ftp://host/x")
+    assert p.code == 2 and "unknown scheme 'ftp'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
