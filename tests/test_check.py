@@ -94,6 +94,7 @@ def test_a_dead_layer_fails() -> None:
     assert "no gradient reaches layer 1" in r.stdout
 
 
+@pytest.mark.slow
 def test_a_bad_config_is_exit_2_not_a_check(tmp_path: Path) -> None:
     r = orch("check", CONFIG, "train.loss=huber")
     assert r.returncode == 2 and "train.loss" in r.stderr and "Traceback" not in r.stderr

@@ -200,8 +200,9 @@ def test_sigterm_stops_a_running_sweep_cleanly(store: Path) -> None:
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("resources.cpu_per_trial=1000",
-     "resources.cpu_per_trial: 1000 CPUs per trial, but this machine's Ray has 2 (ray.num_cpus)"),
+    pytest.param("resources.cpu_per_trial=1000",
+                 "resources.cpu_per_trial: 1000 CPUs per trial, but this machine's Ray has 2 (ray.num_cpus)",
+                 marks=pytest.mark.slow),
     pytest.param("resources.gpu_per_trial=2",
                  "resources.gpu_per_trial: 2 GPUs per trial, but this machine's Ray has ",
                  marks=pytest.mark.slow),  # the same check as for CPUs

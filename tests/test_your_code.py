@@ -152,6 +152,7 @@ def write_project(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_sweep_of_the_users_model_data_and_loop_and_every_reader_of_it(project: Path, tmp_path: Path) -> None:
     store = project / "results"
     p = orch("sweep", "conf/sweep.yaml", cwd=project)
@@ -253,6 +254,7 @@ def test_bad_code_is_one_line_from_the_command_line_too(project: Path) -> None:
     assert not (project / "results").exists()
 
 
+@pytest.mark.slow
 def test_a_training_function_that_never_reports_is_named_with_the_rule(project: Path) -> None:
     run = as_run(orch("sweep", "conf/sweep.yaml", "trainable=train:silent", "search.num_samples=2",
                       "search_space={lr: {loguniform: [1.0e-3, 3.0e-2]}}", cwd=project))
