@@ -38,6 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.config.metric_names import DIAGNOSTICS, TASK_METRICS
+
 CONFIG = "config"
 EXTRA = "extra"
 CONFIG_PREFIX = "config."  # (orchestrator.store.trials.CONFIG_PREFIX)
@@ -45,17 +47,8 @@ MAP = pa.map_(pa.string(), pa.string())
 TIMESTAMP = pa.timestamp("us", tz="UTC")  # (orchestrator.store.tables.TIMESTAMP)
 _S, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
 
-# The built-in metrics of each task, as orchestrator.train.metrics has them (TASK_METRICS,
-# DIAGNOSTICS). The store may not import the trainer (.importlinter: train sits above store), so
-# they are listed here; tests/test_store_layout.py checks that they cover the trainer's.
-TASK_METRICS = {
-    "classification": ("train_loss", "val_loss", "val_accuracy", "val_f1", "val_auc"),
-    "regression": ("train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"),
-}
-DIAGNOSTICS = {
-    "classification": ("val_top_class_share", "val_collapsed"),
-    "regression": ("val_pred_std_ratio", "val_collapsed"),
-}
+# The built-in metrics of each task: the trainer's own list (tests/test_store_layout.py checks that
+# the columns cover every metric the trainer reports).
 
 
 def _union(groups: Iterable[Iterable[str]]) -> tuple[str, ...]:

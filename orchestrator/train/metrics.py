@@ -3,6 +3,10 @@ reports, and the diagnostics reported beside them (no best value)."""
 
 from __future__ import annotations
 
+from orchestrator.config.metric_names import DIAGNOSTICS, TASK_METRICS
+
+__all__ = ["DIAGNOSTICS", "METRIC_DIRECTIONS", "TASK_METRICS"]
+
 METRIC_DIRECTIONS = {
     "train_loss": -1,
     "val_loss": -1,
@@ -12,13 +16,4 @@ METRIC_DIRECTIONS = {
     "val_rmse": -1,
     "val_mae": -1,
     "val_r2": +1,
-}
-TASK_METRICS = {
-    "classification": ("train_loss", "val_loss", "val_accuracy", "val_f1", "val_auc"),
-    "regression": ("train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"),
-}
-# Reported every epoch too, but diagnostics rather than scores (no best value).
-DIAGNOSTICS = {
-    "classification": ("val_top_class_share", "val_collapsed"),
-    "regression": ("val_pred_std_ratio", "val_collapsed"),
 }
