@@ -486,3 +486,19 @@ def test_migrate_bad_input(tmp_path: Path) -> None:
     with maintenance.store_lock(root, wait=False):
         run = cli("store", "migrate", "--store", root)
     assert run.code == 1 and "another compaction is running" in run.stderr
+
+
+def test_a_file_of_empty_maps_written_back_by_pandas_still_reads_and_compacts(tmp_path: Path) -> None:
+    # A sweeps row has no knobs and no extra columns: its maps are empty, and pandas writes them
+    # back as lists of nulls, a type of their own.
+    root = tmp_path / "store"
+    s = Store(root)
+    path = s.append("sweeps", "a", [{"sweep_id": "s1", "status": "completed"}], "s1")
+    frame = pd.read_parquet(path)
+    frame["status"] = "edited"
+    frame.to_parquet(path, index=False)
+    assert pa.types.is_list(pq.read_schema(path).field("extra").type)
+    s.append("sweeps", "a", [{"sweep_id": "s2", "status": "completed", "mine": 1}], "s2")
+    assert sorted(s.sweeps()["status"]) == ["completed", "edited"]
+    maintenance.compact(root)
+    assert sorted(s.sweeps()["status"]) == ["completed", "edited"] and len(s.files("sweeps")) == 1

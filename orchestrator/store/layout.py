@@ -362,7 +362,9 @@ def as_map(column: pa.ChunkedArray | pa.Array) -> pa.Array | None:
     offsets = np.asarray(col.offsets, dtype=np.int64)
     offsets = pa.array((offsets - offsets[0]).astype(np.int32))
     entries = col.flatten()
-    if pa.types.is_struct(inner) and [inner.field(i).name for i in range(inner.num_fields)] == ["key", "value"]:
+    if len(entries) == 0:  # every map was empty (pandas then writes lists of nulls): empty maps
+        keys, items = pa.array([], _S), pa.array([], _S)
+    elif pa.types.is_struct(inner) and [inner.field(i).name for i in range(inner.num_fields)] == ["key", "value"]:
         keys, items = entries.field("key"), entries.field("value")
     elif (pa.types.is_list(inner) or pa.types.is_large_list(inner)) and pa.types.is_string(inner.value_type) \
             and pc.all(pc.equal(pc.list_value_length(entries), 2)).as_py() in (True, None):
