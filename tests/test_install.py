@@ -152,6 +152,7 @@ def check_exploits(store: Path, study: str) -> None:
         assert first["applied_lr"] == pytest.approx(json.loads(e["new_config"])["lr"]), (first, e)
 
 
+@pytest.mark.timeout(900)  # ten sweeps, every reader and two kill-and-resume cycles, one after another
 def test_a_users_project_runs_the_cnn_and_its_own_loop_from_the_cli_and_python(installed: Path,
                                                                                tmp_path: Path) -> None:
     project = write_project(tmp_path / "project")
