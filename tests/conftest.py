@@ -18,9 +18,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -484,3 +485,49 @@ def s3_store(s3_server: S3, request: pytest.FixtureRequest) -> str:
     import uuid
 
     return s3_server.uri(f"{request.node.name[:40].replace('[', '-').strip(']')}-{uuid.uuid4().hex[:6]}")
+
+
+# -- readers during a compaction ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def reading_during_compaction(monkeypatch: pytest.MonkeyPatch, steps: tuple[str, ...], check: Callable[[], None],
+                              done: Callable[[], int], errors: list[str]) -> Iterator[list[tuple[int, str]]]:
+    """While inside, a reader thread runs ``check()`` over and over, and each of the compaction
+    ``steps`` (functions of orchestrator.store.maintenance) waits, once done, until the reader has
+    read once more. Yields the windows read in: ``(done(), step)`` of each wait. An exception in
+    ``check`` is recorded in ``errors``."""
+    from orchestrator.store import maintenance
+
+    windows: list[tuple[int, str]] = []  # (what was written, the step after which the reader read)
+    wanted: list[tuple[int, str]] = []  # a read the compaction waits for
+    read_done, stop = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            window = wanted.pop() if wanted else None
+            try:
+                check()
+            except Exception as err:  # noqa: BLE001 - a reader that fails is the finding
+                errors.append(f"{type(err).__name__}: {err}")
+            if window is not None:
+                windows.append(window)
+                read_done.set()
+
+    for step in steps:
+        real = getattr(maintenance, step)
+
+        def paused(*args, _real=real, _step=step, **kwargs):
+            _real(*args, **kwargs)
+            read_done.clear()
+            wanted.append((done(), _step))
+            assert read_done.wait(timeout=60), "the reader did not read"  # (a guard only)
+
+        monkeypatch.setattr(maintenance, step, paused)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        yield windows
+    finally:
+        stop.set()
+        thread.join(timeout=60)

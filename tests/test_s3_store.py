@@ -40,6 +40,7 @@ from tests.conftest import (
     free_port,
     orch,
     orch_process,
+    reading_during_compaction,
 )
 
 STUDY = "tabular-digits"
@@ -281,9 +282,6 @@ def test_a_reader_sees_every_row_once_in_every_window_of_an_s3_compaction(
     s = Store(root)
     written: list[int] = []
     errors: list[str] = []
-    windows: list[tuple[int, str]] = []
-    wanted: list[tuple[int, str]] = []
-    read_done, stop = threading.Event(), threading.Event()
 
     def check() -> None:
         expected = 4 * len(written)
@@ -296,28 +294,6 @@ def test_a_reader_sees_every_row_once_in_every_window_of_an_s3_compaction(
         if len(s.trials()) < expected:
             errors.append(f"Store.read gave {len(s.trials())} rows, expected at least {expected}")
 
-    def reader() -> None:
-        while not stop.is_set():
-            window = wanted.pop() if wanted else None
-            try:
-                check()
-            except Exception as err:  # noqa: BLE001 - a reader that fails is the finding
-                errors.append(f"{type(err).__name__}: {err}")
-            if window is not None:
-                windows.append(window)
-                read_done.set()
-
-    for step in ("write_manifest", "put_merged", "publish"):
-        real = getattr(maintenance, step)
-
-        def paused(*args, _real=real, _step=step, **kwargs):
-            _real(*args, **kwargs)
-            read_done.clear()
-            wanted.append((len(written), _step))
-            assert read_done.wait(timeout=60), "the reader did not read"  # (a guard only)
-
-        monkeypatch.setattr(maintenance, step, paused)
-
     def append(n: int) -> None:
         for _ in range(n):
             j = len(written)
@@ -325,15 +301,11 @@ def test_a_reader_sees_every_row_once_in_every_window_of_an_s3_compaction(
             written.append(j)
 
     append(2)
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
+    with reading_during_compaction(monkeypatch, ("write_manifest", "put_merged", "publish"), check,
+                                   lambda: len(written), errors) as windows:
         for _ in range(2):
             append(3)
             maintenance.compact(root, max_rows=5)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
     assert not errors, errors[:5]
     # Each compaction: the manifest, each merged file, publish done, the manifest cleared.
     steps = [step for _, step in windows]

@@ -4,7 +4,6 @@ after a crash) and verification (unreadable, temporary and stray files), as func
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from orchestrator.errors import StoreError, UserError
 from orchestrator.store import maintenance
 from orchestrator.store.layout import schema as stable_schema
 from orchestrator.store.tables import KEYS, MANIFEST, MERGED_PREFIX, TABLES, Store
-from tests.conftest import orch
+from tests.conftest import orch, reading_during_compaction
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -193,11 +192,7 @@ def test_a_reader_never_sees_a_row_twice_or_misses_one_during_compactions(
     for i in range(0, 40, 4):
         s.append("trials", "a", trials("s1", i, 4), "s1")
     written: list[int] = []  # batches appended so far (a reader must see at least these)
-    stop = threading.Event()
     errors: list[str] = []
-    windows: list[tuple[int, str]] = []  # (compaction, step after which the reader read)
-    wanted: list[tuple[int, str]] = []  # a read the compaction waits for
-    read_done = threading.Event()
 
     def check() -> None:
         done = len(written)
@@ -214,35 +209,13 @@ def test_a_reader_never_sees_a_row_twice_or_misses_one_during_compactions(
         if n < 40 + done:
             errors.append(f"Store.read gave {n} rows, expected at least {40 + done}")
 
-    def reader() -> None:
-        while not stop.is_set():
-            window = wanted.pop() if wanted else None
-            check()
-            if window is not None:
-                windows.append(window)
-                read_done.set()
-
-    for step in ("write_manifest", "publish"):
-        real = getattr(maintenance, step)
-
-        def paused(*args, _real=real, _step=step, **kwargs):
-            _real(*args, **kwargs)
-            read_done.clear()
-            wanted.append((len(written), _step))
-            assert read_done.wait(timeout=60), "the reader did not read"  # (a guard only)
-
-        monkeypatch.setattr(maintenance, step, paused)
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
+    with reading_during_compaction(monkeypatch, ("write_manifest", "publish"), check, lambda: len(written),
+                                   errors) as windows:
         for j in range(25):
             row = {"sweep_id": "s1", "trial_id": f"n{j:04d}", "best_val_loss": 0.5}
             s.append("trials", "a", [row], "s1")
             written.append(j)
             maintenance.compact(root)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
     assert not errors, errors[:5]
     # Three windows a compaction: the manifest written (publish), the merged file in place, the
     # manifest cleared once the superseded files are gone (settle).
